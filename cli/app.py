@@ -1,0 +1,108 @@
+"""The ``styleprefs`` command line: parse, call one library function, print."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from styleprefs.errors import StyleprefsError
+
+app = typer.Typer(
+    help="Style-alignment preference datasets and preference fine-tuning for Stable Diffusion.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+
+
+@app.command()
+def build(
+    out: Path = typer.Option(..., "--out", help="Dataset folder to create (or resume)."),
+    style: str = typer.Option("winter", help="Built-in style (van_gogh, sketch, winter) or a style .yaml path."),
+    source: str = typer.Option("pickapic", help="'pickapic' (Hub), 'sample' (bundled, offline), a Hub repo id, or a local Parquet/tar file, folder or glob."),
+    editor: str = typer.Option("classic", help="Editor that restyles the rejected image."),
+    num_pairs: int = typer.Option(10000, help="Pairs to keep in the dataset."),
+    seed: int = typer.Option(0, help="Seed; each row's randomness comes from (seed, row key)."),
+    split: Optional[str] = typer.Option(None, help="Source split (Hub default: train)."),
+    unique_captions: bool = typer.Option(False, help="Skip rows whose caption was already used."),
+    shard_size: int = typer.Option(1000, help="Rows per output Parquet shard."),
+    batch_size: int = typer.Option(8, help="Images per editor call (does not change the output)."),
+    overwrite: bool = typer.Option(False, help="Replace a dataset built with other arguments."),
+) -> None:
+    """Build a style preference dataset in Pick-a-Pic's Parquet format."""
+    from styleprefs.build import BuildConfig, build_dataset
+
+    cfg = BuildConfig(style=style, source=source, editor=editor, num_pairs=num_pairs, seed=seed, split=split,
+                      unique_captions=unique_captions, shard_size=shard_size)
+    result = build_dataset(cfg, out, batch_size=batch_size, overwrite=overwrite)
+    if result.status == "complete":
+        console.print(f"{out} is already complete with these arguments; nothing to do.")
+    _print_counts(result.manifest["counts"], f"dataset {out}")
+
+
+@app.command()
+def inspect(
+    dataset: Path = typer.Argument(..., help="Dataset folder written by `styleprefs build`."),
+    grid: Optional[Path] = typer.Option(None, help="Write a PNG grid of pairs (original | edit) here."),
+    rows: int = typer.Option(8, help="Pairs in the grid."),
+) -> None:
+    """Check a dataset's schema and shards, print counts and per-style stats, optionally draw a grid."""
+    from styleprefs.inspect import inspect_dataset, save_grid
+
+    report = inspect_dataset(dataset)
+    _print_counts(report.counts, f"dataset {dataset}")
+    table = Table("style", "editor", "rows", "edit in jpg_0", "source tie rows")
+    for s in report.styles:
+        table.add_row(s["style"], s["editor"], str(s["rows"]), f"{s['edit_slot0_share']:.2f}", str(s["source_ties"]))
+    console.print(table)
+    for problem in report.problems:
+        console.print(f"[red]problem:[/red] {problem}")
+    if grid is not None:
+        save_grid(dataset, grid, rows)
+        console.print(f"grid written to {grid}")
+    if report.problems:
+        raise typer.Exit(1)
+
+
+@app.command()
+def quickstart(out: Path = typer.Option(Path("out/quickstart"), help="Where to put the sample dataset.")) -> None:
+    """Build a small offline sample dataset (64 pairs, winter, classic editor) and say where it is."""
+    from styleprefs.build import BuildConfig, build_dataset
+
+    dataset = out / "data-winter"
+    result = build_dataset(BuildConfig(style="winter", source="sample", num_pairs=64, shard_size=32), dataset)
+    _print_counts(result.manifest["counts"], f"sample dataset {dataset}")
+    console.print(f"Look at it: styleprefs inspect {dataset} --grid {out / 'grid.png'}")
+
+
+def _print_counts(counts: dict, title: str) -> None:
+    table = Table(title=title)
+    for key in counts:
+        table.add_column(key.replace("_", " "))
+    table.add_row(*(str(v) for v in counts.values()))
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    err = Console(stderr=True)
+    try:
+        app(args=argv, standalone_mode=False)
+    except StyleprefsError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        err.print("interrupted: finished work is saved; run the same command again to resume")
+        sys.exit(130)

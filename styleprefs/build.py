@@ -1,0 +1,328 @@
+"""``styleprefs build``: source pairs -> edited style preference pairs -> Parquet shards.
+
+Work is cut into *parts* of at most ``PART_ROWS`` selected source rows. Each finished part is written to
+``OUT/.build/`` (kept rows as Parquet, then a JSON summary that marks it complete), so an
+interrupted build resumes at the first missing part. When ``num_pairs`` rows are kept (or the
+source runs out), the parts are merged, in order, into ``data/train-XXXXX-of-YYYYY.parquet`` shards; ``manifest.json`` is
+written last. Shard bytes depend only on the arguments, never on batch size or interruptions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from styleprefs import __version__
+from styleprefs.editors import Editor, load_editor
+from styleprefs.errors import StyleprefsError
+from styleprefs.images import as_jpeg, decode, encode_jpeg
+from styleprefs.io import sha256_file, write_json, write_parquet
+from styleprefs.pairs import make_row, plan_row
+from styleprefs.progress import pair_progress
+from styleprefs.schema import DATASET_SCHEMA, QUARANTINE_SCHEMA, REJECTS_SCHEMA
+from styleprefs.sources import Source, SourcePair, open_source
+from styleprefs.style import StyleSpec, load_style
+
+PART_ROWS = 128
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything that determines a dataset's content."""
+
+    style: str = "winter"
+    source: str = "sample"
+    editor: str = "classic"
+    num_pairs: int = 10000
+    seed: int = 0
+    split: str | None = None
+    unique_captions: bool = False
+    shard_size: int = 1000  # rows per output shard
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    status: str  # "built" | "complete"
+    manifest: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Part:
+    index: int
+    outcomes: list[str]  # per selected input row, in order: "kept" | "rejected"
+    rejects: list[dict]
+    skipped: int  # rows skipped by selection (duplicate captions) while filling this part
+    table: pa.Table | None = None  # kept rows; None for a part loaded from disk
+
+    @property
+    def kept(self) -> int:
+        return self.outcomes.count("kept")
+
+
+class _Job:
+    """A build's resolved inputs: style, source, editor and the identity recorded in the manifest."""
+
+    def __init__(self, cfg: BuildConfig):
+        if cfg.num_pairs < 1 or cfg.shard_size < 1:
+            raise StyleprefsError("--num-pairs and --shard-size must be at least 1")
+        self.cfg = cfg
+        self.style: StyleSpec = load_style(cfg.style)
+        self.source: Source = open_source(cfg.source, cfg.split)
+        self.editor: Editor = load_editor(cfg.editor, self.style)
+        identity = {
+            "format_version": FORMAT_VERSION,
+            "build": {**asdict(cfg), "style": self.style.name},
+            "style_spec": self.style.to_dict(),
+            "source": self.source.describe(),
+            "editor": {"name": self.editor.name, "model": self.editor.model_id, "params": self.editor.params()},
+        }
+        self.identity = json.loads(json.dumps(identity, default=str))
+
+
+def build_dataset(cfg: BuildConfig, out: Path, *, batch_size: int = 8, overwrite: bool = False,
+                  show_progress: bool = True) -> BuildResult:
+    """Build (or resume, or confirm) the dataset described by ``cfg`` in ``out``."""
+    job = _Job(cfg)
+    out = Path(out)
+    if not overwrite and _check_existing(out, job.identity):
+        return BuildResult(out, "complete", json.loads((out / "manifest.json").read_text()))
+    if overwrite:
+        _remove_outputs(out)
+    state = _prepare_state_dir(out, job.identity)
+    parts = _run_parts(job, state, max(1, min(batch_size, PART_ROWS)), show_progress)
+    manifest = _finalize(job, out, parts)
+    shutil.rmtree(state)
+    return BuildResult(out, "built", manifest)
+
+
+def _check_existing(out: Path, identity: dict) -> bool:
+    """True if ``out`` already holds this exact dataset; an error if it holds another one."""
+    for marker in (out / "manifest.json", out / ".build" / "state.json"):
+        if marker.is_file():
+            recorded = json.loads(marker.read_text())["config"]
+            if recorded != identity:
+                raise StyleprefsError(
+                    f"{out} holds a dataset built with other arguments ({_differences(recorded, identity)}); "
+                    "pass --overwrite to replace it or choose another --out"
+                )
+            return marker.name == "manifest.json"
+    if (out / "data").exists():
+        raise StyleprefsError(f"{out}/data exists but is not a styleprefs build; pass --overwrite or choose another --out")
+    return False
+
+
+def _differences(a: dict, b: dict) -> str:
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    nested = [f"{k}.{kk}" for k in keys if isinstance(a.get(k), dict) and isinstance(b.get(k), dict)
+              for kk in sorted(set(a[k]) | set(b[k])) if a[k].get(kk) != b[k].get(kk)]
+    return "differs in " + ", ".join(nested or keys)
+
+
+def _remove_outputs(out: Path) -> None:
+    for name in ("data", ".build"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in ("manifest.json", "rejects.parquet", "quarantine.parquet", "README.md"):
+        (out / name).unlink(missing_ok=True)
+
+
+def _prepare_state_dir(out: Path, identity: dict) -> Path:
+    state = out / ".build"
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        if not (state / "state.json").is_file():
+            write_json({"config": identity}, state / "state.json")
+    except OSError as exc:
+        raise StyleprefsError(f"output folder {out} is not writable: {exc.strerror or exc}") from None
+    return state
+
+
+class _Selection:
+    """The source's rows in order, minus duplicate captions when asked; counts what it skips."""
+
+    def __init__(self, source: Source, unique_captions: bool):
+        self.rows = iter(source)
+        self.unique = unique_captions
+        self.seen: set[str] = set()
+        self.skipped = 0
+
+    def take(self, n: int) -> list[SourcePair]:
+        taken: list[SourcePair] = []
+        for pair in self.rows:
+            if self.unique:
+                norm = " ".join(pair.caption.casefold().split())
+                if norm in self.seen:
+                    self.skipped += 1
+                    continue
+                self.seen.add(norm)
+            taken.append(pair)
+            if len(taken) == n:
+                break
+        return taken
+
+
+def _run_parts(job: _Job, state: Path, batch_size: int, show_progress: bool) -> list[_Part]:
+    """Process (or load) parts until ``num_pairs`` rows are kept or the source runs out.
+
+    A part holds at most the rows still needed, so small builds do no wasted work; part sizes
+    follow from earlier parts' outcomes alone, so a resumed build cuts the source identically.
+    """
+    parts: list[_Part] = []
+    kept = 0
+    selection = _Selection(job.source, job.cfg.unique_captions)
+    with pair_progress(job.cfg.num_pairs, show_progress) as advance:
+        while kept < job.cfg.num_pairs:
+            skipped_before = selection.skipped
+            rows = selection.take(min(PART_ROWS, job.cfg.num_pairs - kept))
+            if not rows:
+                break
+            index = len(parts)
+            part = _load_part(state, index, len(rows))
+            if part is None:
+                part = _process_part(job, index, rows, selection.skipped - skipped_before, batch_size, advance)
+                _save_part(state, part)
+            else:
+                advance(part.kept, len(part.outcomes))
+            parts.append(part)
+            kept += part.kept
+    return parts
+
+
+def _process_part(job: _Job, index: int, rows: list[SourcePair], skipped: int, batch_size: int,
+                  advance: Callable[[int, int], None]) -> _Part:
+    outcomes: list[str] = []
+    rejects: list[dict] = []
+    ready: list[tuple[int, SourcePair, object]] = []
+    for i, pair in enumerate(rows):
+        outcomes.append("kept")
+        try:
+            ready.append((i, pair, _prepare(pair, job.cfg.seed)))
+        except ValueError as exc:
+            outcomes[i] = "rejected"
+            rejects.append({"source": f"{job.source.name}:{pair.key}", "caption": pair.caption, "reason": str(exc)})
+    table_rows = []
+    for start in range(0, len(ready), batch_size):
+        batch = ready[start:start + batch_size]
+        table_rows += _edit_batch(job, batch)
+        advance(len(batch), len(batch))
+    advance(0, len(rejects))
+    return _Part(index, outcomes, rejects, skipped, pa.Table.from_pylist(table_rows, schema=DATASET_SCHEMA))
+
+
+def _prepare(pair: SourcePair, seed: int):
+    """Validate a pair and decode the image to edit; ValueError names why a row cannot be used."""
+    if not pair.caption.strip():
+        raise ValueError("empty caption")
+    if math.isnan(pair.label_0) or math.isnan(pair.label_1):
+        raise ValueError("labels are not numbers")
+    plan = plan_row(pair, seed)
+    data = (pair.jpg_0, pair.jpg_1)[plan.edited]
+    if not data:
+        raise ValueError(f"jpg_{plan.edited} is empty")
+    try:
+        image = decode(data)
+    except ValueError as exc:
+        raise ValueError(f"jpg_{plan.edited} cannot be decoded ({exc})") from None
+    return plan, image, data
+
+
+def _edit_batch(job: _Job, batch: list) -> list[dict]:
+    plans = [prepared[0] for _, _, prepared in batch]
+    images = [prepared[1] for _, _, prepared in batch]
+    captions = [pair.caption for _, pair, _ in batch]
+    edits = job.editor.edit(images, captions, [p.edit_seed for p in plans])
+    params = job.editor.params()
+    return [
+        make_row(pair, plan, source_name=job.source.name, original_jpeg=as_jpeg(data, image),
+                 edited_jpeg=encode_jpeg(edit), style=job.style.name, editor_name=job.editor.name,
+                 editor_model=job.editor.model_id, edit_params=params)
+        for (_, pair, (plan, image, data)), edit in zip(batch, edits)
+    ]
+
+
+def _part_paths(state: Path, index: int) -> tuple[Path, Path]:
+    return state / f"part-{index:06d}.parquet", state / f"part-{index:06d}.json"
+
+
+def _save_part(state: Path, part: _Part) -> None:
+    table_path, summary_path = _part_paths(state, part.index)
+    write_parquet(part.table, table_path)
+    write_json({"outcomes": part.outcomes, "rejects": part.rejects, "skipped": part.skipped}, summary_path)
+
+
+def _load_part(state: Path, index: int, rows: int) -> _Part | None:
+    """A finished part from an earlier run, or None if it must be (re)done."""
+    table_path, summary_path = _part_paths(state, index)
+    if not (summary_path.is_file() and table_path.is_file()):
+        return None
+    summary = json.loads(summary_path.read_text())
+    if len(summary["outcomes"]) != rows:
+        return None
+    return _Part(index, summary["outcomes"], summary["rejects"], summary["skipped"])
+
+
+def _finalize(job: _Job, out: Path, parts: list[_Part]) -> dict:
+    """Merge the parts, in order, into shards; write rejects, quarantine and the manifest (last)."""
+    state = out / ".build"
+    kept = sum(p.kept for p in parts)
+    tables = (pq.read_table(_part_paths(state, p.index)[0], schema=DATASET_SCHEMA) for p in parts)
+    rejects = [r for p in parts for r in p.rejects]
+    shards = _write_shards(tables, kept, out / "data", job.cfg.shard_size)
+    write_parquet(pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA), out / "rejects.parquet")
+    write_parquet(QUARANTINE_SCHEMA.empty_table(), out / "quarantine.parquet")
+    manifest = {
+        "config": job.identity,
+        "styleprefs_version": __version__,
+        "counts": {"read": sum(len(p.outcomes) for p in parts), "kept": kept,
+                   "rejected": len(rejects), "quarantined": 0,
+                   "skipped_duplicate_captions": sum(p.skipped for p in parts), "requested": job.cfg.num_pairs},
+        "reject_reasons": _reason_counts(rejects),
+        "shards": shards,
+    }
+    write_json(manifest, out / "manifest.json")
+    return manifest
+
+
+def _write_shards(tables: Iterator[pa.Table], rows: int, data_dir: Path, shard_size: int) -> list[dict]:
+    """Re-cut a stream of tables into shards of ``shard_size`` rows, holding one shard in memory."""
+    count = max(1, math.ceil(rows / shard_size))
+    names = [f"train-{i:05d}-of-{count:05d}.parquet" for i in range(count)]
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for stale in data_dir.glob("*.parquet"):
+        if stale.name not in names:
+            stale.unlink()
+    shards: list[dict] = []
+    pending: list[pa.Table] = []
+
+    def flush(table: pa.Table) -> None:
+        name = names[len(shards)]
+        write_parquet(table, data_dir / name)
+        shards.append({"path": f"data/{name}", "rows": table.num_rows, "sha256": sha256_file(data_dir / name)})
+
+    for table in tables:
+        pending.append(table)
+        buffered = pa.concat_tables(pending)
+        while buffered.num_rows >= shard_size:
+            flush(buffered.slice(0, shard_size))
+            buffered = buffered.slice(shard_size)
+        pending = [buffered]
+    remainder = pa.concat_tables(pending) if pending else DATASET_SCHEMA.empty_table()
+    if remainder.num_rows or not shards:
+        flush(remainder)
+    return shards
+
+
+def _reason_counts(rejects: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in rejects:
+        kind = r["reason"].split(" (")[0]
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts

@@ -1,0 +1,114 @@
+"""``styleprefs inspect``: check a dataset folder against the format and show what is in it."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from PIL import Image, ImageDraw, ImageFont
+
+from styleprefs.errors import StyleprefsError
+from styleprefs.images import decode
+from styleprefs.io import sha256_file
+from styleprefs.schema import DATASET_SCHEMA
+
+_STAT_COLUMNS = ["style", "editor", "label_0", "source_preferred"]
+
+
+@dataclass
+class InspectReport:
+    counts: dict
+    styles: list[dict] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def read_manifest(dataset: Path) -> dict:
+    path = Path(dataset) / "manifest.json"
+    if not path.is_file():
+        raise StyleprefsError(f"{dataset} has no manifest.json: it is not a finished styleprefs dataset (run `styleprefs build` to finish it)")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StyleprefsError(f"{path} cannot be read: {exc}") from None
+
+
+def shard_paths(dataset: Path, manifest: dict) -> list[Path]:
+    return [Path(dataset) / s["path"] for s in manifest["shards"]]
+
+
+def inspect_dataset(dataset: Path) -> InspectReport:
+    manifest = read_manifest(dataset)
+    problems: list[str] = []
+    tables = []
+    for shard, path in zip(manifest["shards"], shard_paths(dataset, manifest)):
+        if not path.is_file():
+            problems.append(f"shard {shard['path']} is missing")
+            continue
+        if sha256_file(path) != shard["sha256"]:
+            problems.append(f"shard {shard['path']} does not match its sha256 in manifest.json")
+        problems += _schema_problems(pq.read_schema(path), shard["path"])
+        tables.append(pq.read_table(path, columns=[c for c in _STAT_COLUMNS if c in pq.read_schema(path).names]))
+    table = pa.concat_tables(tables) if tables else None
+    counts = dict(manifest["counts"])
+    counts["rows in shards"] = table.num_rows if table is not None else 0
+    if counts["rows in shards"] != counts["kept"]:
+        problems.append(f"shards hold {counts['rows in shards']} rows but the manifest says {counts['kept']} were kept")
+    return InspectReport(counts, _style_stats(table) if table is not None else [], problems)
+
+
+def _schema_problems(schema: pa.Schema, where: str) -> list[str]:
+    missing = [f.name for f in DATASET_SCHEMA if f.name not in schema.names]
+    wrong = [f"{f.name} is {schema.field(f.name).type}, expected {f.type}"
+             for f in DATASET_SCHEMA if f.name in schema.names and schema.field(f.name).type != f.type]
+    problems = [f"{where}: missing column(s) {', '.join(missing)}"] if missing else []
+    return problems + [f"{where}: {w}" for w in wrong]
+
+
+def _style_stats(table: pa.Table) -> list[dict]:
+    stats = []
+    for style in sorted(set(table.column("style").to_pylist())):
+        sub = table.filter(pc.equal(table.column("style"), style))
+        stats.append({
+            "style": style,
+            "editor": ", ".join(sorted(set(sub.column("editor").to_pylist()))),
+            "rows": sub.num_rows,
+            "edit_slot0_share": pc.mean(sub.column("label_0")).as_py(),
+            "source_ties": sub.column("source_preferred").to_pylist().count("tie"),
+        })
+    return stats
+
+
+def save_grid(dataset: Path, out: Path, rows: int = 8, cell: int = 256) -> None:
+    """A PNG of ``rows`` pairs: rejected original | preferred edit, caption under each pair."""
+    manifest = read_manifest(dataset)
+    pairs = _first_rows(shard_paths(dataset, manifest), rows)
+    if not pairs:
+        raise StyleprefsError(f"{dataset} holds no rows to draw")
+    caption_h = 48
+    grid = Image.new("RGB", (2 * cell, len(pairs) * (cell + caption_h)), "white")
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default(size=13)
+    for i, row in enumerate(pairs):
+        edited = 0 if row["label_0"] == 1.0 else 1
+        y = i * (cell + caption_h)
+        for x, slot in ((0, 1 - edited), (cell, edited)):
+            grid.paste(decode(row[f"jpg_{slot}"]).resize((cell, cell), Image.Resampling.BICUBIC), (x, y))
+        text = "\n".join(textwrap.wrap(row["caption"], width=2 * cell // 7)[:3])
+        draw.text((4, y + cell + 2), text, fill="black", font=font)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(out)
+
+
+def _first_rows(paths: list[Path], n: int) -> list[dict]:
+    rows: list[dict] = []
+    for path in paths:
+        if len(rows) >= n:
+            break
+        table = pq.read_table(path, columns=["caption", "jpg_0", "jpg_1", "label_0"])
+        rows += table.slice(0, n - len(rows)).to_pylist()
+    return rows

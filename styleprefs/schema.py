@@ -1,0 +1,62 @@
+"""The dataset format: Pick-a-Pic v2 columns with Pick-a-Pic's own types, plus provenance."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+PICKAPIC_FIELDS = [
+    pa.field("caption", pa.string()),
+    pa.field("jpg_0", pa.binary()),
+    pa.field("jpg_1", pa.binary()),
+    pa.field("label_0", pa.float64()),
+    pa.field("label_1", pa.float64()),
+    pa.field("image_0_uid", pa.string()),
+    pa.field("image_1_uid", pa.string()),
+    pa.field("best_image_uid", pa.string()),
+    pa.field("model_0", pa.string()),
+    pa.field("model_1", pa.string()),
+    pa.field("ranking_id", pa.int64()),
+    pa.field("user_id", pa.int64()),
+    pa.field("has_label", pa.bool_()),
+    pa.field("are_different", pa.bool_()),
+    pa.field("created_at", pa.timestamp("ns")),
+]
+
+PROVENANCE_FIELDS = [
+    pa.field("style", pa.string()),
+    pa.field("editor", pa.string()),
+    pa.field("edit_params", pa.string()),  # JSON
+    pa.field("seed", pa.int64()),
+    pa.field("source", pa.string()),  # "<source name>:<row key>"
+    pa.field("source_preferred", pa.string()),  # jpg_0 | jpg_1 | tie: the source user's choice
+    pa.field("source_edited", pa.string()),  # jpg_0 | jpg_1: which original image was edited
+    pa.field("clip_direction", pa.float64()),  # null when the quality gate did not run
+    pa.field("clip_image", pa.float64()),
+]
+
+DATASET_SCHEMA = pa.schema(PICKAPIC_FIELDS + PROVENANCE_FIELDS)
+
+# What a source in Pick-a-Pic's schema must have; the rest of its columns are optional.
+REQUIRED_SOURCE_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
+
+REJECTS_SCHEMA = pa.schema(
+    [
+        pa.field("source", pa.string()),
+        pa.field("caption", pa.string()),
+        pa.field("reason", pa.string()),
+    ]
+)
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("source", pa.string()),
+        pa.field("caption", pa.string()),
+        pa.field("category", pa.string()),
+        pa.field("matched", pa.string()),  # the term or score that triggered it
+        pa.field("backend", pa.string()),
+    ]
+)
+
+
+def missing_columns(names: list[str] | tuple[str, ...]) -> list[str]:
+    return [c for c in REQUIRED_SOURCE_COLUMNS if c not in names]

@@ -1,0 +1,53 @@
+"""What every source yields: one Pick-a-Pic pair in the schema's own terms."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Iterator, Protocol
+
+
+@dataclass(frozen=True)
+class SourcePair:
+    """One preference pair as read from a source, images still encoded.
+
+    ``key`` identifies the pair within its source and is stable across runs; all of a row's
+    randomness derives from ``(seed, key)``.
+    """
+
+    key: str
+    caption: str
+    jpg_0: bytes | None
+    jpg_1: bytes | None
+    label_0: float
+    label_1: float
+    image_0_uid: str = ""
+    image_1_uid: str = ""
+    model_0: str = ""
+    model_1: str = ""
+    ranking_id: int = 0
+    user_id: int = 0
+    created_at: datetime | None = None
+
+    @property
+    def preferred(self) -> str:
+        """Which original image the source's user preferred: ``jpg_0``, ``jpg_1`` or ``tie``."""
+        if self.label_0 > self.label_1:
+            return "jpg_0"
+        if self.label_1 > self.label_0:
+            return "jpg_1"
+        return "tie"
+
+
+def key_to_int(key: str) -> int:
+    """A 63-bit integer for ``numpy.random.default_rng([seed, key_to_int(key)])``."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") >> 1
+
+
+class Source(Protocol):
+    name: str
+
+    def __iter__(self) -> Iterator[SourcePair]: ...
+
+    def describe(self) -> dict: ...

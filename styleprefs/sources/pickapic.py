@@ -1,0 +1,174 @@
+"""Pick-a-Pic pairs from the Hub (streamed), local Parquet, or webdataset tar shards.
+
+All three go through one reader, ``datasets`` in streaming mode, so nothing close to
+Pick-a-Pic's 335 GB is downloaded and local files are read the same way as the Hub.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+import datasets
+import pyarrow.parquet as pq
+
+from styleprefs.errors import StyleprefsError
+from styleprefs.schema import missing_columns
+from styleprefs.sources.base import SourcePair
+
+HUB_DEFAULT = "yuvalkirstain/pickapic_v2"
+# sayakpaul/pickapic_v2_webdataset's member names, as datasets' webdataset builder names columns.
+WDS_COLUMNS = {"caption": "original_prompt.txt", "jpg_0": "jpg_0.jpg", "jpg_1": "jpg_1.jpg",
+               "label_0": "label_0.txt", "label_1": "label_1.txt"}
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class PickapicSource:
+    """Rows in Pick-a-Pic v2's schema, in a stable order (files sorted, rows in file order)."""
+
+    name = "pickapic"
+
+    def __init__(self, location: str = HUB_DEFAULT, split: str | None = None):
+        self.location = location
+        self.split = split
+        self.files = _local_files(location, split)
+        self.kind = _kind(self.files)
+        if self.kind == "parquet":
+            _check_parquet(self.files)
+
+    def describe(self) -> dict:
+        return {"source": self.name, "location": self.location, "split": self.split,
+                "format": self.kind, "files": [Path(f).name for f in self.files]}
+
+    def __iter__(self) -> Iterator[SourcePair]:
+        stream = self._open()
+        wds = "original_prompt.txt" in (stream.features or {})
+        rows = iter(stream)
+        index = 0
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                return
+            except Exception as exc:  # datasets raises many types for a file it cannot read
+                raise StyleprefsError(f"cannot read source {self.location}: {_one_line(exc)}") from None
+            yield _wds_pair(row) if wds else _pickapic_pair(row, index)
+            index += 1
+
+    def _open(self) -> datasets.IterableDataset:
+        try:
+            if self.kind == "hub":
+                stream = datasets.load_dataset(self.location, split=self.split or "train", streaming=True)
+            else:
+                stream = datasets.load_dataset(self.kind, data_files=self.files, split="train", streaming=True)
+        except Exception as exc:
+            raise StyleprefsError(
+                f"cannot open source {self.location}: {_one_line(exc)} (for offline use pass a local Parquet/tar path or --source sample)"
+            ) from None
+        # Keep images as encoded bytes: decoding is the build's job, and a corrupt image must reach it.
+        for column, feature in (stream.features or {}).items():
+            if isinstance(feature, datasets.Image):
+                stream = stream.cast_column(column, datasets.Image(decode=False))
+        return stream
+
+
+def _local_files(location: str, split: str | None) -> list[str]:
+    path = Path(location)
+    if glob.has_magic(location):
+        files = sorted(glob.glob(location, recursive=True))
+    elif path.is_file():
+        files = [str(path)]
+    elif path.is_dir():
+        files = sorted(str(p) for p in path.rglob("*.parquet")) or sorted(str(p) for p in path.rglob("*.tar"))
+    elif _REPO_ID.match(location) and not location.startswith("."):
+        return []  # a Hub repo id
+    else:
+        raise StyleprefsError(f"source {location!r} does not exist: give a Parquet/tar file, folder, glob, Hub repo id, 'pickapic' or 'sample'")
+    if split is not None:
+        files = [f for f in files if Path(f).name.startswith(f"{split}-") or split in Path(f).parent.parts]
+    if not files:
+        where = f" for split {split!r}" if split else ""
+        raise StyleprefsError(f"source {location!r} holds no .parquet or .tar files{where}")
+    return files
+
+
+def _kind(files: list[str]) -> str:
+    if not files:
+        return "hub"
+    suffixes = {Path(f).suffix for f in files}
+    if suffixes == {".parquet"}:
+        return "parquet"
+    if suffixes == {".tar"}:
+        return "webdataset"
+    raise StyleprefsError(f"source files must be all .parquet or all .tar, got {', '.join(sorted(suffixes))}")
+
+
+def _check_parquet(files: list[str]) -> None:
+    for f in files:
+        try:
+            names = pq.read_schema(f).names
+        except Exception as exc:
+            raise StyleprefsError(f"cannot read Parquet file {f}: {_one_line(exc)}") from None
+        missing = missing_columns(names)
+        if missing:
+            raise StyleprefsError(f"Parquet file {f} is not in Pick-a-Pic's schema: missing column(s) {', '.join(missing)}")
+
+
+def _pickapic_pair(row: dict[str, Any], index: int) -> SourcePair:
+    uid0, uid1 = str(row.get("image_0_uid") or ""), str(row.get("image_1_uid") or "")
+    key = f"{row.get('ranking_id', '')}-{uid0}-{uid1}" if uid0 and uid1 else f"row-{index}"
+    return SourcePair(
+        key=key,
+        caption=row.get("caption") or "",
+        jpg_0=_image_bytes(row.get("jpg_0")),
+        jpg_1=_image_bytes(row.get("jpg_1")),
+        label_0=_float(row.get("label_0")),
+        label_1=_float(row.get("label_1")),
+        image_0_uid=uid0,
+        image_1_uid=uid1,
+        model_0=str(row.get("model_0") or ""),
+        model_1=str(row.get("model_1") or ""),
+        ranking_id=int(row.get("ranking_id") or 0),
+        user_id=int(row.get("user_id") or 0),
+        created_at=_datetime(row.get("created_at")),
+    )
+
+
+def _wds_pair(row: dict[str, Any]) -> SourcePair:
+    key = f"{Path(str(row.get('__url__', ''))).name}/{row['__key__']}"
+    return SourcePair(
+        key=key,
+        caption=row.get(WDS_COLUMNS["caption"]) or "",
+        jpg_0=_image_bytes(row.get(WDS_COLUMNS["jpg_0"])),
+        jpg_1=_image_bytes(row.get(WDS_COLUMNS["jpg_1"])),
+        label_0=_float(row.get(WDS_COLUMNS["label_0"])),
+        label_1=_float(row.get(WDS_COLUMNS["label_1"])),
+    )
+
+
+def _image_bytes(value: Any) -> bytes | None:
+    if isinstance(value, dict):
+        value = value.get("bytes")
+    return bytes(value) if value else None
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(str(value).strip()) if not isinstance(value, float) else value
+    except ValueError:
+        return math.nan
+
+
+def _datetime(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,119 @@
+"""Style specs: a style is data (YAML), validated on load."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from styleprefs.errors import StyleprefsError
+
+BUILTIN_DIR = Path(__file__).parent / "styles"
+
+
+@dataclass(frozen=True)
+class InstructPix2PixSettings:
+    instruction: str
+    num_inference_steps: int = 100
+    guidance_scale: float = 7.5
+    image_guidance_scale: float = 1.5
+
+
+@dataclass(frozen=True)
+class PromptDiffusionSettings:
+    prompt: str  # template with {caption}
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+
+
+@dataclass(frozen=True)
+class ClassicSettings:
+    filter: str
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StyleSpec:
+    name: str
+    clip_text: str  # template with {caption}: the styled text of the CLIP quality gate
+    classic: ClassicSettings
+    instruct_pix2pix: InstructPix2PixSettings
+    prompt_diffusion: PromptDiffusionSettings
+    description: str = ""
+
+    def styled_caption(self, caption: str) -> str:
+        return self.clip_text.format(caption=caption)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def builtin_styles() -> list[str]:
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
+
+
+def load_style(name_or_path: str | Path) -> StyleSpec:
+    """Load a built-in style by name or a user's style from a YAML path."""
+    path = _resolve(str(name_or_path))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise StyleprefsError(f"style file {path} cannot be read: {_first_line(exc)}") from None
+    if not isinstance(data, dict):
+        raise StyleprefsError(f"style file {path} must be a YAML mapping of keys to values")
+    spec = _build(StyleSpec, data, f"style file {path}")
+    for template in (spec.clip_text, spec.prompt_diffusion.prompt):
+        if "{caption}" not in template:
+            raise StyleprefsError(f"style file {path}: template {template!r} must contain {{caption}}")
+    return spec
+
+
+def _resolve(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise StyleprefsError(f"style file {path} does not exist")
+        return path
+    builtin = BUILTIN_DIR / f"{name_or_path}.yaml"
+    if not builtin.is_file():
+        raise StyleprefsError(
+            f"unknown style {name_or_path!r}: use one of {', '.join(builtin_styles())} or a path to a style .yaml"
+        )
+    return builtin
+
+
+def _build(cls: type, data: dict, where: str) -> Any:
+    """Instantiate a (nested) frozen dataclass from a mapping, naming any bad key or type."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise StyleprefsError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys are {', '.join(fields)}")
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise StyleprefsError(f"{where}: missing required key {name!r}")
+            continue
+        kwargs[name] = _coerce(hints[name], data[name], f"{where}: key {name!r}")
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise StyleprefsError(f"{where} must be a mapping")
+        return _build(hint, value, where)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    expected = {"str": str, "int": int, "dict": dict}.get(getattr(hint, "__name__", ""), hint)
+    if not isinstance(value, expected) or isinstance(value, bool):
+        raise StyleprefsError(f"{where} must be of type {expected.__name__}, got {value!r}")
+    return value
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
