@@ -23,10 +23,11 @@ from styleprefs import __version__
 from styleprefs.editors import Editor, load_editor
 from styleprefs.errors import StyleprefsError
 from styleprefs.images import as_jpeg, decode, encode_jpeg
-from styleprefs.io import sha256_file, write_json, write_parquet
+from styleprefs.io import write_json, write_parquet
 from styleprefs.pairs import make_row, plan_row
 from styleprefs.progress import pair_progress
 from styleprefs.schema import DATASET_SCHEMA, QUARANTINE_SCHEMA, REJECTS_SCHEMA
+from styleprefs.shards import write_shards
 from styleprefs.sources import Source, SourcePair, open_source
 from styleprefs.style import StyleSpec, load_style
 
@@ -275,7 +276,7 @@ def _finalize(job: _Job, out: Path, parts: list[_Part]) -> dict:
     kept = sum(p.kept for p in parts)
     tables = (pq.read_table(_part_paths(state, p.index)[0], schema=DATASET_SCHEMA) for p in parts)
     rejects = [r for p in parts for r in p.rejects]
-    shards = _write_shards(tables, kept, out / "data", job.cfg.shard_size)
+    shards = write_shards(tables, kept, out / "data", job.cfg.shard_size)
     write_parquet(pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA), out / "rejects.parquet")
     write_parquet(QUARANTINE_SCHEMA.empty_table(), out / "quarantine.parquet")
     manifest = {
@@ -289,35 +290,6 @@ def _finalize(job: _Job, out: Path, parts: list[_Part]) -> dict:
     }
     write_json(manifest, out / "manifest.json")
     return manifest
-
-
-def _write_shards(tables: Iterator[pa.Table], rows: int, data_dir: Path, shard_size: int) -> list[dict]:
-    """Re-cut a stream of tables into shards of ``shard_size`` rows, holding one shard in memory."""
-    count = max(1, math.ceil(rows / shard_size))
-    names = [f"train-{i:05d}-of-{count:05d}.parquet" for i in range(count)]
-    data_dir.mkdir(parents=True, exist_ok=True)
-    for stale in data_dir.glob("*.parquet"):
-        if stale.name not in names:
-            stale.unlink()
-    shards: list[dict] = []
-    pending: list[pa.Table] = []
-
-    def flush(table: pa.Table) -> None:
-        name = names[len(shards)]
-        write_parquet(table, data_dir / name)
-        shards.append({"path": f"data/{name}", "rows": table.num_rows, "sha256": sha256_file(data_dir / name)})
-
-    for table in tables:
-        pending.append(table)
-        buffered = pa.concat_tables(pending)
-        while buffered.num_rows >= shard_size:
-            flush(buffered.slice(0, shard_size))
-            buffered = buffered.slice(shard_size)
-        pending = [buffered]
-    remainder = pa.concat_tables(pending) if pending else DATASET_SCHEMA.empty_table()
-    if remainder.num_rows or not shards:
-        flush(remainder)
-    return shards
 
 
 def _reason_counts(rejects: list[dict]) -> dict[str, int]:

@@ -51,11 +51,13 @@ def inspect_dataset(dataset: Path) -> InspectReport:
             continue
         if sha256_file(path) != shard["sha256"]:
             problems.append(f"shard {shard['path']} does not match its sha256 in manifest.json")
-        problems += _schema_problems(pq.read_schema(path), shard["path"])
-        tables.append(pq.read_table(path, columns=[c for c in _STAT_COLUMNS if c in pq.read_schema(path).names]))
+        schema_problems = _schema_problems(pq.read_schema(path), shard["path"])
+        problems += schema_problems
+        if not schema_problems:
+            tables.append(pq.read_table(path, columns=_STAT_COLUMNS))
     table = pa.concat_tables(tables) if tables else None
     counts = dict(manifest["counts"])
-    counts["rows in shards"] = table.num_rows if table is not None else 0
+    counts["rows in shards"] = sum(pq.ParquetFile(p).metadata.num_rows for p in shard_paths(dataset, manifest) if p.is_file())
     if counts["rows in shards"] != counts["kept"]:
         problems.append(f"shards hold {counts['rows in shards']} rows but the manifest says {counts['kept']} were kept")
     return InspectReport(counts, _style_stats(table) if table is not None else [], problems)
