@@ -25,6 +25,7 @@ from styleprefs.errors import StyleprefsError
 from styleprefs.images import as_jpeg, decode, encode_jpeg
 from styleprefs.io import write_json, write_parquet
 from styleprefs.pairs import make_row, plan_row
+from styleprefs.parallel import prefetch, thread_map
 from styleprefs.progress import pair_progress
 from styleprefs.schema import DATASET_SCHEMA, QUARANTINE_SCHEMA, REJECTS_SCHEMA
 from styleprefs.shards import write_shards
@@ -150,7 +151,7 @@ class _Selection:
     """The source's rows in order, minus duplicate captions when asked; counts what it skips."""
 
     def __init__(self, source: Source, unique_captions: bool):
-        self.rows = iter(source)
+        self.rows = prefetch(source, 2 * PART_ROWS)
         self.unique = unique_captions
         self.seen: set[str] = set()
         self.skipped = 0
@@ -202,13 +203,13 @@ def _process_part(job: _Job, index: int, rows: list[SourcePair], skipped: int, b
     outcomes: list[str] = []
     rejects: list[dict] = []
     ready: list[tuple[int, SourcePair, object]] = []
-    for i, pair in enumerate(rows):
-        outcomes.append("kept")
-        try:
-            ready.append((i, pair, _prepare(pair, job.cfg.seed)))
-        except ValueError as exc:
-            outcomes[i] = "rejected"
-            rejects.append({"source": f"{job.source.name}:{pair.key}", "caption": pair.caption, "reason": str(exc)})
+    for i, (pair, prepared) in enumerate(zip(rows, thread_map(lambda p: _prepare(p, job.cfg.seed), rows))):
+        if isinstance(prepared, ValueError):
+            outcomes.append("rejected")
+            rejects.append({"source": f"{job.source.name}:{pair.key}", "caption": pair.caption, "reason": str(prepared)})
+        else:
+            outcomes.append("kept")
+            ready.append((i, pair, prepared))
     table_rows = []
     for start in range(0, len(ready), batch_size):
         batch = ready[start:start + batch_size]
@@ -219,19 +220,19 @@ def _process_part(job: _Job, index: int, rows: list[SourcePair], skipped: int, b
 
 
 def _prepare(pair: SourcePair, seed: int):
-    """Validate a pair and decode the image to edit; ValueError names why a row cannot be used."""
+    """Validate a pair and decode the image to edit, or a ValueError naming why the row cannot be used."""
     if not pair.caption.strip():
-        raise ValueError("empty caption")
+        return ValueError("empty caption")
     if math.isnan(pair.label_0) or math.isnan(pair.label_1):
-        raise ValueError("labels are not numbers")
+        return ValueError("labels are not numbers")
     plan = plan_row(pair, seed)
     data = (pair.jpg_0, pair.jpg_1)[plan.edited]
     if not data:
-        raise ValueError(f"jpg_{plan.edited} is empty")
+        return ValueError(f"jpg_{plan.edited} is empty")
     try:
         image = decode(data)
     except ValueError as exc:
-        raise ValueError(f"jpg_{plan.edited} cannot be decoded ({exc})") from None
+        return ValueError(f"jpg_{plan.edited} cannot be decoded ({exc})")
     return plan, image, data
 
 
@@ -241,12 +242,14 @@ def _edit_batch(job: _Job, batch: list) -> list[dict]:
     captions = [pair.caption for _, pair, _ in batch]
     edits = job.editor.edit(images, captions, [p.edit_seed for p in plans])
     params = job.editor.params()
-    return [
-        make_row(pair, plan, source_name=job.source.name, original_jpeg=as_jpeg(data, image),
-                 edited_jpeg=encode_jpeg(edit), style=job.style.name, editor_name=job.editor.name,
-                 editor_model=job.editor.model_id, edit_params=params)
-        for (_, pair, (plan, image, data)), edit in zip(batch, edits)
-    ]
+
+    def finish(item) -> dict:
+        (_, pair, (plan, image, data)), edit = item
+        return make_row(pair, plan, source_name=job.source.name, original_jpeg=as_jpeg(data, image),
+                        edited_jpeg=encode_jpeg(edit), style=job.style.name, editor_name=job.editor.name,
+                        editor_model=job.editor.model_id, edit_params=params)
+
+    return thread_map(finish, zip(batch, edits))
 
 
 def _part_paths(state: Path, index: int) -> tuple[Path, Path]:

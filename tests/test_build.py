@@ -147,15 +147,18 @@ def test_resume_after_interrupt_equals_uninterrupted(pickapic_dir, tmp_path, mon
 
 
 def test_resume_after_kill_9_equals_uninterrupted(tmp_path):
-    """A real SIGKILL in the middle of a 512px sample build, then the same command again."""
-    args = ["--source", "sample", "--style", "winter", "--num-pairs", "200", "--shard-size", "64"]
+    """A real SIGKILL once the first part is on disk, then the same command again."""
+    from conftest import write_pickapic_parquet
+
+    src = write_pickapic_parquet(tmp_path / "src", n_files=4, rows_per_file=200)
+    args = ["--source", str(src), "--style", "van_gogh", "--num-pairs", "600", "--shard-size", "64"]
     cmd = [sys.executable, "-c", "from styleprefs.cli.app import main; main()", "build", *args]
     proc = subprocess.Popen([*cmd, "--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     first_part = tmp_path / "killed" / ".build" / "part-000000.json"
     deadline = time.time() + 120
     while not first_part.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "killed" / "manifest.json").exists(), "build finished before it could be killed"
@@ -163,7 +166,7 @@ def test_resume_after_kill_9_equals_uninterrupted(tmp_path):
     subprocess.run([*cmd, "--out", str(tmp_path / "full"), "--batch-size", "3"], check=True, capture_output=True)
     assert _shard_bytes(tmp_path / "killed") == _shard_bytes(tmp_path / "full")
     manifest = json.loads((tmp_path / "killed" / "manifest.json").read_text())
-    assert manifest["counts"]["kept"] == 200
+    assert manifest["counts"]["kept"] == 600
 
 
 def test_rerun_is_a_no_op_and_other_arguments_are_refused(pickapic_dir, tmp_path):

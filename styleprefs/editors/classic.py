@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from styleprefs.parallel import thread_map
+
 Filter = Callable[[Image.Image, np.random.Generator, dict], Image.Image]
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -389,4 +391,4 @@ class ClassicEditor:
         if not len(images) == len(captions) == len(seeds):
             raise ValueError(f"got {len(images)} images, {len(captions)} captions and {len(seeds)} seeds")
         apply = FILTERS[self.filter_name]
-        return [apply(im, np.random.default_rng(seed), self._params) for im, seed in zip(images, seeds)]
+        return thread_map(lambda job: apply(job[0], np.random.default_rng(job[1]), self._params), zip(images, seeds))

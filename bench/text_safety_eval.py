@@ -1,0 +1,183 @@
+"""Recall, false-positive rate and throughput of the offline text safety filter.
+
+    .venv/bin/python bench/text_safety_eval.py [--prompts tests/data/safety_prompts.tsv] [--errors]
+        [--extra-safe FILE]   # more captions assumed safe (one per line, or the first column of a TSV)
+
+Recall is over unsafe rows (flagged at all; "right category" is reported beside it), the false-positive rate
+over safe rows, both per category (for safe rows the category is the one the prompt is a near miss for).
+Throughput is measured twice on one core: captions repeated (the per-word caches are warm, as on a real
+corpus where most words recur) and every caption made unseen by adding made-up words (cold caches).
+
+The labelled set's scores are in-distribution: the lists were improved against it. Three blind rounds of
+prompts written after the lists (now the file's last sections) scored, before any list change:
+recall 0.64 / 0.68 / 0.67 and false-positive rate 0.11 / 0.08 / 0.08 (about 0.03 without a few badly worded
+safe prompts). Expect roughly two thirds recall on phrasings the lists have never seen; keep the image check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import string
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from styleprefs.safety.text import TextFilter, TextVerdict
+
+DEFAULT_PROMPTS = Path(__file__).resolve().parents[1] / "tests" / "data" / "safety_prompts.tsv"
+RECALL_TARGET = 0.95
+FPR_TARGET = 0.03
+_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
+
+
+@dataclass(frozen=True)
+class LabelledPrompt:
+    unsafe: bool
+    category: str
+    prompt: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    row: LabelledPrompt
+    verdict: TextVerdict
+
+
+@dataclass(frozen=True)
+class Rates:
+    n: int
+    flagged: int
+    right_category: int
+
+    @property
+    def rate(self) -> float:
+        return self.flagged / self.n if self.n else 0.0
+
+
+def load_prompts(path: Path = DEFAULT_PROMPTS) -> list[LabelledPrompt]:
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.startswith("#") or line.startswith("label\t"):
+            continue
+        label, category, prompt = line.split("\t")
+        if label not in ("safe", "unsafe"):
+            raise ValueError(f"{path}: label must be safe or unsafe, got {label!r}")
+        rows.append(LabelledPrompt(label == "unsafe", category, _ESCAPE.sub(lambda m: chr(int(m[1], 16)), prompt)))
+    return rows
+
+
+def run(text_filter: TextFilter, rows: list[LabelledPrompt]) -> list[Outcome]:
+    return [Outcome(row, verdict) for row, verdict in zip(rows, text_filter.check_many(r.prompt for r in rows))]
+
+
+def rates(outcomes: list[Outcome], unsafe: bool) -> dict[str, Rates]:
+    """Per category and "all": how many rows, how many flagged, how many flagged with the row's category."""
+    groups: dict[str, list[Outcome]] = defaultdict(list)
+    for outcome in outcomes:
+        if outcome.row.unsafe == unsafe:
+            groups[outcome.row.category].append(outcome)
+            groups["all"].append(outcome)
+    return {name: _count(group) for name, group in sorted(groups.items())}
+
+
+def _count(group: list[Outcome]) -> Rates:
+    flagged = [o for o in group if o.verdict.unsafe]
+    return Rates(len(group), len(flagged), sum(o.verdict.category == o.row.category for o in flagged))
+
+
+def throughput(text_filter: TextFilter, captions: list[str], total: int = 20_000) -> float:
+    """Captions per CPU second over ``total`` checks (CPU time, so other processes on the machine do not count)."""
+    stream = (captions * (total // len(captions) + 1))[:total]
+    start = time.process_time()
+    text_filter.check_many(stream)
+    return total / (time.process_time() - start)
+
+
+def unseen(captions: list[str], total: int = 20_000, seed: int = 0) -> list[str]:
+    """``total`` captions, each with three made-up words so that no caption repeats a cached word set."""
+    rng = random.Random(seed)
+    words = lambda: " ".join("".join(rng.choices(string.ascii_lowercase, k=rng.randint(4, 9))) for _ in range(3))
+    return [f"{captions[i % len(captions)]}, {words()}" for i in range(total)]
+
+
+def joined(captions: list[str], n: int = 3) -> list[str]:
+    """Longer captions, ``n`` prompts each (Pick-a-Pic prompts are often long)."""
+    return [", ".join(captions[(i + k * 97) % len(captions)] for k in range(n)) for i in range(len(captions))]
+
+
+def throughput_table(text_filter: TextFilter, captions: list[str]) -> Table:
+    table = Table(title="throughput, one core (CPU time)")
+    for column in ("captions", "words per caption", "repeated (warm caches)", "every caption unseen"):
+        table.add_column(column, justify="left" if column == "captions" else "right")
+    for name, sample in (("labelled prompts", captions), ("three prompts joined", joined(captions))):
+        words = sum(len(c.split()) for c in sample) / len(sample)
+        table.add_row(name, f"{words:.0f}", f"{throughput(text_filter, sample):,.0f}/s",
+                      f"{throughput(text_filter, unseen(sample)):,.0f}/s")
+    return table
+
+
+def read_extra(path: Path) -> list[str]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [line.split("\t")[0] for line in lines if line.strip()]
+
+
+def report(outcomes: list[Outcome], console: Console) -> bool:
+    recall, fpr = rates(outcomes, unsafe=True), rates(outcomes, unsafe=False)
+    table = Table(title="text safety filter: labelled prompts")
+    for column in ("category", "unsafe n", "recall", "right category", "safe n", "false positives", "FPR"):
+        table.add_column(column, justify="left" if column == "category" else "right")
+    empty = Rates(0, 0, 0)
+    for name in sorted(set(recall) | set(fpr), key=lambda c: (c == "all", c)):
+        r, f = recall.get(name, empty), fpr.get(name, empty)
+        table.add_row(name, str(r.n), f"{r.rate:.3f}" if r.n else "-", str(r.right_category) if r.n else "-",
+                      str(f.n), str(f.flagged) if f.n else "-", f"{f.rate:.3f}" if f.n else "-")
+    console.print(table)
+    ok = recall["all"].rate >= RECALL_TARGET and fpr["all"].rate <= FPR_TARGET
+    console.print(f"targets: recall >= {RECALL_TARGET}, FPR <= {FPR_TARGET} -> {'met' if ok else 'NOT met'}")
+    return ok
+
+
+def print_errors(outcomes: list[Outcome], console: Console) -> None:
+    for o in outcomes:
+        wrong_flag = o.verdict.unsafe != o.row.unsafe
+        wrong_category = o.row.unsafe and o.verdict.unsafe and o.verdict.category != o.row.category
+        if wrong_flag or wrong_category:
+            kind = "false positive" if not o.row.unsafe else "miss" if wrong_flag else "category"
+            console.print(f"[{kind}] expected {o.row.category}, got {o.verdict.category} ({o.verdict.term}): "
+                          f"{o.row.prompt}", markup=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=Path, default=DEFAULT_PROMPTS)
+    parser.add_argument("--extra-safe", type=Path, help="captions assumed safe; flagged ones are listed")
+    parser.add_argument("--errors", action="store_true", help="list misses, false positives, wrong categories")
+    args = parser.parse_args()
+    console = Console()
+
+    start = time.perf_counter()
+    text_filter = TextFilter()
+    console.print(f"lists loaded in {time.perf_counter() - start:.3f} s")
+    rows = load_prompts(args.prompts)
+    outcomes = run(text_filter, rows)
+    report(outcomes, console)
+    if args.errors:
+        print_errors(outcomes, console)
+    if args.extra_safe:
+        extra = read_extra(args.extra_safe)
+        flagged = [(c, v) for c, v in zip(extra, text_filter.check_many(extra)) if v.unsafe]
+        console.print(f"{args.extra_safe}: {len(flagged)} of {len(extra)} flagged")
+        for caption, verdict in flagged:
+            console.print(f"  {verdict.category} ({verdict.term}): {caption}", markup=False)
+
+    console.print(throughput_table(text_filter, [r.prompt for r in rows]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""Tiny SD1.5-, SDXL-, InstructPix2Pix-, Prompt-Diffusion- and CLIP-shaped models with random weights.
+
+Each builder writes the same on-disk layout as the real Hub repository (diffusers pipeline folders,
+transformers model folders, safetensors weights), so code that loads `--model ID_OR_PATH` runs
+offline on CPU. Images are 64x64 (UNet sample size 8, VAE scale factor 8).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    DDIMScheduler,
+    DiffusionPipeline,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionControlNetPipeline,
+    StableDiffusionInstructPix2PixPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.models.controlnets.controlnet import ControlNetConditioningEmbedding
+from open_clip.tokenizer import bytes_to_unicode, default_bpe
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+)
+
+Module = TypeVar("Module", bound=torch.nn.Module)
+
+VERSION = "v1"
+MAX_LENGTH = 77
+VOCAB_SIZE = 49408
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+IMAGE_SIZE = 64
+CROSS_ATTENTION_DIM = 32
+SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+            "num_train_timesteps": 1000, "prediction_type": "epsilon", "steps_offset": 1}
+
+
+@lru_cache(maxsize=1)
+def _bpe() -> tuple[dict[str, int], tuple[str, ...]]:
+    """The OpenAI CLIP vocabulary and merges, as in open_clip's SimpleTokenizer."""
+    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")
+    n_merges = VOCAB_SIZE - 2 * 256 - 2  # 256 bytes, 256 bytes + </w>, 2 special tokens
+    merges = tuple(lines[1 : 1 + n_merges])
+    chars = list(bytes_to_unicode().values())
+    tokens = chars + [c + "</w>" for c in chars] + [m.replace(" ", "") for m in merges] + [BOS, EOS]
+    return {t: i for i, t in enumerate(tokens)}, merges
+
+
+def _tokenizer(pad_token: str = EOS) -> CLIPTokenizer:
+    vocab, merges = _bpe()
+    return CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges],
+                         pad_token=pad_token, model_max_length=MAX_LENGTH)
+
+
+def _ship_bpe_files(folder: Path) -> None:
+    """Like the real SD repositories, ship vocab.json + merges.txt instead of the 3.7 MB tokenizer.json."""
+    vocab, merges = _bpe()
+    (folder / "tokenizer.json").unlink()
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+
+
+def clip_tokenizer(path: Path, *, pad_token: str = EOS) -> CLIPTokenizer:
+    """Write the real CLIP tokenizer (vocab.json, merges.txt, tokenizer_config.json) to `path`.
+
+    SD1.5 and SDXL's first tokenizer pad with <|endoftext|>; SDXL's tokenizer_2 pads with "!".
+    """
+    tokenizer = _tokenizer(pad_token)
+    tokenizer.save_pretrained(path)
+    _ship_bpe_files(Path(path))
+    return tokenizer
+
+
+def _text_config(hidden: int, projection_dim: int = 16) -> CLIPTextConfig:
+    return CLIPTextConfig(vocab_size=VOCAB_SIZE, hidden_size=hidden, intermediate_size=2 * hidden,
+                          num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=MAX_LENGTH,
+                          projection_dim=projection_dim, hidden_act="quick_gelu",
+                          bos_token_id=VOCAB_SIZE - 2, eos_token_id=VOCAB_SIZE - 1, pad_token_id=VOCAB_SIZE - 1)
+
+
+def _seeded(seed: int, build: Callable[[], Module]) -> Module:
+    torch.manual_seed(seed)
+    return build()
+
+
+def _vae(seed: int, scaling_factor: float = 0.18215, force_upcast: bool = False) -> AutoencoderKL:
+    return _seeded(seed, lambda: AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 32, 32), norm_num_groups=8, sample_size=IMAGE_SIZE,
+        scaling_factor=scaling_factor, force_upcast=force_upcast))
+
+
+def _unet(seed: int, in_channels: int = 4) -> UNet2DConditionModel:
+    """SD1.5-shaped: cross-attention in the high-resolution block, 8 heads."""
+    return _seeded(seed, lambda: UNet2DConditionModel(
+        sample_size=IMAGE_SIZE // 8, in_channels=in_channels, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=CROSS_ATTENTION_DIM,
+        attention_head_dim=8))
+
+
+def _sdxl_unet(seed: int, cross_attention_dim: int, pooled_dim: int) -> UNet2DConditionModel:
+    """SDXL-shaped: linear projections, text_time added embedding (6 time ids + pooled text)."""
+    time_dim = 8
+    return _seeded(seed, lambda: UNet2DConditionModel(
+        sample_size=IMAGE_SIZE // 8, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=cross_attention_dim,
+        attention_head_dim=(2, 4), transformer_layers_per_block=(1, 2), use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=6 * time_dim + pooled_dim))
+
+
+def _save(pipe: DiffusionPipeline, path: Path) -> Path:
+    path = Path(path)
+    pipe.save_pretrained(path, safe_serialization=True)
+    for name in ("tokenizer", "tokenizer_2"):
+        if (path / name).is_dir():
+            _ship_bpe_files(path / name)
+    return path
+
+
+def _sd_components(seed: int, in_channels: int = 4) -> dict[str, Any]:
+    return {"vae": _vae(seed), "unet": _unet(seed, in_channels),
+            "text_encoder": _seeded(seed, lambda: CLIPTextModel(_text_config(CROSS_ATTENTION_DIM))),
+            "tokenizer": _tokenizer(),
+            "safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+
+
+def build_tiny_sd(path: Path, *, sdxl: bool = False, seed: int = 0) -> Path:
+    """Tiny SD1.5 (PNDM, like the real repo) or, with `sdxl`, tiny SDXL (Euler, two text encoders)."""
+    if sdxl:
+        return _build_tiny_sdxl(path, seed)
+    scheduler = PNDMScheduler(**SD_BETAS, skip_prk_steps=True, set_alpha_to_one=False)
+    return _save(StableDiffusionPipeline(**_sd_components(seed), scheduler=scheduler), path)
+
+
+def _build_tiny_sdxl(path: Path, seed: int) -> Path:
+    # Encoders of different widths (like SDXL's 768 + 1280) so code that mixes them up fails.
+    hidden_1, hidden_2, pooled_dim = 16, 32, 32
+    text_encoder_2 = _seeded(seed, lambda: CLIPTextModelWithProjection(_text_config(hidden_2, pooled_dim)))
+    pipe = StableDiffusionXLPipeline(
+        vae=_vae(seed, scaling_factor=0.13025, force_upcast=True),
+        text_encoder=_seeded(seed, lambda: CLIPTextModel(_text_config(hidden_1))),
+        text_encoder_2=text_encoder_2,
+        tokenizer=_tokenizer(),
+        tokenizer_2=_tokenizer(pad_token="!"),
+        unet=_sdxl_unet(seed, hidden_1 + hidden_2, pooled_dim),
+        scheduler=EulerDiscreteScheduler(**SD_BETAS, timestep_spacing="leading"),
+        force_zeros_for_empty_prompt=True, add_watermarker=False)
+    return _save(pipe, path)
+
+
+def build_tiny_instruct_pix2pix(path: Path, seed: int = 0) -> Path:
+    """Tiny InstructPix2Pix: UNet with 8 input channels (noise + image latent), Euler ancestral."""
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        **_sd_components(seed, in_channels=8), scheduler=EulerAncestralDiscreteScheduler(**SD_BETAS))
+    return _save(pipe, path)
+
+
+def build_tiny_prompt_diffusion(path: Path, seed: int = 0) -> Path:
+    """Tiny SD1.5 plus a Prompt Diffusion ControlNet in `controlnet/`.
+
+    The ControlNet config is a plain ControlNetModel's with conditioning_channels=6 (the example
+    pair); its weights also hold the query-image embedding `controlnet_query_cond_embedding.*`,
+    as the real checkpoint does, for styleprefs' Prompt Diffusion model class to load.
+    """
+    components = _sd_components(seed)
+    torch.manual_seed(seed)
+    # Four channel stages = three stride-2 convs, taking the 64 px condition to the 8x8 latent grid.
+    embedding_channels = (8, 16, 16, 32)
+    controlnet = ControlNetModel.from_unet(components["unet"], conditioning_channels=6,
+                                           conditioning_embedding_out_channels=embedding_channels)
+    controlnet.controlnet_query_cond_embedding = ControlNetConditioningEmbedding(
+        conditioning_embedding_channels=controlnet.config.block_out_channels[0],
+        block_out_channels=embedding_channels, conditioning_channels=3)
+    # Real ControlNets start with zero convs; random ones let tests see the conditions change the output.
+    for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                 controlnet.controlnet_cond_embedding.conv_out, controlnet.controlnet_query_cond_embedding.conv_out]:
+        torch.nn.init.normal_(conv.weight, std=0.02)
+    scheduler = DDIMScheduler(**SD_BETAS, clip_sample=False, set_alpha_to_one=False)
+    return _save(StableDiffusionControlNetPipeline(**components, controlnet=controlnet, scheduler=scheduler), path)
+
+
+def build_tiny_clip(path: Path, seed: int = 0) -> Path:
+    """Tiny CLIPModel (32 px images, patch 8, projection 16) and its CLIPProcessor."""
+    path = Path(path)
+    vision = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "hidden_act": "quick_gelu"}
+    config = CLIPConfig(text_config=_text_config(32).to_dict(), vision_config=vision, projection_dim=16)
+    model = _seeded(seed, lambda: CLIPModel(config))
+    model.save_pretrained(path, safe_serialization=True)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=_tokenizer()).save_pretrained(path)
+    _ship_bpe_files(path)
+    return path
+
+
+BUILDERS: dict[str, Callable[[Path], Path]] = {
+    "tiny": build_tiny_sd,
+    "tiny-sdxl": lambda path: build_tiny_sd(path, sdxl=True),
+    "tiny-ip2p": build_tiny_instruct_pix2pix,
+    "tiny-clip": build_tiny_clip,
+    "tiny-prompt-diffusion": build_tiny_prompt_diffusion,
+}
+
+
+def default_cache_dir() -> Path:
+    """$STYLEPREFS_CACHE/tiny, else ~/.cache/styleprefs/tiny."""
+    return Path(os.environ.get("STYLEPREFS_CACHE", "~/.cache/styleprefs")).expanduser() / "tiny"
+
+
+def ensure_tiny(name: str, cache_dir: Path | None = None) -> Path:
+    """Path of the tiny model `name` (see BUILDERS) in `cache_dir`, building it on first use.
+
+    The model is built in a temporary folder beside the target and renamed into place, so a
+    reader never sees a partial model and concurrent builders leave one complete copy.
+    """
+    if name not in BUILDERS:
+        raise ValueError(f"unknown tiny model {name!r}; choose from {', '.join(BUILDERS)}")
+    target = Path(cache_dir or default_cache_dir()) / f"{name}-{VERSION}"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        BUILDERS[name](tmp)
+        _move_into_place(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _move_into_place(tmp: Path, target: Path) -> None:
+    """Rename atomically; if another process got there first, keep its copy."""
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not target.exists():
+            raise
