@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from styleprefs import __version__
+from styleprefs.card import write_card
 from styleprefs.editors import Editor, load_editor
 from styleprefs.errors import StyleprefsError
 from styleprefs.images import as_jpeg, decode, encode_jpeg
@@ -27,6 +28,8 @@ from styleprefs.io import write_json, write_parquet
 from styleprefs.pairs import make_row, plan_row
 from styleprefs.parallel import prefetch, thread_map
 from styleprefs.progress import pair_progress
+from styleprefs.safety.report import TEXT_LISTS_BACKEND, safety_summary
+from styleprefs.safety.text import SAFE, TextFilter
 from styleprefs.schema import DATASET_SCHEMA, QUARANTINE_SCHEMA, REJECTS_SCHEMA
 from styleprefs.shards import write_shards
 from styleprefs.sources import Source, SourcePair, open_source
@@ -48,6 +51,7 @@ class BuildConfig:
     split: str | None = None
     unique_captions: bool = False
     shard_size: int = 1000  # rows per output shard
+    safety: bool = True  # quarantine captions the built-in text lists flag, before any editing
 
 
 @dataclass
@@ -60,10 +64,12 @@ class BuildResult:
 @dataclass
 class _Part:
     index: int
-    outcomes: list[str]  # per selected input row, in order: "kept" | "rejected"
+    outcomes: list[str]  # per selected input row, in order: "kept" | "rejected" | "quarantined"
     rejects: list[dict]
+    quarantine: list[dict]
     skipped: int  # rows skipped by selection (duplicate captions) while filling this part
     table: pa.Table | None = None  # kept rows; None for a part loaded from disk
+    ready: list = field(default_factory=list)  # (pair, (plan, image, bytes)) awaiting the editor
 
     @property
     def kept(self) -> int:
@@ -80,6 +86,7 @@ class _Job:
         self.style: StyleSpec = load_style(cfg.style)
         self.source: Source = open_source(cfg.source, cfg.split)
         self.editor: Editor = load_editor(cfg.editor, self.style)
+        self.text_filter = TextFilter() if cfg.safety else None
         identity = {
             "format_version": FORMAT_VERSION,
             "build": {**asdict(cfg), "style": self.style.name},
@@ -200,23 +207,39 @@ def _run_parts(job: _Job, state: Path, batch_size: int, show_progress: bool) -> 
 
 def _process_part(job: _Job, index: int, rows: list[SourcePair], skipped: int, batch_size: int,
                   advance: Callable[[int, int], None]) -> _Part:
-    outcomes: list[str] = []
-    rejects: list[dict] = []
-    ready: list[tuple[int, SourcePair, object]] = []
-    for i, (pair, prepared) in enumerate(zip(rows, thread_map(lambda p: _prepare(p, job.cfg.seed), rows))):
-        if isinstance(prepared, ValueError):
-            outcomes.append("rejected")
-            rejects.append({"source": f"{job.source.name}:{pair.key}", "caption": pair.caption, "reason": str(prepared)})
-        else:
-            outcomes.append("kept")
-            ready.append((i, pair, prepared))
-    table_rows = []
+    part = _triage(job, index, rows, skipped)
+    ready = part.ready
+    table_rows: list[dict] = []
     for start in range(0, len(ready), batch_size):
         batch = ready[start:start + batch_size]
         table_rows += _edit_batch(job, batch)
         advance(len(batch), len(batch))
-    advance(0, len(rejects))
-    return _Part(index, outcomes, rejects, skipped, pa.Table.from_pylist(table_rows, schema=DATASET_SCHEMA))
+    advance(0, len(part.rejects) + len(part.quarantine))
+    part.table = pa.Table.from_pylist(table_rows, schema=DATASET_SCHEMA)
+    return part
+
+
+def _triage(job: _Job, index: int, rows: list[SourcePair], skipped: int) -> _Part:
+    """Quarantine unsafe captions, reject unusable rows, decode the rest (``part.ready``) for editing."""
+    part = _Part(index, [], [], [], skipped)
+    verdicts = job.text_filter.check_many(p.caption for p in rows) if job.text_filter else [SAFE] * len(rows)
+    safe_rows = [p for p, v in zip(rows, verdicts) if not v.unsafe]
+    prepared_rows = iter(thread_map(lambda p: _prepare(p, job.cfg.seed), safe_rows))
+    for pair, verdict in zip(rows, verdicts):
+        source_id = f"{job.source.name}:{pair.key}"
+        if verdict.unsafe:
+            part.outcomes.append("quarantined")
+            part.quarantine.append({"source": source_id, "caption": pair.caption, "category": verdict.category,
+                                    "matched": verdict.term, "backend": TEXT_LISTS_BACKEND})
+            continue
+        prepared = next(prepared_rows)
+        if isinstance(prepared, ValueError):
+            part.outcomes.append("rejected")
+            part.rejects.append({"source": source_id, "caption": pair.caption, "reason": str(prepared)})
+        else:
+            part.outcomes.append("kept")
+            part.ready.append((pair, prepared))
+    return part
 
 
 def _prepare(pair: SourcePair, seed: int):
@@ -237,14 +260,14 @@ def _prepare(pair: SourcePair, seed: int):
 
 
 def _edit_batch(job: _Job, batch: list) -> list[dict]:
-    plans = [prepared[0] for _, _, prepared in batch]
-    images = [prepared[1] for _, _, prepared in batch]
-    captions = [pair.caption for _, pair, _ in batch]
+    plans = [prepared[0] for _, prepared in batch]
+    images = [prepared[1] for _, prepared in batch]
+    captions = [pair.caption for pair, _ in batch]
     edits = job.editor.edit(images, captions, [p.edit_seed for p in plans])
     params = job.editor.params()
 
     def finish(item) -> dict:
-        (_, pair, (plan, image, data)), edit = item
+        (pair, (plan, image, data)), edit = item
         return make_row(pair, plan, source_name=job.source.name, original_jpeg=as_jpeg(data, image),
                         edited_jpeg=encode_jpeg(edit), style=job.style.name, editor_name=job.editor.name,
                         editor_model=job.editor.model_id, edit_params=params)
@@ -259,7 +282,8 @@ def _part_paths(state: Path, index: int) -> tuple[Path, Path]:
 def _save_part(state: Path, part: _Part) -> None:
     table_path, summary_path = _part_paths(state, part.index)
     write_parquet(part.table, table_path)
-    write_json({"outcomes": part.outcomes, "rejects": part.rejects, "skipped": part.skipped}, summary_path)
+    write_json({"outcomes": part.outcomes, "rejects": part.rejects, "quarantine": part.quarantine,
+                "skipped": part.skipped}, summary_path)
 
 
 def _load_part(state: Path, index: int, rows: int) -> _Part | None:
@@ -270,7 +294,7 @@ def _load_part(state: Path, index: int, rows: int) -> _Part | None:
     summary = json.loads(summary_path.read_text())
     if len(summary["outcomes"]) != rows:
         return None
-    return _Part(index, summary["outcomes"], summary["rejects"], summary["skipped"])
+    return _Part(index, summary["outcomes"], summary["rejects"], summary["quarantine"], summary["skipped"])
 
 
 def _finalize(job: _Job, out: Path, parts: list[_Part]) -> dict:
@@ -279,19 +303,23 @@ def _finalize(job: _Job, out: Path, parts: list[_Part]) -> dict:
     kept = sum(p.kept for p in parts)
     tables = (pq.read_table(_part_paths(state, p.index)[0], schema=DATASET_SCHEMA) for p in parts)
     rejects = [r for p in parts for r in p.rejects]
+    quarantine = [q for p in parts for q in p.quarantine]
     shards = write_shards(tables, kept, out / "data", job.cfg.shard_size)
     write_parquet(pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA), out / "rejects.parquet")
-    write_parquet(QUARANTINE_SCHEMA.empty_table(), out / "quarantine.parquet")
+    write_parquet(pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA), out / "quarantine.parquet")
     manifest = {
         "config": job.identity,
         "styleprefs_version": __version__,
         "counts": {"read": sum(len(p.outcomes) for p in parts), "kept": kept,
-                   "rejected": len(rejects), "quarantined": 0,
+                   "rejected": len(rejects), "quarantined": len(quarantine),
                    "skipped_duplicate_captions": sum(p.skipped for p in parts), "requested": job.cfg.num_pairs},
         "reject_reasons": _reason_counts(rejects),
         "shards": shards,
     }
+    if job.text_filter is not None:
+        manifest["safety"] = safety_summary([TEXT_LISTS_BACKEND], quarantine)
     write_json(manifest, out / "manifest.json")
+    write_card(out)
     return manifest
 
 

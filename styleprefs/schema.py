@@ -32,6 +32,10 @@ PROVENANCE_FIELDS = [
     pa.field("source_edited", pa.string()),  # jpg_0 | jpg_1: which original image was edited
     pa.field("clip_direction", pa.float64()),  # null when the quality gate did not run
     pa.field("clip_image", pa.float64()),
+    pa.field("editor_nsfw", pa.bool_()),  # the editor's own safety checker flag (InstructPix2Pix), else null
+    pa.field("safety_text_score", pa.float64()),  # text classifier's unsafe probability, null if not run
+    pa.field("safety_image_score_0", pa.float64()),  # image checker's score of jpg_0 (> 0: flagged), null if not run
+    pa.field("safety_image_score_1", pa.float64()),
 ]
 
 DATASET_SCHEMA = pa.schema(PICKAPIC_FIELDS + PROVENANCE_FIELDS)

@@ -21,10 +21,12 @@ CAPTIONS = [
     "a bowl of ramen, studio photo",
     "   ",  # blank caption: rejected
     "a red fox in a snowy forest",
-    "x" * 600,  # very long caption
+    "a " + "very " * 120 + "long caption",
+    "n.u.d.e woman on a beach, photorealistic",  # unsafe: quarantined by the text filter
 ]
 CORRUPT_ROW = 3  # jpg_0 and jpg_1 are truncated bytes
 TIE_ROWS = (1, 4)
+UNSAFE_ROW = 8
 
 
 def image_bytes(seed: int, fmt: str = "JPEG", size: int = 64) -> bytes:

@@ -84,10 +84,23 @@ def test_nothing_read_is_dropped(pickapic_dir, tmp_path):
     assert counts["kept"] + counts["rejected"] + counts["quarantined"] == counts["read"]
     rejects = pq.read_table(out / "rejects.parquet").to_pylist()
     reasons = sorted(r["reason"].split(" (")[0] for r in rejects)
-    # one blank caption (row 5) and three truncated images (rows 3, 11, 19; which side is read varies)
+    # one blank caption (row 5) and three truncated images (rows 3, 12, 21; which side is read varies)
     assert reasons[0] == "empty caption" and len(reasons) == counts["rejected"] == 4
     assert all(r.endswith("cannot be decoded") for r in reasons[1:])
+    quarantine = pq.read_table(out / "quarantine.parquet").to_pylist()
+    assert [q["source"] for q in quarantine] == ["pickapic:1008-uid-8-0-uid-8-1", "pickapic:1017-uid-17-0-uid-17-1"]
+    assert {(q["category"], q["backend"]) for q in quarantine} == {("sexual", "text-lists")}
+    assert counts["quarantined"] == 2 and counts["kept"] == 18
+    assert manifest["safety"] == {"backends": ["text-lists"], "quarantined_by_category": {"sexual": 2}}
     assert "tie" in pq.read_table(out / "data", columns=["source_preferred"]).column(0).to_pylist()
+
+
+def test_no_safety_keeps_flagged_captions(pickapic_dir, tmp_path):
+    manifest = _build(pickapic_dir, tmp_path / "out", num_pairs=100, safety=False)
+    assert manifest["counts"]["quarantined"] == 0 and "safety" not in manifest
+    captions = pq.read_table(tmp_path / "out" / "data", columns=["caption"]).column(0).to_pylist()
+    assert any(c.startswith("n.u.d.e") for c in captions)
+    assert "No safety filter was run" in (tmp_path / "out" / "README.md").read_text()
 
 
 def test_webdataset_source(wds_dir, tmp_path):
@@ -150,7 +163,7 @@ def test_resume_after_kill_9_equals_uninterrupted(tmp_path):
     """A real SIGKILL once the first part is on disk, then the same command again."""
     from conftest import write_pickapic_parquet
 
-    src = write_pickapic_parquet(tmp_path / "src", n_files=4, rows_per_file=200)
+    src = write_pickapic_parquet(tmp_path / "src", n_files=4, rows_per_file=200)  # 800 rows, about 670 usable
     args = ["--source", str(src), "--style", "van_gogh", "--num-pairs", "600", "--shard-size", "64"]
     cmd = [sys.executable, "-c", "from styleprefs.cli.app import main; main()", "build", *args]
     proc = subprocess.Popen([*cmd, "--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL,

@@ -98,7 +98,7 @@ def test_body_has_build_parameters_and_counts(winter):
     text = render_card(winter)
     manifest = json.loads((winter / "manifest.json").read_text())
     counts = manifest["counts"]
-    assert f"| {counts['read']} | {counts['kept']} | {counts['rejected']} | 0 | 0 | 10 |" in text
+    assert f"| {counts['read']} | {counts['kept']} | {counts['rejected']} | {counts['quarantined']} | 0 | 10 |" in text
     assert "| empty caption | 1 |" in text
     assert "| Seed | 0 " in text and "| Rows per shard | 4 |" in text
     assert "`classic`, model `styleprefs/classic`" in text
@@ -107,7 +107,7 @@ def test_body_has_build_parameters_and_counts(winter):
     assert str(winter.parent) not in text  # no local paths in a card meant for publishing
     for shard in manifest["shards"]:
         assert f"| `{shard['path']}` | {shard['rows']} | `{shard['sha256']}` |" in text
-    assert "No safety filter was run" in text
+    assert "Checked with: text-lists" in text
     for heading in ("## What the data is", "## How to load it", "## Schema", "## Known limitations", "## License"):
         assert heading in text
     assert "| `jpg_0` | binary |" in text and "| `label_0` | float64 |" in text

@@ -1,0 +1,159 @@
+"""Stable Diffusion 1.5 / SDXL components for training: loading, prompt encoding, VAE encoding, time ids."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
+from torch import Tensor
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from styleprefs.errors import StyleprefsError
+from styleprefs.tiny import BUILDERS, ensure_tiny
+
+TINY_MODELS = ("tiny", "tiny-sdxl", "tiny-clip")
+REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+SDXL_COMPONENTS = ("text_encoder_2", "tokenizer_2")
+
+
+@dataclass
+class SDComponents:
+    """Everything the trainer needs from one diffusers pipeline folder or Hub id.
+
+    ``kind`` is "sd" (one text encoder) or "sdxl" (two text encoders, pooled embeddings, time ids).
+    ``text_encoders`` and ``tokenizers`` are in pipeline order (``text_encoder``, then ``text_encoder_2``).
+    The VAE and text encoders are frozen (``requires_grad`` off, eval mode); the UNet is left as loaded.
+    """
+
+    kind: str
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    noise_scheduler: DDPMScheduler
+    text_encoders: list
+    tokenizers: list
+    prediction_type: str
+
+
+def resolve_model(model: str) -> str:
+    """A loadable location for ``model``: tiny names are built offline (``styleprefs.tiny``); Hub ids pass unchanged.
+
+    A local pipeline folder must hold unet, vae, text_encoder, tokenizer and scheduler (plus
+    text_encoder_2 and tokenizer_2 when its model_index.json names them); otherwise StyleprefsError
+    names the missing ones.
+    """
+    if model in TINY_MODELS:
+        return str(ensure_tiny(model))
+    path = Path(model).expanduser()
+    if path.is_dir():
+        missing = [name for name in _expected_components(path) if not (path / name).is_dir()]
+        if missing:
+            raise StyleprefsError(f"model folder {model} is missing {', '.join(missing)}: give a complete diffusers pipeline folder")
+        return str(path)
+    return model
+
+
+def _expected_components(path: Path) -> list[str]:
+    index = path / "model_index.json"
+    names = json.loads(index.read_text()) if index.is_file() else {}
+    extra = [n for n in SDXL_COMPONENTS if (names.get(n) or [None])[0] is not None or (path / n).is_dir()]
+    return [*REQUIRED_COMPONENTS, *extra]
+
+
+def _kind(path: str) -> str:
+    local = Path(path)
+    if local.is_dir():
+        return "sdxl" if "text_encoder_2" in _expected_components(local) else "sd"
+    config = _loading(path, "model_index.json", lambda: DiffusionPipeline.load_config(path))
+    has_second_encoder = (config.get("text_encoder_2") or [None])[0] is not None
+    return "sdxl" if has_second_encoder or "XL" in config.get("_class_name", "") else "sd"
+
+
+def _loading(model: str, what: str, load):
+    """Run ``load``, turning a missing file or unreachable Hub into a one-line StyleprefsError."""
+    try:
+        return load()
+    except (OSError, ValueError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise StyleprefsError(f"cannot load {what} of {model}: {first_line}") from None
+
+
+def load_components(model: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> SDComponents:
+    """Load UNet, VAE, DDPM noise scheduler, text encoder(s) and tokenizer(s) of ``model`` (safetensors only).
+
+    A VAE whose config sets ``force_upcast`` (SDXL's, which overflows to NaN in fp16) stays in
+    float32 when ``dtype`` is float16.
+    """
+    path = resolve_model(model)
+    kind = _kind(path)
+    common = {"use_safetensors": True}
+    unet = _loading(model, "unet", lambda: UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype, **common))
+    vae = _loading(model, "vae", lambda: AutoencoderKL.from_pretrained(path, subfolder="vae", **common))
+    vae_dtype = torch.float32 if dtype == torch.float16 and vae.config.force_upcast else dtype
+    scheduler = _loading(model, "scheduler", lambda: DDPMScheduler.from_pretrained(path, subfolder="scheduler"))
+    encoder_classes = [("text_encoder", "tokenizer", CLIPTextModel)]
+    if kind == "sdxl":
+        encoder_classes.append(("text_encoder_2", "tokenizer_2", CLIPTextModelWithProjection))
+    encoders, tokenizers = [], []
+    for encoder_folder, tokenizer_folder, cls in encoder_classes:
+        encoders.append(_loading(model, encoder_folder,
+                                 lambda: cls.from_pretrained(path, subfolder=encoder_folder, dtype=dtype, **common)))
+        tokenizers.append(_loading(model, tokenizer_folder,
+                                   lambda: CLIPTokenizer.from_pretrained(path, subfolder=tokenizer_folder)))
+    for frozen in (vae, *encoders):
+        frozen.requires_grad_(False).eval()
+    vae.to(device, vae_dtype)
+    return SDComponents(kind=kind, unet=unet.to(device), vae=vae, noise_scheduler=scheduler,
+                        text_encoders=[e.to(device) for e in encoders], tokenizers=tokenizers,
+                        prediction_type=scheduler.config.prediction_type)
+
+
+def load_unet(model_or_dir: str, dtype: torch.dtype = torch.float32) -> UNet2DConditionModel:
+    """The UNet of a pipeline folder, tiny name or Hub id (subfolder ``unet``), or of a UNet-only folder."""
+    path = Path(model_or_dir).expanduser()
+    if (path / "config.json").is_file() and not (path / "unet").is_dir():
+        return _loading(model_or_dir, "unet", lambda: UNet2DConditionModel.from_pretrained(path, torch_dtype=dtype, use_safetensors=True))
+    resolved = str(ensure_tiny(model_or_dir)) if model_or_dir in BUILDERS else model_or_dir
+    return _loading(model_or_dir, "unet", lambda: UNet2DConditionModel.from_pretrained(
+        resolved, subfolder="unet", torch_dtype=dtype, use_safetensors=True))
+
+
+@torch.no_grad()
+def encode_prompts(c: SDComponents, captions: list[str]) -> dict[str, Tensor]:
+    """Text conditioning of ``captions``, on the text encoders' device.
+
+    SD1.5: ``{"prompt_embeds": [B, 77, D]}``, the text encoder's last hidden state.
+    SDXL (as diffusers' ``StableDiffusionXLPipeline.encode_prompt``): ``prompt_embeds`` [B, 77, D1 + D2]
+    is the penultimate hidden states of both encoders concatenated; ``pooled_prompt_embeds`` [B, P]
+    is text_encoder_2's projected ``text_embeds``.
+    """
+    hidden, pooled = [], None
+    for tokenizer, encoder in zip(c.tokenizers, c.text_encoders):
+        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids.to(encoder.device)
+        if c.kind == "sd":
+            return {"prompt_embeds": encoder(ids).last_hidden_state}
+        out = encoder(ids, output_hidden_states=True)
+        hidden.append(out.hidden_states[-2])
+        pooled = out.text_embeds if isinstance(encoder, CLIPTextModelWithProjection) else pooled
+    return {"prompt_embeds": torch.cat(hidden, dim=-1), "pooled_prompt_embeds": pooled}
+
+
+def sdxl_time_ids(original_size: tuple[int, int], crop_top_left: tuple[int, int], target_size: tuple[int, int]) -> Tensor:
+    """SDXL micro-conditioning ``[orig_h, orig_w, crop_top, crop_left, target_h, target_w]``, float32 [6].
+
+    Pass the image's real size before resizing and the crop actually taken, as SDXL was trained with.
+    """
+    return torch.tensor([*original_size, *crop_top_left, *target_size], dtype=torch.float32)
+
+
+@torch.no_grad()
+def encode_latent_dist(c: SDComponents, pixels: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and std of the VAE posterior of ``pixels`` ([B, 3, H, W] in [-1, 1]), unscaled, [B, 4, H/8, W/8].
+
+    Sample as ``mean + std * noise`` and multiply by ``vae.config.scaling_factor`` before the UNet.
+    """
+    dist = c.vae.encode(pixels.to(c.vae.device, c.vae.dtype)).latent_dist
+    return dist.mean, dist.std
