@@ -34,13 +34,14 @@ def build(
     unique_captions: bool = typer.Option(False, help="Skip rows whose caption was already used."),
     shard_size: int = typer.Option(1000, help="Rows per output Parquet shard."),
     batch_size: int = typer.Option(8, help="Images per editor call (does not change the output)."),
+    safety: bool = typer.Option(True, help="Quarantine captions the built-in text lists flag, before editing."),
     overwrite: bool = typer.Option(False, help="Replace a dataset built with other arguments."),
 ) -> None:
     """Build a style preference dataset in Pick-a-Pic's Parquet format."""
     from styleprefs.build import BuildConfig, build_dataset
 
     cfg = BuildConfig(style=style, source=source, editor=editor, num_pairs=num_pairs, seed=seed, split=split,
-                      unique_captions=unique_captions, shard_size=shard_size)
+                      unique_captions=unique_captions, shard_size=shard_size, safety=safety)
     result = build_dataset(cfg, out, batch_size=batch_size, overwrite=overwrite)
     if result.status == "complete":
         console.print(f"{out} is already complete with these arguments; nothing to do.")
@@ -69,6 +70,62 @@ def inspect(
         console.print(f"grid written to {grid}")
     if report.problems:
         raise typer.Exit(1)
+
+
+@app.command("filter-unsafe")
+def filter_unsafe_cmd(
+    dataset: Path = typer.Argument(..., help="Dataset folder written by `styleprefs build`."),
+    out: Optional[Path] = typer.Option(None, help="Write the filtered dataset here instead of in place."),
+    images: bool = typer.Option(False, "--images/--no-images", help="Also score both images with the SD safety checker (sexual content only)."),
+    image_model: str = typer.Option("CompVis/stable-diffusion-safety-checker", help="Safety checker id or path."),
+    image_threshold: float = typer.Option(0.0, help="Quarantine an image whose checker score is above this (0 = the checker's own rule)."),
+    text_model: Optional[str] = typer.Option(None, help="Text classifier id or path, e.g. eliasalbouzidi/distilbert-nsfw-text-classifier."),
+    text_model_label: list[str] = typer.Option([], help="The classifier's unsafe label name(s); default: matched by pattern."),
+    text_threshold: float = typer.Option(0.5, help="Quarantine a caption whose unsafe probability is at least this."),
+    blocklist: list[Path] = typer.Option([], help="Extra term list(s): lines 'category<TAB>term' or 'term'."),
+    allowlist: list[Path] = typer.Option([], help="Phrases never to flag, one per line."),
+    replace_lists: bool = typer.Option(False, help="Use only --blocklist/--allowlist, not the built-in lists."),
+    device: str = typer.Option("cpu", help="Device for the model backends."),
+) -> None:
+    """Move unsafe rows to quarantine.parquet (category, matched term or score, backend); rewrite shards atomically."""
+    from styleprefs.filter_unsafe import SafetyOptions, filter_unsafe
+
+    options = SafetyOptions(blocklists=tuple(map(str, blocklist)), allowlists=tuple(map(str, allowlist)),
+                            replace_default_lists=replace_lists, text_model=text_model,
+                            text_labels=tuple(text_model_label), text_threshold=text_threshold, images=images,
+                            image_model=image_model, image_threshold=image_threshold, device=device)
+    report = filter_unsafe(dataset, options, out=out)
+    if report.status == "no-op":
+        console.print(f"{dataset} was already filtered with these options; nothing to do.")
+        return
+    table = Table("category", "rows quarantined", title=f"safety filter on {out or dataset}")
+    for category, n in report.by_category().items():
+        table.add_row(category, str(n))
+    table.add_row("[bold]total[/bold]", f"{len(report.quarantined)} of {report.rows_before}")
+    console.print(table)
+
+
+@app.command()
+def push(
+    dataset: Path = typer.Argument(..., help="Dataset folder written by `styleprefs build`."),
+    repo_id: str = typer.Argument(..., help="Hub dataset repo, owner/name."),
+    config_name: Optional[str] = typer.Option(None, help="Config (subset) name in the repo; default: the dataset's style."),
+    license: Optional[str] = typer.Option(None, help="Hub license id for the card (e.g. cc-by-nc-4.0, openrail++, other). No default."),
+    private: bool = typer.Option(False, help="Create the repo private (no effect if it exists)."),
+    revision: Optional[str] = typer.Option(None, help="Branch to commit to (created if missing); default main."),
+    token: Optional[str] = typer.Option(None, help="Hub token; default HF_TOKEN or the saved login. Never printed."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be uploaded where; needs no network."),
+) -> None:
+    """Upload a dataset's shards, manifest and card to a Hub dataset repo as one config."""
+    from styleprefs.publish import format_plan, plan_push
+    from styleprefs.publish import push as push_plan
+
+    plan = plan_push(dataset, repo_id, config_name=config_name, license=license, private=private, revision=revision)
+    if dry_run:
+        for line in format_plan(plan):
+            console.print(line, markup=False, highlight=False)
+        return
+    console.print(f"pushed config {plan.config_name}: {push_plan(plan, token=token)}", markup=False)
 
 
 @app.command()

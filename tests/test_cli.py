@@ -115,3 +115,37 @@ def test_console_script_is_installed():
     exe = Path(sys.executable).parent / "styleprefs"
     result = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "build" in result.stdout
+
+
+@pytest.fixture
+def built(tmp_path, pickapic_dir, capsys) -> Path:
+    out = tmp_path / "built"
+    run(["build", "--source", str(pickapic_dir), "--out", str(out), "--num-pairs", "4"], capsys)
+    return out
+
+
+@pytest.mark.parametrize("args, expected", [
+    (lambda d, t: ["push", str(t), "me/x", "--dry-run"], "no manifest.json"),
+    (lambda d, t: ["push", str(d), "not a repo", "--dry-run"], "malformed repo id"),
+    (lambda d, t: ["filter-unsafe", str(t)], "no manifest.json"),
+    (lambda d, t: ["filter-unsafe", str(d), "--blocklist", str(t / "missing.txt")], "missing.txt"),
+])
+def test_publish_and_filter_bad_input(args, expected, built, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run(args(built, empty), capsys)
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_push_dry_run_lists_the_plan(built, capsys):
+    code, out, _ = run(["push", str(built), "me/style-prefs", "--config-name", "winter", "--dry-run"], capsys)
+    assert code == 0
+    assert "me/style-prefs:winter/train-00000-of-00001.parquet" in out and "me/style-prefs:README.md" in out
+    assert "quarantine" not in out.split("\n")[1]
+
+
+def test_filter_unsafe_reports_categories(built, tmp_path, capsys):
+    blocklist = tmp_path / "b.txt"
+    blocklist.write_text("violence\tramen\n")
+    code, out, _ = run(["filter-unsafe", str(built), "--blocklist", str(blocklist)], capsys)
+    assert code == 0 and "violence" in out and "of 4" in out

@@ -1,0 +1,215 @@
+"""``styleprefs filter-unsafe``: move unsafe rows of a finished dataset to ``quarantine.parquet``.
+
+Backends: the keyword lists (always), optionally a text classifier and an image checker (scores
+stored as columns). The new shards, quarantine and manifest are prepared in ``.filter-tmp/``,
+counts are checked (kept + quarantined = rows before), then swapped in; ``manifest.json`` is
+replaced last and is the commit point. An interrupted swap is rolled back on the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from styleprefs.card import write_card
+from styleprefs.errors import StyleprefsError
+from styleprefs.images import decode
+from styleprefs.inspect import read_manifest, shard_paths
+from styleprefs.io import write_json, write_parquet
+from styleprefs.progress import pair_progress
+from styleprefs.safety.report import TEXT_LISTS_BACKEND, safety_summary
+from styleprefs.safety.text import TextFilter
+from styleprefs.schema import DATASET_SCHEMA, QUARANTINE_SCHEMA
+from styleprefs.shards import write_shards
+
+TMP, OLD = ".filter-tmp", ".filter-old"
+MOVED = ("data", "quarantine.parquet")  # what the swap replaces; manifest.json goes last
+
+
+@dataclass(frozen=True)
+class SafetyOptions:
+    blocklists: tuple[str, ...] = ()
+    allowlists: tuple[str, ...] = ()
+    replace_default_lists: bool = False
+    text_model: str | None = None  # sequence classifier id or path
+    text_labels: tuple[str, ...] = ()  # the classifier's unsafe label names (default: by pattern)
+    text_threshold: float = 0.5
+    images: bool = False
+    image_model: str = "CompVis/stable-diffusion-safety-checker"
+    image_threshold: float = 0.0  # the checker's own rule: flagged when its score is above 0
+    device: str = "cpu"
+
+
+@dataclass
+class FilterReport:
+    dataset: Path
+    rows_before: int
+    quarantined: list[dict] = field(default_factory=list)
+    status: str = "filtered"  # "filtered" | "no-op"
+
+    def by_category(self) -> dict[str, int]:
+        return safety_summary([], self.quarantined)["quarantined_by_category"]
+
+
+class _Checkers:
+    """The backends ``options`` asks for, loaded once."""
+
+    def __init__(self, options: SafetyOptions):
+        self.options = options
+        self.lists = TextFilter(options.blocklists, options.allowlists, options.replace_default_lists)
+        self.text_model = self.image_model = None
+        if options.text_model:
+            from styleprefs.safety.classifier import TextSafetyClassifier
+
+            self.text_model = TextSafetyClassifier(options.text_model, device=options.device,
+                                                   unsafe_labels=options.text_labels or None)
+        if options.images:
+            from styleprefs.safety.image import ImageSafetyChecker
+
+            self.image_model = ImageSafetyChecker(options.image_model, device=options.device)
+
+    @property
+    def backends(self) -> list[str]:
+        names = [TEXT_LISTS_BACKEND]
+        if self.text_model:
+            names.append(f"text-classifier:{self.options.text_model}")
+        if self.image_model:
+            names.append(f"image-checker:{self.options.image_model}")
+        return names
+
+    def judge(self, table: pa.Table) -> tuple[dict[str, list[float]], list[dict | None]]:
+        """Score columns to store, and per row a quarantine record or None."""
+        captions = table.column("caption").to_pylist()
+        scores: dict[str, list[float]] = {}
+        verdicts: list[dict | None] = [None] * table.num_rows
+        if self.image_model:
+            for slot in (0, 1):
+                images = [decode(b) for b in table.column(f"jpg_{slot}").to_pylist()]
+                column = scores[f"safety_image_score_{slot}"] = self.image_model.scores(images)
+                for i, score in enumerate(column):
+                    if score > self.options.image_threshold and verdicts[i] is None:
+                        verdicts[i] = _record(table, i, "sexual", f"jpg_{slot} score {score:.3f}", self.backends[-1])
+        if self.text_model:
+            column = scores["safety_text_score"] = self.text_model.scores(captions)
+            for i, score in enumerate(column):
+                if score >= self.options.text_threshold:
+                    verdicts[i] = _record(table, i, "text-classifier", f"score {score:.3f}", self.backends[1])
+        for i, verdict in enumerate(self.lists.check_many(captions)):
+            if verdict.unsafe:  # the lists name a category, so they win over a bare score
+                verdicts[i] = _record(table, i, verdict.category, verdict.term, TEXT_LISTS_BACKEND)
+        return scores, verdicts
+
+
+def filter_unsafe(dataset: Path, options: SafetyOptions = SafetyOptions(), *, out: Path | None = None,
+                  show_progress: bool = True) -> FilterReport:
+    """Quarantine unsafe rows of ``dataset`` in place, or write the filtered copy to ``out``."""
+    dataset = Path(dataset)
+    _recover(dataset)
+    manifest = read_manifest(dataset)
+    settings = json.loads(json.dumps(asdict(options)))  # as the manifest stores it
+    rows_before = manifest["counts"]["kept"]
+    if out is None and settings in manifest.get("safety", {}).get("runs", []):
+        return FilterReport(dataset, rows_before, status="no-op")
+    checkers = _Checkers(options)
+    target = Path(out) if out is not None else dataset
+    if out is not None:
+        _check_empty(target)
+    judged = _judge_shards(dataset, manifest, checkers, show_progress)
+    quarantined = [v for _, _, verdicts in judged for v in verdicts if v is not None]
+    kept = rows_before - len(quarantined)
+    new_manifest = _updated_manifest(manifest, checkers.backends, settings, quarantined, kept)
+    staging = target / TMP
+    shutil.rmtree(staging, ignore_errors=True)
+    tables = _kept_tables(judged)
+    new_manifest["shards"] = write_shards(tables, kept, staging / "data", manifest["config"]["build"]["shard_size"])
+    written = sum(s["rows"] for s in new_manifest["shards"])
+    if written + len(quarantined) != rows_before:
+        shutil.rmtree(staging)
+        raise StyleprefsError(f"safety filter lost rows ({written} kept + {len(quarantined)} quarantined != {rows_before}); nothing was changed")
+    old_quarantine = pq.read_table(dataset / "quarantine.parquet", schema=QUARANTINE_SCHEMA)
+    write_parquet(pa.concat_tables([old_quarantine, pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA)]),
+                  staging / "quarantine.parquet")
+    if out is not None:
+        shutil.copy2(dataset / "rejects.parquet", staging / "rejects.parquet")
+    write_json(new_manifest, staging / "manifest.json")
+    _swap_in(target)
+    write_card(target)
+    return FilterReport(dataset, rows_before, quarantined)
+
+
+def _judge_shards(dataset: Path, manifest: dict, checkers: _Checkers, show_progress: bool) -> list[tuple]:
+    """Pass 1: per shard (path, score columns, verdicts); only captions and images are read."""
+    judged = []
+    with pair_progress(manifest["counts"]["kept"], show_progress) as advance:
+        for path in shard_paths(dataset, manifest):
+            table = pq.read_table(path, columns=["caption", "source", "jpg_0", "jpg_1"])
+            scores, verdicts = checkers.judge(table)
+            judged.append((path, scores, verdicts))
+            advance(sum(v is None for v in verdicts), table.num_rows)
+    return judged
+
+
+def _kept_tables(judged: list[tuple]) -> Iterator[pa.Table]:
+    """Pass 2: each shard with its new score columns, unsafe rows removed; one shard in memory."""
+    for path, scores, verdicts in judged:
+        table = pq.read_table(path, schema=DATASET_SCHEMA)
+        for column, values in scores.items():
+            table = table.set_column(table.schema.get_field_index(column), DATASET_SCHEMA.field(column),
+                                     pa.array(values, pa.float64()))
+        yield table.filter(pa.array([v is None for v in verdicts]))
+
+
+def _updated_manifest(manifest: dict, backends: list[str], settings: dict, quarantined: list[dict], kept: int) -> dict:
+    new = json.loads(json.dumps(manifest))
+    new["counts"]["kept"] = kept
+    new["counts"]["quarantined"] += len(quarantined)
+    previous = manifest.get("safety")
+    new["safety"] = safety_summary(backends, quarantined, previous)
+    new["safety"]["runs"] = (previous or {}).get("runs", []) + [settings]
+    return new
+
+
+def _record(table: pa.Table, i: int, category: str, matched: str, backend: str) -> dict:
+    return {"source": table.column("source")[i].as_py(), "caption": table.column("caption")[i].as_py(),
+            "category": category, "matched": matched, "backend": backend}
+
+
+def _check_empty(out: Path) -> None:
+    if out.exists() and any(p.name != TMP for p in out.iterdir()):
+        raise StyleprefsError(f"--out {out} is not empty; choose a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _swap_in(target: Path) -> None:
+    """Move the staged files into place; the manifest rename commits."""
+    staging, backup = target / TMP, target / OLD
+    backup.mkdir(exist_ok=True)
+    for name in MOVED:
+        if (target / name).exists():
+            os.replace(target / name, backup / name)
+    for name in (*MOVED, "rejects.parquet"):
+        if (staging / name).exists():
+            os.replace(staging / name, target / name)
+    os.replace(staging / "manifest.json", target / "manifest.json")
+    shutil.rmtree(backup)
+    shutil.rmtree(staging)
+
+
+def _recover(dataset: Path) -> None:
+    """Undo a swap that did not reach its commit, or clear the leftovers of one that did."""
+    staging, backup = dataset / TMP, dataset / OLD
+    if (staging / "manifest.json").exists() and backup.exists():
+        for name in MOVED:
+            if (backup / name).exists():
+                if (dataset / name).is_dir():
+                    shutil.rmtree(dataset / name)
+                os.replace(backup / name, dataset / name)
+    shutil.rmtree(backup, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,115 @@
+"""`styleprefs filter-unsafe`: accounting, atomicity, recovery, no-op re-runs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from styleprefs import filter_unsafe as fu
+from styleprefs.build import BuildConfig, build_dataset
+from styleprefs.errors import StyleprefsError
+from styleprefs.filter_unsafe import SafetyOptions, filter_unsafe
+from styleprefs.inspect import inspect_dataset
+
+
+@pytest.fixture
+def unfiltered(pickapic_dir: Path, tmp_path: Path) -> Path:
+    """A dataset built without the caption filter: the fixture's unsafe caption is still in it."""
+    out = tmp_path / "ds"
+    build_dataset(BuildConfig(source=str(pickapic_dir), num_pairs=100, shard_size=5, safety=False), out,
+                  show_progress=False)
+    return out
+
+
+def _snapshot(dataset: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(dataset)): p.read_bytes() for p in sorted(dataset.rglob("*")) if p.is_file()}
+
+
+def _blocklist(tmp_path: Path, *terms: str) -> str:
+    path = tmp_path / "block.txt"
+    path.write_text("".join(f"{t}\n" for t in terms))
+    return str(path)
+
+
+def test_quarantine_accounting(unfiltered, tmp_path):
+    before = json.loads((unfiltered / "manifest.json").read_text())
+    report = filter_unsafe(unfiltered, SafetyOptions(blocklists=(_blocklist(tmp_path, "ramen"),)), show_progress=False)
+    after = json.loads((unfiltered / "manifest.json").read_text())
+    quarantine = pq.read_table(unfiltered / "quarantine.parquet").to_pylist()
+    assert {(q["category"], q["matched"], q["backend"]) for q in quarantine} == {
+        ("sexual", "nude*", "text-lists"), ("custom", "ramen", "text-lists")}
+    assert len(quarantine) == len(report.quarantined) == 5  # ramen: rows 4, 13, 22; nude: rows 8, 17
+    assert after["counts"]["kept"] + len(quarantine) == before["counts"]["kept"] == 20
+    assert after["counts"]["quarantined"] == 5
+    assert after["safety"]["quarantined_by_category"] == {"custom": 3, "sexual": 2}
+    rows = pq.read_table(unfiltered / "data").to_pylist()
+    assert len(rows) == 15 and not any("ramen" in r["caption"] or "n.u.d.e" in r["caption"] for r in rows)
+    assert [s["rows"] for s in after["shards"]] == [5, 5, 5]
+    assert inspect_dataset(unfiltered).problems == []
+    assert "sexual" in (unfiltered / "README.md").read_text()
+    assert not (unfiltered / fu.TMP).exists() and not (unfiltered / fu.OLD).exists()
+
+
+def test_rerun_is_a_no_op(unfiltered):
+    filter_unsafe(unfiltered, show_progress=False)
+    snapshot = _snapshot(unfiltered)
+    assert filter_unsafe(unfiltered, show_progress=False).status == "no-op"
+    assert _snapshot(unfiltered) == snapshot
+
+
+def test_failure_while_staging_leaves_the_dataset_intact(unfiltered, monkeypatch):
+    snapshot = _snapshot(unfiltered)
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fu, "write_json", fail)  # after the new shards are staged
+    with pytest.raises(OSError):
+        filter_unsafe(unfiltered, show_progress=False)
+    monkeypatch.undo()
+    fu._recover(unfiltered)
+    assert _snapshot(unfiltered) == snapshot
+
+
+def test_crash_in_the_middle_of_the_swap_is_rolled_back(unfiltered, monkeypatch):
+    snapshot = _snapshot(unfiltered)
+    real_replace = os.replace
+
+    def crash_mid_swap(src, dst):
+        if Path(src).parent.name == fu.TMP and Path(src).name == "quarantine.parquet":
+            raise KeyboardInterrupt  # old data and quarantine backed up, new data in place, quarantine not yet
+        real_replace(src, dst)
+
+    monkeypatch.setattr(fu.os, "replace", crash_mid_swap)
+    with pytest.raises(KeyboardInterrupt):
+        filter_unsafe(unfiltered, show_progress=False)
+    monkeypatch.undo()
+    assert (unfiltered / fu.OLD).exists()  # a half-done swap is on disk ...
+    report = filter_unsafe(unfiltered, show_progress=False)  # ... and the next run rolls it back first
+    assert len(report.quarantined) == 2
+    assert inspect_dataset(unfiltered).problems == []
+    fu._recover(unfiltered)
+    assert set(_snapshot(unfiltered)) == set(snapshot)
+
+
+def test_out_writes_a_filtered_copy(unfiltered, tmp_path):
+    snapshot = _snapshot(unfiltered)
+    copy = tmp_path / "copy"
+    filter_unsafe(unfiltered, out=copy, show_progress=False)
+    assert _snapshot(unfiltered) == snapshot
+    assert inspect_dataset(copy).problems == []
+    assert json.loads((copy / "manifest.json").read_text())["counts"]["kept"] == 18
+    assert (copy / "rejects.parquet").exists() and (copy / "README.md").exists()
+    with pytest.raises(StyleprefsError, match="not empty"):
+        filter_unsafe(unfiltered, out=copy, show_progress=False)
+
+
+def test_bad_inputs(unfiltered, tmp_path):
+    with pytest.raises(StyleprefsError, match="no manifest.json"):
+        filter_unsafe(tmp_path, show_progress=False)
+    with pytest.raises(StyleprefsError, match="nowhere.txt"):
+        filter_unsafe(unfiltered, SafetyOptions(blocklists=(str(tmp_path / "nowhere.txt"),)), show_progress=False)
