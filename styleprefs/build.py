@@ -14,13 +14,13 @@ import math
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from styleprefs import __version__
 from styleprefs.card import write_card
+from styleprefs.distributed import Processes, processes
 from styleprefs.editors import Editor, load_editor
 from styleprefs.errors import StyleprefsError
 from styleprefs.images import as_jpeg, decode, encode_jpeg
@@ -68,6 +68,7 @@ class _Part:
     rejects: list[dict]
     quarantine: list[dict]
     skipped: int  # rows skipped by selection (duplicate captions) while filling this part
+    start: int = 0  # position of the part's first row in the selection
     table: pa.Table | None = None  # kept rows; None for a part loaded from disk
     ready: list = field(default_factory=list)  # (pair, (plan, image, bytes)) awaiting the editor
 
@@ -106,11 +107,17 @@ def build_dataset(cfg: BuildConfig, out: Path, *, batch_size: int = 8, overwrite
         return BuildResult(out, "complete", json.loads((out / "manifest.json").read_text()))
     if overwrite:
         _remove_outputs(out)
-    state = _prepare_state_dir(out, job.identity)
-    parts = _run_parts(job, state, max(1, min(batch_size, PART_ROWS)), show_progress)
-    manifest = _finalize(job, out, parts)
-    shutil.rmtree(state)
-    return BuildResult(out, "built", manifest)
+    procs = processes()
+    if procs.is_main:
+        state = _prepare_state_dir(out, job.identity)
+    procs.wait()
+    state = out / ".build"
+    parts = _run_parts(job, state, max(1, min(batch_size, PART_ROWS)), show_progress, procs)
+    if procs.is_main:
+        _finalize(job, out, parts)
+        shutil.rmtree(state)
+    procs.wait()
+    return BuildResult(out, "built", json.loads((out / "manifest.json").read_text()))
 
 
 def _check_existing(out: Path, identity: dict) -> bool:
@@ -178,43 +185,51 @@ class _Selection:
         return taken
 
 
-def _run_parts(job: _Job, state: Path, batch_size: int, show_progress: bool) -> list[_Part]:
+def _run_parts(job: _Job, state: Path, batch_size: int, show_progress: bool, procs: Processes) -> list[_Part]:
     """Process (or load) parts until ``num_pairs`` rows are kept or the source runs out.
 
-    A part holds at most the rows still needed, so small builds do no wasted work; part sizes
-    follow from earlier parts' outcomes alone, so a resumed build cuts the source identically.
+    Work goes in rounds of one part per process, each part holding at most the rows still needed
+    divided among the processes, so small builds do little wasted work. Part sizes follow from
+    earlier parts' outcomes alone, so every process (and a resumed build) cuts the source the
+    same way; every process reads the whole selection (duplicate captions need it) but decodes
+    and edits only its own parts.
     """
     parts: list[_Part] = []
-    kept = 0
+    kept = start = 0
     selection = _Selection(job.source, job.cfg.unique_captions)
-    with pair_progress(job.cfg.num_pairs, show_progress) as advance:
+    with pair_progress(job.cfg.num_pairs, show_progress and procs.is_main) as advance:
         while kept < job.cfg.num_pairs:
-            skipped_before = selection.skipped
-            rows = selection.take(min(PART_ROWS, job.cfg.num_pairs - kept))
-            if not rows:
+            size = min(PART_ROWS, -(-(job.cfg.num_pairs - kept) // procs.world))
+            planned = []
+            for slot in range(procs.world):
+                skipped_before = selection.skipped
+                rows = selection.take(size)
+                if not rows:
+                    break
+                index = len(parts) + len(planned)
+                if slot == procs.rank and _load_part(state, index, start, len(rows)) is None:
+                    part = _process_part(job, index, rows, selection.skipped - skipped_before, batch_size)
+                    part.start = start
+                    _save_part(state, part)
+                planned.append((index, start, len(rows)))
+                start += len(rows)
+            if not planned:
                 break
-            index = len(parts)
-            part = _load_part(state, index, len(rows))
-            if part is None:
-                part = _process_part(job, index, rows, selection.skipped - skipped_before, batch_size, advance)
-                _save_part(state, part)
-            else:
-                advance(part.kept, len(part.outcomes))
-            parts.append(part)
-            kept += part.kept
+            procs.wait()
+            for index, first, n in planned:
+                part = _load_part(state, index, first, n)
+                parts.append(part)
+                kept += part.kept
+                advance(part.kept, n)
     return parts
 
 
-def _process_part(job: _Job, index: int, rows: list[SourcePair], skipped: int, batch_size: int,
-                  advance: Callable[[int, int], None]) -> _Part:
+def _process_part(job: _Job, index: int, rows: list[SourcePair], skipped: int, batch_size: int) -> _Part:
     part = _triage(job, index, rows, skipped)
     ready = part.ready
     table_rows: list[dict] = []
     for start in range(0, len(ready), batch_size):
-        batch = ready[start:start + batch_size]
-        table_rows += _edit_batch(job, batch)
-        advance(len(batch), len(batch))
-    advance(0, len(part.rejects) + len(part.quarantine))
+        table_rows += _edit_batch(job, ready[start:start + batch_size])
     part.table = pa.Table.from_pylist(table_rows, schema=DATASET_SCHEMA)
     return part
 
@@ -282,26 +297,27 @@ def _part_paths(state: Path, index: int) -> tuple[Path, Path]:
 def _save_part(state: Path, part: _Part) -> None:
     table_path, summary_path = _part_paths(state, part.index)
     write_parquet(part.table, table_path)
-    write_json({"outcomes": part.outcomes, "rejects": part.rejects, "quarantine": part.quarantine,
-                "skipped": part.skipped}, summary_path)
+    write_json({"start": part.start, "outcomes": part.outcomes, "rejects": part.rejects,
+                "quarantine": part.quarantine, "skipped": part.skipped}, summary_path)
 
 
-def _load_part(state: Path, index: int, rows: int) -> _Part | None:
-    """A finished part from an earlier run, or None if it must be (re)done."""
+def _load_part(state: Path, index: int, start: int, rows: int) -> _Part | None:
+    """A finished part covering exactly these rows, or None if it must be (re)done."""
     table_path, summary_path = _part_paths(state, index)
     if not (summary_path.is_file() and table_path.is_file()):
         return None
     summary = json.loads(summary_path.read_text())
-    if len(summary["outcomes"]) != rows:
-        return None
-    return _Part(index, summary["outcomes"], summary["rejects"], summary["quarantine"], summary["skipped"])
+    if summary["start"] != start or len(summary["outcomes"]) != rows:
+        return None  # an earlier run with another process count laid the parts out differently
+    return _Part(index, summary["outcomes"], summary["rejects"], summary["quarantine"], summary["skipped"], start)
 
 
 def _finalize(job: _Job, out: Path, parts: list[_Part]) -> dict:
     """Merge the parts, in order, into shards; write rejects, quarantine and the manifest (last)."""
     state = out / ".build"
+    parts = _cut(parts, job.cfg.num_pairs)
     kept = sum(p.kept for p in parts)
-    tables = (pq.read_table(_part_paths(state, p.index)[0], schema=DATASET_SCHEMA) for p in parts)
+    tables = (pq.read_table(_part_paths(state, p.index)[0], schema=DATASET_SCHEMA).slice(0, p.kept) for p in parts)
     rejects = [r for p in parts for r in p.rejects]
     quarantine = [q for p in parts for q in p.quarantine]
     shards = write_shards(tables, kept, out / "data", job.cfg.shard_size)
@@ -321,6 +337,23 @@ def _finalize(job: _Job, out: Path, parts: list[_Part]) -> dict:
     write_json(manifest, out / "manifest.json")
     write_card(out)
     return manifest
+
+
+def _cut(parts: list[_Part], num_pairs: int) -> list[_Part]:
+    """The parts up to the row that completes ``num_pairs`` (a round of several processes may overshoot)."""
+    cut: list[_Part] = []
+    remaining = num_pairs
+    for part in parts:
+        if remaining == 0:
+            break
+        n = len(part.outcomes)
+        if part.kept >= remaining:  # stop right after the row that completes the quota
+            n = [i for i, o in enumerate(part.outcomes) if o == "kept"][remaining - 1] + 1
+        outcomes = part.outcomes[:n]
+        cut.append(_Part(part.index, outcomes, part.rejects[:outcomes.count("rejected")],
+                         part.quarantine[:outcomes.count("quarantined")], part.skipped, part.start))
+        remaining -= cut[-1].kept
+    return cut
 
 
 def _reason_counts(rejects: list[dict]) -> dict[str, int]:

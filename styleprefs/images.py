@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 JPEG_QUALITY = 95
 
@@ -15,6 +15,8 @@ def decode(data: bytes) -> Image.Image:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             return img.convert("RGB")
+    except UnidentifiedImageError:
+        raise ValueError("not a recognised image format") from None  # PIL's message holds an address
     except Exception as exc:  # PIL raises several types for corrupt or truncated data
         raise ValueError(f"{type(exc).__name__}: {exc}") from None
 

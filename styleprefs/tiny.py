@@ -10,7 +10,9 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import random
 import shutil
+import string
 import tempfile
 from collections.abc import Callable
 from functools import lru_cache
@@ -33,8 +35,13 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from diffusers.models.controlnets.controlnet import ControlNetConditioningEmbedding
+from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from open_clip.tokenizer import bytes_to_unicode, default_bpe
+from PIL import Image
 from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertTokenizer,
     CLIPConfig,
     CLIPImageProcessor,
     CLIPModel,
@@ -254,6 +261,11 @@ def ensure_tiny(name: str, cache_dir: Path | None = None) -> Path:
     return target
 
 
+def resolve(name_or_path: str) -> str:
+    """A tiny model's built path for a tiny name (see BUILDERS); anything else unchanged."""
+    return str(ensure_tiny(name_or_path)) if name_or_path in BUILDERS else name_or_path
+
+
 def _move_into_place(tmp: Path, target: Path) -> None:
     """Rename atomically; if another process got there first, keep its copy."""
     try:
@@ -261,3 +273,95 @@ def _move_into_place(tmp: Path, target: Path) -> None:
     except OSError:
         if not target.exists():
             raise
+
+
+# The tiny CLIP's vision tower (see build_tiny_clip).
+_TINY_VISION = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
+                "num_hidden_layers": 2, "num_attention_heads": 4, "hidden_act": "quick_gelu"}
+_SAFE_WORDS = ("an", "the", "of", "in", "on", "and", "with", "photo", "portrait", "painting", "cat", "dog",
+               "woman", "man", "city", "forest")
+TINY_UNSAFE_WORDS = ("nude", "nsfw", "sexy", "blood", "gore")
+
+
+def build_tiny_safety_checker(path: Path, seed: int = 0) -> Path:
+    """Tiny StableDiffusionSafetyChecker in the CompVis repository's layout (config.json, model.safetensors,
+    preprocessor_config.json for 32 px images).
+
+    Concept 0 points from a black image's embedding to a white image's, and its threshold is the cosine of
+    their midpoint: bright images tend to be flagged and dark ones to pass; a solid white image is flagged and
+    a solid black one is not. The other 16 concepts and the 3 special-care concepts are random and never fire
+    (threshold 1)."""
+    path = Path(path)
+    config = CLIPConfig(text_config=_text_config(32).to_dict(), vision_config=_TINY_VISION, projection_dim=16)
+    checker = _seeded(seed, lambda: StableDiffusionSafetyChecker(config))
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    with torch.no_grad():
+        for embeds, thresholds in ((checker.concept_embeds, checker.concept_embeds_weights),
+                                   (checker.special_care_embeds, checker.special_care_embeds_weights)):
+            embeds.normal_()
+            thresholds.fill_(1.0)
+        solids = [Image.new("RGB", (32, 32), (value,) * 3) for value in (255, 0)]
+        pixels = processor(images=solids, return_tensors="pt").pixel_values
+        white, black = checker.visual_projection(checker.vision_model(pixels).pooler_output)
+        checker.concept_embeds[0] = white - black
+        checker.concept_embeds_weights[0] = torch.cosine_similarity(white + black, white - black, dim=0)
+    checker.save_pretrained(path, safe_serialization=True)
+    processor.save_pretrained(path)
+    return path
+
+
+def build_tiny_text_classifier(path: Path, seed: int = 0) -> Path:
+    """Tiny BertForSequenceClassification with labels {0: "safe", 1: "nsfw"}, like
+    eliasalbouzidi/distilbert-nsfw-text-classifier, and a lowercasing WordPiece tokenizer whose vocabulary is
+    letters, digits, punctuation and a few words (at most 64 tokens).
+
+    It is fitted in a few seconds on made-up captions, so a text containing one of TINY_UNSAFE_WORDS as a word
+    scores near 1 and other texts near 0.
+    """
+    path = Path(path)
+    chars = string.ascii_lowercase + string.digits
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars), *".,!?'-()",
+              *_SAFE_WORDS, *TINY_UNSAFE_WORDS]
+    tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(tokens)}, model_max_length=64)
+    config = BertConfig(vocab_size=len(tokens), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, pad_token_id=0,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                        id2label={0: "safe", 1: "nsfw"}, label2id={"safe": 0, "nsfw": 1})
+    model = _seeded(seed, lambda: BertForSequenceClassification(config))
+    _fit_text_classifier(model, tokenizer, random.Random(seed))
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _fit_text_classifier(model: BertForSequenceClassification, tokenizer: BertTokenizer, rng: random.Random,
+                         steps: int = 60, batch_size: int = 16) -> None:
+    """Fine-tune on balanced batches of made-up safe and unsafe captions (no dropout, so deterministic)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        labels = [(step + i) % 2 for i in range(batch_size)]
+        captions = [_made_up_caption(rng, unsafe=bool(label)) for label in labels]
+        batch = tokenizer(captions, padding=True, truncation=True, return_tensors="pt")
+        loss = model(**batch, labels=torch.tensor(labels)).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+
+
+def _made_up_caption(rng: random.Random, unsafe: bool) -> str:
+    """Known words, random letter strings and punctuation; with ``unsafe``, one of TINY_UNSAFE_WORDS among the
+    first words (long captions are cut at 64 tokens)."""
+    words = [rng.choice(_SAFE_WORDS) if rng.random() < 0.5 else
+             "".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 6))) + rng.choice(("", "", ",", "!", "."))
+             for _ in range(rng.randint(1, 30))]
+    if unsafe:
+        words.insert(rng.randint(0, min(len(words), 8)), rng.choice(TINY_UNSAFE_WORDS))
+    return " ".join(words)
+
+
+BUILDERS.update({
+    "tiny-safety-checker": build_tiny_safety_checker,
+    "tiny-text-classifier": build_tiny_text_classifier,
+})

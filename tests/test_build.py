@@ -159,27 +159,61 @@ def test_resume_after_interrupt_equals_uninterrupted(pickapic_dir, tmp_path, mon
     assert not (tmp_path / "resumed" / ".build").exists()
 
 
-def test_resume_after_kill_9_equals_uninterrupted(tmp_path):
-    """A real SIGKILL once the first part is on disk, then the same command again."""
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from styleprefs.cli.app import main; main()", "build", *args]
+
+
+def _torchrun(n: int, *args: str) -> list[str]:
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    return [torchrun, f"--nproc_per_node={n}", "--no-python", str(Path(sys.executable).parent / "styleprefs"), "build", *args]
+
+
+def _dataset_files(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.name != "README.md"}
+
+
+@pytest.fixture(scope="module")
+def big_source(tmp_path_factory) -> Path:
     from conftest import write_pickapic_parquet
 
-    src = write_pickapic_parquet(tmp_path / "src", n_files=4, rows_per_file=200)  # 800 rows, about 670 usable
-    args = ["--source", str(src), "--style", "van_gogh", "--num-pairs", "600", "--shard-size", "64"]
-    cmd = [sys.executable, "-c", "from styleprefs.cli.app import main; main()", "build", *args]
-    proc = subprocess.Popen([*cmd, "--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    first_part = tmp_path / "killed" / ".build" / "part-000000.json"
+    return write_pickapic_parquet(tmp_path_factory.mktemp("big") / "src", n_files=4, rows_per_file=200)  # 800 rows
+
+
+BIG_ARGS = ("--style", "sketch", "--num-pairs", "300", "--shard-size", "64")  # three parts of 128 rows
+
+
+def _kill_after_first_part(cmd: list[str], out: Path) -> None:
+    proc = subprocess.Popen([*cmd, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    first_part = out / ".build" / "part-000000.json"
     deadline = time.time() + 120
     while not first_part.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (tmp_path / "killed" / "manifest.json").exists(), "build finished before it could be killed"
-    subprocess.run([*cmd, "--out", str(tmp_path / "killed")], check=True, capture_output=True)
-    subprocess.run([*cmd, "--out", str(tmp_path / "full"), "--batch-size", "3"], check=True, capture_output=True)
-    assert _shard_bytes(tmp_path / "killed") == _shard_bytes(tmp_path / "full")
+    assert not (out / "manifest.json").exists(), "build finished before it could be killed"
+
+
+@pytest.mark.parametrize("resume_with", ["one process", "two processes"])
+def test_resume_after_kill_9_equals_uninterrupted(big_source, tmp_path, resume_with):
+    """A real SIGKILL once the first part is on disk, then the same command again (or with torchrun)."""
+    args = ("--source", str(big_source), *BIG_ARGS)
+    _kill_after_first_part(_cli(*args), tmp_path / "killed")
+    resume = _cli(*args) if resume_with == "one process" else _torchrun(2, *args)
+    subprocess.run([*resume, "--out", str(tmp_path / "killed")], check=True, capture_output=True)
+    subprocess.run([*_cli(*args), "--out", str(tmp_path / "full"), "--batch-size", "3"], check=True, capture_output=True)
+    assert _dataset_files(tmp_path / "killed") == _dataset_files(tmp_path / "full")
     manifest = json.loads((tmp_path / "killed" / "manifest.json").read_text())
-    assert manifest["counts"]["kept"] == 600
+    assert manifest["counts"]["kept"] == 300
+
+
+def test_two_process_build_equals_one_process_build(big_source, tmp_path):
+    args = ("--source", str(big_source), *BIG_ARGS)
+    subprocess.run([*_torchrun(2, *args), "--out", str(tmp_path / "two")], check=True, capture_output=True)
+    subprocess.run([*_cli(*args), "--out", str(tmp_path / "one")], check=True, capture_output=True)
+    assert _dataset_files(tmp_path / "two") == _dataset_files(tmp_path / "one")
+    card = (tmp_path / "two" / "README.md").read_text().replace("path/to/two", "path/to/one")
+    assert card == (tmp_path / "one" / "README.md").read_text()
 
 
 def test_rerun_is_a_no_op_and_other_arguments_are_refused(pickapic_dir, tmp_path):

@@ -113,3 +113,36 @@ def test_bad_inputs(unfiltered, tmp_path):
         filter_unsafe(tmp_path, show_progress=False)
     with pytest.raises(StyleprefsError, match="nowhere.txt"):
         filter_unsafe(unfiltered, SafetyOptions(blocklists=(str(tmp_path / "nowhere.txt"),)), show_progress=False)
+
+
+def test_model_backends_store_scores_and_quarantine(unfiltered):
+    """Tiny text classifier (flags 'nude', 'nsfw', ...) and tiny SD safety checker (flags bright images)."""
+    import torch
+
+    from styleprefs.images import decode
+    from styleprefs.safety.classifier import TextSafetyClassifier
+    from styleprefs.safety.image import ImageSafetyChecker
+    from styleprefs.tiny import resolve
+
+    torch.set_num_threads(1)
+    before = pq.read_table(unfiltered / "data").to_pylist()
+    checker = ImageSafetyChecker(resolve("tiny-safety-checker"))
+    classifier = TextSafetyClassifier(resolve("tiny-text-classifier"))
+    worst = {r["source"]: max(checker.scores([decode(r["jpg_0"]), decode(r["jpg_1"])])) for r in before}
+    threshold = sorted(worst.values())[len(worst) // 2]  # flag about half, so both outcomes are exercised
+    image_flagged = {source for source, score in worst.items() if score > threshold}
+    text_flagged = {r["source"] for r, s in zip(before, classifier.scores([r["caption"] for r in before])) if s >= 0.5}
+    assert image_flagged and len(image_flagged | text_flagged) < len(before)
+
+    options = SafetyOptions(text_model="tiny-text-classifier", images=True, image_model="tiny-safety-checker",
+                            image_threshold=threshold, replace_default_lists=True)
+    report = filter_unsafe(unfiltered, options, show_progress=False)
+    assert {q["source"] for q in report.quarantined} == image_flagged | text_flagged
+    kept = pq.read_table(unfiltered / "data").to_pylist()
+    assert len(kept) + len(report.quarantined) == len(before)
+    for row in kept:
+        assert max(row["safety_image_score_0"], row["safety_image_score_1"]) <= threshold
+        assert 0 <= row["safety_text_score"] < 0.5
+    manifest = json.loads((unfiltered / "manifest.json").read_text())
+    assert manifest["safety"]["backends"] == ["text-lists", "text-classifier:tiny-text-classifier",
+                                              "image-checker:tiny-safety-checker"]
