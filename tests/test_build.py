@@ -165,7 +165,7 @@ def _cli(*args: str) -> list[str]:
 
 def _torchrun(n: int, *args: str) -> list[str]:
     torchrun = str(Path(sys.executable).parent / "torchrun")
-    return [torchrun, f"--nproc_per_node={n}", "--no-python", str(Path(sys.executable).parent / "styleprefs"), "build", *args]
+    return [torchrun, "--standalone", f"--nproc_per_node={n}", "--no-python", str(Path(sys.executable).parent / "styleprefs"), "build", *args]
 
 
 def _dataset_files(out: Path) -> dict[str, bytes]:

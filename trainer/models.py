@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
@@ -12,11 +13,12 @@ from torch import Tensor
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from styleprefs.errors import StyleprefsError
-from styleprefs.tiny import BUILDERS, ensure_tiny
+from styleprefs.tiny import ensure_tiny
 
 TINY_MODELS = ("tiny", "tiny-sdxl", "tiny-clip")
 REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 SDXL_COMPONENTS = ("text_encoder_2", "tokenizer_2")
+T = TypeVar("T")
 
 
 @dataclass
@@ -29,7 +31,7 @@ class SDComponents:
     """
 
     kind: str
-    unet: UNet2DConditionModel
+    unet: UNet2DConditionModel | None
     vae: AutoencoderKL
     noise_scheduler: DDPMScheduler
     text_encoders: list
@@ -50,7 +52,8 @@ def resolve_model(model: str) -> str:
     if path.is_dir():
         missing = [name for name in _expected_components(path) if not (path / name).is_dir()]
         if missing:
-            raise StyleprefsError(f"model folder {model} is missing {', '.join(missing)}: give a complete diffusers pipeline folder")
+            raise StyleprefsError(
+                f"model folder {model} is missing {', '.join(missing)}: give a complete diffusers pipeline folder")
         return str(path)
     return model
 
@@ -66,58 +69,61 @@ def _kind(path: str) -> str:
     local = Path(path)
     if local.is_dir():
         return "sdxl" if "text_encoder_2" in _expected_components(local) else "sd"
-    config = _loading(path, "model_index.json", lambda: DiffusionPipeline.load_config(path))
+    config = _loading(path, "model_index.json", DiffusionPipeline.load_config, path)
     has_second_encoder = (config.get("text_encoder_2") or [None])[0] is not None
     return "sdxl" if has_second_encoder or "XL" in config.get("_class_name", "") else "sd"
 
 
-def _loading(model: str, what: str, load):
-    """Run ``load``, turning a missing file or unreachable Hub into a one-line StyleprefsError."""
+def _loading(model: str, what: str, load: Callable[..., T], *args, **kwargs) -> T:
+    """``load(*args, **kwargs)``, a missing file or unreachable Hub turned into a one-line StyleprefsError."""
     try:
-        return load()
+        return load(*args, **kwargs)
     except (OSError, ValueError) as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise StyleprefsError(f"cannot load {what} of {model}: {first_line}") from None
 
 
-def load_components(model: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> SDComponents:
+def load_components(model: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                    include_unet: bool = True) -> SDComponents:
     """Load UNet, VAE, DDPM noise scheduler, text encoder(s) and tokenizer(s) of ``model`` (safetensors only).
 
     A VAE whose config sets ``force_upcast`` (SDXL's, which overflows to NaN in fp16) stays in
-    float32 when ``dtype`` is float16.
+    float32 when ``dtype`` is float16. ``include_unet=False`` (for caching, which needs only the
+    encoders) leaves ``unet`` None.
     """
     path = resolve_model(model)
     kind = _kind(path)
-    common = {"use_safetensors": True}
-    unet = _loading(model, "unet", lambda: UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype, **common))
-    vae = _loading(model, "vae", lambda: AutoencoderKL.from_pretrained(path, subfolder="vae", **common))
-    vae_dtype = torch.float32 if dtype == torch.float16 and vae.config.force_upcast else dtype
-    scheduler = _loading(model, "scheduler", lambda: DDPMScheduler.from_pretrained(path, subfolder="scheduler"))
-    encoder_classes = [("text_encoder", "tokenizer", CLIPTextModel)]
+    unet = (_loading(model, "unet", UNet2DConditionModel.from_pretrained, path, subfolder="unet", dtype=dtype,
+                     use_safetensors=True).to(device) if include_unet else None)
+    vae_config = _loading(model, "vae", AutoencoderKL.load_config, path, subfolder="vae")
+    vae_dtype = torch.float32 if dtype == torch.float16 and vae_config.get("force_upcast", True) else dtype
+    vae = _loading(model, "vae", AutoencoderKL.from_pretrained, path, subfolder="vae", dtype=vae_dtype,
+                   use_safetensors=True)
+    scheduler = _loading(model, "scheduler", DDPMScheduler.from_pretrained, path, subfolder="scheduler")
+    folders = [("text_encoder", "tokenizer", CLIPTextModel)]
     if kind == "sdxl":
-        encoder_classes.append(("text_encoder_2", "tokenizer_2", CLIPTextModelWithProjection))
-    encoders, tokenizers = [], []
-    for encoder_folder, tokenizer_folder, cls in encoder_classes:
-        encoders.append(_loading(model, encoder_folder,
-                                 lambda: cls.from_pretrained(path, subfolder=encoder_folder, dtype=dtype, **common)))
-        tokenizers.append(_loading(model, tokenizer_folder,
-                                   lambda: CLIPTokenizer.from_pretrained(path, subfolder=tokenizer_folder)))
+        folders.append(("text_encoder_2", "tokenizer_2", CLIPTextModelWithProjection))
+    encoders = [_loading(model, enc, cls.from_pretrained, path, subfolder=enc, dtype=dtype, use_safetensors=True)
+                for enc, _, cls in folders]
+    tokenizers = [_loading(model, tok, CLIPTokenizer.from_pretrained, path, subfolder=tok) for _, tok, _ in folders]
     for frozen in (vae, *encoders):
         frozen.requires_grad_(False).eval()
-    vae.to(device, vae_dtype)
-    return SDComponents(kind=kind, unet=unet.to(device), vae=vae, noise_scheduler=scheduler,
+    return SDComponents(kind=kind, unet=unet, vae=vae.to(device), noise_scheduler=scheduler,
                         text_encoders=[e.to(device) for e in encoders], tokenizers=tokenizers,
                         prediction_type=scheduler.config.prediction_type)
 
 
 def load_unet(model_or_dir: str, dtype: torch.dtype = torch.float32) -> UNet2DConditionModel:
-    """The UNet of a pipeline folder, tiny name or Hub id (subfolder ``unet``), or of a UNet-only folder."""
+    """The UNet of a UNet folder (``config.json`` + weights), of a folder with ``unet/``, or of a tiny name / Hub id."""
     path = Path(model_or_dir).expanduser()
-    if (path / "config.json").is_file() and not (path / "unet").is_dir():
-        return _loading(model_or_dir, "unet", lambda: UNet2DConditionModel.from_pretrained(path, torch_dtype=dtype, use_safetensors=True))
-    resolved = str(ensure_tiny(model_or_dir)) if model_or_dir in BUILDERS else model_or_dir
-    return _loading(model_or_dir, "unet", lambda: UNet2DConditionModel.from_pretrained(
-        resolved, subfolder="unet", torch_dtype=dtype, use_safetensors=True))
+    if (path / "config.json").is_file():
+        location, subfolder = str(path), None
+    elif (path / "unet").is_dir():
+        location, subfolder = str(path), "unet"
+    else:
+        location, subfolder = resolve_model(model_or_dir), "unet"
+    return _loading(model_or_dir, "unet", UNet2DConditionModel.from_pretrained, location, subfolder=subfolder,
+                    dtype=dtype, use_safetensors=True)
 
 
 @torch.no_grad()
@@ -129,16 +135,18 @@ def encode_prompts(c: SDComponents, captions: list[str]) -> dict[str, Tensor]:
     is the penultimate hidden states of both encoders concatenated; ``pooled_prompt_embeds`` [B, P]
     is text_encoder_2's projected ``text_embeds``.
     """
-    hidden, pooled = [], None
-    for tokenizer, encoder in zip(c.tokenizers, c.text_encoders):
-        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids.to(encoder.device)
-        if c.kind == "sd":
-            return {"prompt_embeds": encoder(ids).last_hidden_state}
-        out = encoder(ids, output_hidden_states=True)
-        hidden.append(out.hidden_states[-2])
-        pooled = out.text_embeds if isinstance(encoder, CLIPTextModelWithProjection) else pooled
-    return {"prompt_embeds": torch.cat(hidden, dim=-1), "pooled_prompt_embeds": pooled}
+    if c.kind == "sd":
+        encoder = c.text_encoders[0]
+        return {"prompt_embeds": encoder(_token_ids(c.tokenizers[0], captions, encoder.device)).last_hidden_state}
+    outs = [encoder(_token_ids(tokenizer, captions, encoder.device), output_hidden_states=True)
+            for tokenizer, encoder in zip(c.tokenizers, c.text_encoders)]
+    return {"prompt_embeds": torch.cat([out.hidden_states[-2] for out in outs], dim=-1),
+            "pooled_prompt_embeds": outs[-1].text_embeds}
+
+
+def _token_ids(tokenizer: CLIPTokenizer, captions: list[str], device: torch.device) -> Tensor:
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids.to(device)
 
 
 def sdxl_time_ids(original_size: tuple[int, int], crop_top_left: tuple[int, int], target_size: tuple[int, int]) -> Tensor:

@@ -1,0 +1,457 @@
+"""Training inputs computed once per dataset: VAE latent distributions, text and CLIP embeddings.
+
+``DATASET/.cache/<key hash>/`` holds ``pairs-<start>-<end>.safetensors`` shards of up to
+``SHARD_PAIRS`` pairs, ``empty.safetensors`` (the empty caption's embeddings, for caption dropout)
+and ``cache.json`` (key, count, shard list), written last. Each shard is written to a temporary
+file and renamed, so an interrupted build keeps its finished shards and later computes only the missing ones.
+
+Tensors per shard (``_w`` winner, ``_l`` loser; N pairs; axis "flip": 0 as is, 1 mirrored):
+  latent_mean_*, latent_std_*   [N, 2, 4, h, w]  VAE posterior of the centre crop and of its mirror (unscaled)
+  original_size_*               [N, 2]           (h, w) before resizing
+  crop_top_left_*               [N, 2, 2]        centre crop (top, left), then the same crop in the mirrored frame
+  prompt_embeds                 [N, 77, D]       (+ SDXL pooled_prompt_embeds [N, P])
+  clip_image_w, clip_image_l, clip_text [N, E]   unnormalised CLIP embeddings (only with a CLIP model)
+  index                         [N]              Pair.index, the pair's row in the dataset
+Storage is float16 (half the disk of float32), except latent std in bfloat16: the VAE clamps log-variance
+to [-30, 20], so std can sit far below float16's smallest normal value (6e-5). :class:`PairBatches`
+returns float32.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+from bisect import bisect_right
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from PIL import Image
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from transformers import CLIPModel, CLIPProcessor
+
+from styleprefs.errors import StyleprefsError
+from styleprefs.images import decode
+from styleprefs.inspect import read_manifest
+from styleprefs.io import atomic_path, write_json
+from styleprefs.parallel import thread_map
+from styleprefs.progress import RateColumn
+from styleprefs.tiny import ensure_tiny
+from styleprefs.trainer.data import (Pair, dataset_files, flipped_crop, pair_augmentation, preprocess, read_pairs,
+                                     resized_size)
+from styleprefs.trainer.models import (SDComponents, encode_latent_dist, encode_prompts, load_components, resolve_model,
+                                       sdxl_time_ids)
+
+CACHE_VERSION = 1
+SHARD_PAIRS = 256
+OPEN_SHARDS = 32  # memory-mapped shard files kept open for random access
+DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
+ENCODER_FOLDERS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+FLIP_FIELDS = ("latent_mean_w", "latent_mean_l", "latent_std_w", "latent_std_l", "crop_top_left_w", "crop_top_left_l")
+STORAGE = {"latent_mean": "float16", "latent_std": "bfloat16", "embeddings": "float16"}
+_FULL_HASH_BYTES = 1 << 20
+_SAMPLE_BLOCKS, _BLOCK_BYTES = 16, 1 << 16
+
+
+# --- key -------------------------------------------------------------------------------------------
+
+def cache_key(dataset: Path | str, model: str, resolution: int, clip_model: str | None, *,
+              ties: str = "drop", seed: int = 0) -> dict:
+    """What the cached tensors depend on: dataset content, VAE and text encoders, resolution, CLIP model, ties policy."""
+    return {
+        "version": CACHE_VERSION,
+        "dataset": _dataset_identity(dataset),
+        "model": _model_identity(model),
+        "resolution": resolution,
+        "clip_model": _clip_identity(clip_model) if clip_model else None,
+        "ties": ties if ties == "drop" else f"{ties} (seed {seed})",
+    }
+
+
+def cache_dir(dataset: Path | str, model: str, resolution: int, clip_model: str | None, *,
+              ties: str = "drop", seed: int = 0) -> Path:
+    """``DATASET/.cache/<16 hex digits of the key's sha256>`` (beside the files for a Parquet file or glob)."""
+    return _dir_for(dataset, cache_key(dataset, model, resolution, clip_model, ties=ties, seed=seed))
+
+
+def _dir_for(dataset: Path | str, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return _cache_root(dataset) / ".cache" / digest
+
+
+def _cache_root(dataset: Path | str) -> Path:
+    path = Path(str(dataset)).expanduser()
+    while glob.has_magic(str(path)):
+        path = path.parent
+    return path if path.is_dir() else path.parent
+
+
+def _dataset_identity(dataset: Path | str) -> list:
+    path = Path(str(dataset)).expanduser()
+    if (path / "manifest.json").is_file():
+        return [shard["sha256"] for shard in read_manifest(path)["shards"]]
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in dataset_files(dataset)]
+
+
+def _model_identity(model: str) -> str:
+    """Only the VAE and text encoders shape the cache, so a fine-tuned UNet's checkpoint shares its base model's."""
+    path = Path(resolve_model(model))
+    if not path.is_dir():
+        return model  # a Hub id
+    return _fingerprint(path, [name for name in ENCODER_FOLDERS if (path / name).is_dir()])
+
+
+def _clip_identity(clip_model: str) -> str:
+    path = Path(_clip_location(clip_model))
+    return _fingerprint(path, ["."]) if path.is_dir() else clip_model
+
+
+def _fingerprint(root: Path, folders: list[str]) -> str:
+    """sha256 of the folders' file names, sizes and contents; files over 1 MiB by 16 evenly spaced 64 KiB blocks.
+
+    Reading a few MB instead of gigabytes of weights still tells fine-tuned weights apart, since
+    fine-tuning changes them everywhere.
+    """
+    digest = hashlib.sha256()
+    files = sorted(f for folder in folders for f in (root / folder).rglob("*") if f.is_file())
+    for file in files:
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(root).as_posix()}:{size}\n".encode())
+        with open(file, "rb") as f:
+            if size <= _FULL_HASH_BYTES:
+                digest.update(f.read())
+                continue
+            for block in range(_SAMPLE_BLOCKS):
+                f.seek((size - _BLOCK_BYTES) * block // (_SAMPLE_BLOCKS - 1))
+                digest.update(f.read(_BLOCK_BYTES))
+    return digest.hexdigest()
+
+
+def _find_cache(dataset: Path | str, key: dict) -> Path | None:
+    """The complete cache for ``key``; without a CLIP model, a cache that also holds CLIP embeddings serves too."""
+    exact = _dir_for(dataset, key)
+    if _is_complete(exact, key):
+        return exact
+    if key["clip_model"] is not None:
+        return None
+    for info in sorted((_cache_root(dataset) / ".cache").glob("*/cache.json")):
+        found = json.loads(info.read_text())["key"]
+        if {**found, "clip_model": None} == key and _is_complete(info.parent, found):
+            return info.parent
+    return None
+
+
+def _is_complete(path: Path, key: dict) -> bool:
+    info_path = path / "cache.json"
+    if not info_path.is_file():
+        return False
+    info = json.loads(info_path.read_text())
+    return info["key"] == key and all((path / s["path"]).is_file() for s in info["shards"])
+
+
+def _check_resolution(resolution: int) -> None:
+    if resolution < 8 or resolution % 8:
+        raise StyleprefsError(f"resolution must be a positive multiple of 8 (the VAE's downsampling), got {resolution}")
+
+
+# --- encoding ----------------------------------------------------------------------------------------
+
+@dataclass
+class ClipEncoder:
+    """Unnormalised CLIP image and text embeddings (transformers ``CLIPModel`` + ``CLIPProcessor``)."""
+
+    model: CLIPModel
+    processor: CLIPProcessor
+
+    @classmethod
+    def load(cls, clip_model: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> ClipEncoder:
+        """From a Hub id or local folder (safetensors only); "tiny" is the offline tiny CLIP."""
+        location = _clip_location(clip_model)
+        try:
+            model = CLIPModel.from_pretrained(location, dtype=dtype, use_safetensors=True)
+            processor = CLIPProcessor.from_pretrained(location)
+        except (OSError, ValueError) as exc:
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise StyleprefsError(f"cannot load CLIP model {clip_model}: {first_line}") from None
+        return cls(model.requires_grad_(False).eval().to(device), processor)
+
+    @torch.no_grad()
+    def images(self, images: list[Image.Image]) -> Tensor:
+        pixels = self.processor(images=images, return_tensors="pt").pixel_values
+        return self.model.get_image_features(pixel_values=pixels.to(self.model.device, self.model.dtype)).pooler_output
+
+    @torch.no_grad()
+    def texts(self, captions: list[str]) -> Tensor:
+        tokens = self.processor(text=captions, padding=True, truncation=True, return_tensors="pt").to(self.model.device)
+        return self.model.get_text_features(**tokens).pooler_output
+
+
+def _clip_location(clip_model: str) -> str:
+    return str(ensure_tiny("tiny-clip")) if clip_model == "tiny" else clip_model
+
+
+def _decode_pair(pair: Pair) -> tuple[Image.Image, Image.Image]:
+    try:
+        return decode(pair.winner), decode(pair.loser)
+    except ValueError as exc:
+        raise StyleprefsError(f"pair {pair.index} ({pair.caption[:40]!r}) has an undecodable image: {exc}") from None
+
+
+def _encode_pixels(c: SDComponents, pixels: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+    """VAE posterior mean and std of ``pixels``, ``batch_size`` images per forward pass, float32 on the CPU."""
+    means, stds = zip(*(encode_latent_dist(c, chunk) for chunk in pixels.split(batch_size)))
+    return torch.cat(means).float().cpu(), torch.cat(stds).float().cpu()
+
+
+def _encode_text(c: SDComponents, captions: list[str]) -> dict[str, Tensor]:
+    return {name: t.float().cpu() for name, t in encode_prompts(c, captions).items()}
+
+
+def _encode_clip(clip: ClipEncoder, images_w: list[Image.Image], images_l: list[Image.Image],
+                 captions: list[str]) -> dict[str, Tensor]:
+    image_emb = clip.images(images_w + images_l).float().cpu()
+    n = len(images_w)
+    return {"clip_image_w": image_emb[:n], "clip_image_l": image_emb[n:], "clip_text": clip.texts(captions).float().cpu()}
+
+
+def _encode_for_cache(c: SDComponents, clip: ClipEncoder | None, pairs: list[Pair], resolution: int,
+                      batch_size: int) -> dict[str, Tensor]:
+    """The cache tensors (see the module docstring) of ``pairs``, float32."""
+    decoded = thread_map(_decode_pair, pairs)
+    images = [w for w, _ in decoded] + [l for _, l in decoded]
+    prepared = thread_map(lambda image: preprocess(image, resolution, None, False), images)
+    pixels = torch.stack([p for p, _, _ in prepared])
+    mean, std = _encode_pixels(c, torch.cat([pixels, pixels.flip(-1)]), batch_size)
+    n = len(pairs)
+    sizes = torch.tensor([size for _, size, _ in prepared])
+    crops = torch.tensor([[crop, flipped_crop(crop, resized_size(size, resolution), resolution)]
+                          for _, size, crop in prepared])
+    # mean/std rows: [winners, losers] as is, then [winners, losers] mirrored -> [side, N, flip, ...]
+    mean, std = (t.unflatten(0, (2, 2, n)).permute(1, 2, 0, 3, 4, 5) for t in (mean, std))
+    tensors = {"index": torch.tensor([p.index for p in pairs]),
+               "latent_mean_w": mean[0], "latent_mean_l": mean[1], "latent_std_w": std[0], "latent_std_l": std[1],
+               "original_size_w": sizes[:n], "original_size_l": sizes[n:],
+               "crop_top_left_w": crops[:n], "crop_top_left_l": crops[n:],
+               **_encode_text(c, [p.caption for p in pairs])}
+    if clip is not None:
+        tensors |= _encode_clip(clip, images[:n], images[n:], [p.caption for p in pairs])
+    return tensors
+
+
+def _storage(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    def convert(name: str, t: Tensor) -> Tensor:
+        if not t.is_floating_point():
+            return t.contiguous()
+        return t.to(torch.bfloat16 if name.startswith("latent_std") else torch.float16).contiguous()
+
+    return {name: convert(name, t) for name, t in tensors.items()}
+
+
+# --- build -------------------------------------------------------------------------------------------
+
+def build_cache(dataset: Path | str, model: str, resolution: int, *, clip_model: str | None = None,
+                batch_size: int = 8, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                show_progress: bool = True, ties: str = "drop", seed: int = 0, shard_pairs: int = SHARD_PAIRS) -> Path:
+    """Compute (or resume, or confirm) the cache of ``dataset`` for ``model`` at ``resolution`` and return its folder.
+
+    Pairs come from :func:`~styleprefs.trainer.data.read_pairs` with ``ties`` and ``seed`` (both in
+    the key). Images are resized and centre-cropped; the latents of the mirrored crops are stored
+    too, so training can flip from the cache (random crops need on-the-fly encoding). ``batch_size``
+    is images per VAE forward pass and pairs per text/CLIP forward pass; ``dtype`` is the compute dtype.
+    """
+    _check_resolution(resolution)
+    key = cache_key(dataset, model, resolution, clip_model, ties=ties, seed=seed)
+    out = _dir_for(dataset, key)
+    if _is_complete(out, key):
+        return out
+    pairs, stats = read_pairs(dataset, ties=ties, seed=seed)
+    if not pairs:
+        raise StyleprefsError(
+            f"dataset {dataset} has no pairs to cache ({stats['read']} read, {stats['ties_dropped']} ties dropped)")
+    shards = [{"path": f"pairs-{start:07d}-{min(start + shard_pairs, len(pairs)):07d}.safetensors", "start": start,
+               "count": min(shard_pairs, len(pairs) - start)} for start in range(0, len(pairs), shard_pairs)]
+    todo = [s for s in shards if not (out / s["path"]).is_file()]
+    c = load_components(model, dtype=dtype, device=device, include_unet=False)
+    clip = ClipEncoder.load(clip_model, device, dtype) if clip_model else None
+    out.mkdir(parents=True, exist_ok=True)
+    _save(_storage({k: v[0] for k, v in _encode_text(c, [""]).items()}), out / "empty.safetensors")
+    with _progress(len(pairs), len(pairs) - sum(s["count"] for s in todo), show_progress) as advance:
+        for shard in todo:
+            chunk, parts = pairs[shard["start"] : shard["start"] + shard["count"]], []
+            for i in range(0, len(chunk), batch_size):
+                parts.append(_encode_for_cache(c, clip, chunk[i : i + batch_size], resolution, batch_size))
+                advance(len(parts[-1]["index"]))
+            _save(_storage({name: torch.cat([p[name] for p in parts]) for name in parts[0]}), out / shard["path"])
+    _remove_strays(out, {s["path"] for s in shards})
+    write_json({"key": key, "kind": c.kind, "count": len(pairs), "shards": shards, "empty": "empty.safetensors",
+                "stats": stats, "storage": STORAGE}, out / "cache.json")
+    return out
+
+
+def _save(tensors: dict[str, Tensor], path: Path) -> None:
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp)
+
+
+def _remove_strays(out: Path, keep: set[str]) -> None:
+    """Delete shards of an earlier layout (another ``shard_pairs``).
+
+    Temporary files are left alone: they may belong to another process building the same cache.
+    """
+    for path in out.glob("pairs-*.safetensors"):
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
+
+
+@contextmanager
+def _progress(total: int, done: int, enabled: bool) -> Iterator[Callable[[int], None]]:
+    with Progress(TextColumn("[bold]caching"), BarColumn(), MofNCompleteColumn(), RateColumn("pairs"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled) as progress:
+        task = progress.add_task("cache", total=total, completed=done)
+        yield lambda n: progress.update(task, advance=n)
+
+
+# --- batches ------------------------------------------------------------------------------------------
+
+class _CachedPairs:
+    """Rows of a finished cache, read by memory-mapped slices of its shards."""
+
+    def __init__(self, path: Path, seed: int, resolution: int, random_flip: bool):
+        info = json.loads((path / "cache.json").read_text())
+        self.path, self.seed, self.resolution, self.random_flip = path, seed, resolution, random_flip
+        self.kind, self.count, self.stats, self.shards = info["kind"], info["count"], info["stats"], info["shards"]
+        self.starts = [s["start"] for s in self.shards]
+        self.empty = {name: t.float() for name, t in load_file(path / info["empty"]).items()}
+        self._open: OrderedDict[int, object] = OrderedDict()
+
+    def _handle(self, shard: int):
+        if shard in self._open:
+            self._open.move_to_end(shard)
+        else:
+            self._open[shard] = safe_open(self.path / self.shards[shard]["path"], framework="pt")
+            if len(self._open) > OPEN_SHARDS:
+                self._open.popitem(last=False)
+        return self._open[shard]
+
+    def rows(self, positions: list[int], epoch: int) -> dict[str, Tensor]:
+        rows = []
+        for position in positions:
+            shard = bisect_right(self.starts, position) - 1
+            f, offset = self._handle(shard), position - self.starts[shard]
+            sizes = tuple(tuple(f.get_slice(f"original_size_{side}")[offset].tolist()) for side in "wl")
+            index = int(f.get_slice("index")[offset])
+            flip = int(pair_augmentation(self.seed, index, epoch, sizes, self.resolution, False, self.random_flip)[2])
+            rows.append({name: f.get_slice(name)[offset, flip] if name in FLIP_FIELDS else f.get_slice(name)[offset]
+                         for name in f.keys()})
+        return {name: torch.stack([row[name] for row in rows]) for name in rows[0]}
+
+
+class _LivePairs:
+    """Rows encoded on the fly from the dataset's images (allows random crops)."""
+
+    def __init__(self, dataset: Path | str, c: SDComponents, clip: ClipEncoder | None, *, ties: str, seed: int,
+                 resolution: int, random_flip: bool, random_crop: bool):
+        self.pairs, self.stats = read_pairs(dataset, ties=ties, seed=seed)
+        self.c, self.clip, self.kind, self.count = c, clip, c.kind, len(self.pairs)
+        self.seed, self.resolution, self.random_flip, self.random_crop = seed, resolution, random_flip, random_crop
+        self.empty = {name: t[0] for name, t in _encode_text(c, [""]).items()}
+
+    def rows(self, positions: list[int], epoch: int) -> dict[str, Tensor]:
+        pairs = [self.pairs[p] for p in positions]
+        decoded = thread_map(_decode_pair, pairs)
+        prepared_w, prepared_l = [], []
+        for pair, (w, l) in zip(pairs, decoded):
+            sizes = ((w.height, w.width), (l.height, l.width))
+            crop_w, crop_l, flip = pair_augmentation(self.seed, pair.index, epoch, sizes, self.resolution,
+                                                     self.random_crop, self.random_flip)
+            prepared_w.append(preprocess(w, self.resolution, crop_w, flip))
+            prepared_l.append(preprocess(l, self.resolution, crop_l, flip))
+        n = len(pairs)
+        mean, std = _encode_pixels(self.c, torch.stack([p for p, _, _ in prepared_w + prepared_l]), 2 * n)
+        rows = {"index": torch.tensor([p.index for p in pairs]),
+                "latent_mean_w": mean[:n], "latent_mean_l": mean[n:], "latent_std_w": std[:n], "latent_std_l": std[n:]}
+        for side, prepared in (("w", prepared_w), ("l", prepared_l)):
+            rows[f"original_size_{side}"] = torch.tensor([size for _, size, _ in prepared])
+            rows[f"crop_top_left_{side}"] = torch.tensor([crop for _, _, crop in prepared])
+        rows |= _encode_text(self.c, [p.caption for p in pairs])
+        if self.clip is not None:
+            rows |= _encode_clip(self.clip, [w for w, _ in decoded], [l for _, l in decoded], [p.caption for p in pairs])
+        return rows
+
+
+class PairBatches:
+    """Random access to training batches of preference pairs, from the cache when one matches, else encoded on the fly.
+
+    A complete cache for (dataset, model's VAE and text encoders, resolution, CLIP model, ties
+    policy) is used unless ``use_cache`` is False or ``random_crop`` is set (the cache holds centre
+    crops only); a cache built with CLIP embeddings also serves ``clip_model=None``. Otherwise
+    ``components`` (VAE, text encoders) must be given and images are encoded per batch; the CLIP
+    model, if any, is loaded here. Flips (and random crops) come from
+    :func:`~styleprefs.trainer.data.pair_augmentation` per (seed, pair index, epoch), one for both
+    images of a pair, so a batch is the same whether it comes from the cache or not.
+
+    Attributes: ``cache`` (the cache folder, or None when encoding on the fly), ``kind`` ("sd" or
+    "sdxl") and ``stats`` (``read_pairs``' counts).
+    """
+
+    def __init__(self, dataset: Path | str, model: str, resolution: int, *, clip_model: str | None = None,
+                 components: SDComponents | None = None, ties: str = "drop", seed: int = 0, random_flip: bool = True,
+                 random_crop: bool = False, use_cache: bool = True):
+        _check_resolution(resolution)
+        self.resolution, self.has_clip = resolution, clip_model is not None
+        self.cache: Path | None = None
+        if use_cache and not random_crop:
+            self.cache = _find_cache(dataset, cache_key(dataset, model, resolution, clip_model, ties=ties, seed=seed))
+        if self.cache is not None:
+            self._rows: _CachedPairs | _LivePairs = _CachedPairs(self.cache, seed, resolution, random_flip)
+        elif components is None:
+            raise StyleprefsError(
+                f"no cache of {dataset} for {model} at {resolution} px: run `styleprefs cache` first or pass components")
+        else:
+            clip = ClipEncoder.load(clip_model, components.vae.device) if clip_model else None
+            self._rows = _LivePairs(dataset, components, clip, ties=ties, seed=seed, resolution=resolution,
+                                    random_flip=random_flip, random_crop=random_crop)
+        self.kind, self.stats = self._rows.kind, self._rows.stats
+
+    def __len__(self) -> int:
+        return self._rows.count
+
+    def batch(self, indices: list[int], epoch: int) -> dict[str, Tensor]:
+        """The batch of pairs at positions ``indices`` (0 <= i < len) for ``epoch``, float32 on the CPU.
+
+        ``latent_mean``, ``latent_std`` [2B, 4, h, w]: winners first, then losers; unscaled (sample
+        ``mean + std * noise``, then multiply by ``vae.config.scaling_factor``). ``prompt_embeds``
+        [B, 77, D] and ``empty_prompt_embeds`` [77, D] for caption dropout; SDXL adds
+        ``pooled_prompt_embeds`` [B, P], ``empty_pooled_prompt_embeds`` [P] and ``add_time_ids``
+        [2B, 6] (real original size and crop). With a CLIP model: ``clip_image_w``, ``clip_image_l``,
+        ``clip_text`` [B, E], unnormalised. ``index`` [B]: each pair's row in the dataset (``Pair.index``).
+        """
+        bad = [i for i in indices if not 0 <= i < len(self)]
+        if bad:
+            raise IndexError(f"pair positions {bad} are outside 0..{len(self) - 1}")
+        rows = self._rows.rows(list(indices), epoch)
+        batch = {
+            "latent_mean": torch.cat([rows["latent_mean_w"], rows["latent_mean_l"]]).float(),
+            "latent_std": torch.cat([rows["latent_std_w"], rows["latent_std_l"]]).float(),
+            "prompt_embeds": rows["prompt_embeds"].float(),
+            "empty_prompt_embeds": self._rows.empty["prompt_embeds"],
+            "index": rows["index"].long(),
+        }
+        if self.kind == "sdxl":
+            target = (self.resolution, self.resolution)
+            batch["pooled_prompt_embeds"] = rows["pooled_prompt_embeds"].float()
+            batch["empty_pooled_prompt_embeds"] = self._rows.empty["pooled_prompt_embeds"]
+            batch["add_time_ids"] = torch.stack([
+                sdxl_time_ids(tuple(size), tuple(crop), target)
+                for side in "wl"
+                for size, crop in zip(rows[f"original_size_{side}"].tolist(), rows[f"crop_top_left_{side}"].tolist())])
+        if self.has_clip:
+            batch |= {name: rows[name].float() for name in ("clip_image_w", "clip_image_l", "clip_text")}
+        return batch
