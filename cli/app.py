@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from styleprefs.cli.train_command import train
 from styleprefs.errors import StyleprefsError
 
 app = typer.Typer(
@@ -129,6 +130,34 @@ def push(
 
 
 @app.command()
+def cache(
+    dataset: Path = typer.Argument(..., help="Dataset folder (or Pick-a-Pic-schema Parquet) to cache."),
+    model: str = typer.Option("stable-diffusion-v1-5/stable-diffusion-v1-5", help="SD1.5/SDXL id or path; 'tiny' or 'tiny-sdxl' offline."),
+    resolution: int = typer.Option(512, help="Training resolution (center crop)."),
+    clip_model: str = typer.Option("openai/clip-vit-large-patch14", help="CLIP for RPO's embeddings ('tiny' offline, 'none' to skip)."),
+    ties: str = typer.Option("drop", help="Tie rows (label 0.5): drop or random."),
+    seed: int = typer.Option(0, help="Seed of the random tie policy."),
+    batch_size: int = typer.Option(8, help="Pairs per encoder call."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+    dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16 for the encoders."),
+) -> None:
+    """Compute VAE latents, text and CLIP embeddings once per dataset, model and resolution."""
+    import torch
+
+    from styleprefs.trainer.cache import build_cache
+
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if dtype not in dtypes:
+        raise StyleprefsError(f"--dtype must be one of {', '.join(dtypes)}, got {dtype!r}")
+    folder = build_cache(dataset, model, resolution, clip_model=None if clip_model == "none" else clip_model,
+                         batch_size=batch_size, device=device, dtype=dtypes[dtype], ties=ties, seed=seed)
+    console.print(f"cache ready: {folder}", markup=False)
+
+
+app.command()(train)
+
+
+@app.command()
 def quickstart(out: Path = typer.Option(Path("out/quickstart"), help="Where to put the sample dataset.")) -> None:
     """Build a small offline sample dataset (64 pairs, winter, classic editor) and say where it is."""
     from styleprefs.build import BuildConfig, build_dataset
@@ -161,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, click.exceptions.Abort):
-        err.print("interrupted: finished work is saved; run the same command again to resume")
+        err.print("interrupted: finished work is saved; run the same command again to resume "
+                  "(`styleprefs train` with --resume)")
         sys.exit(130)
     if isinstance(code, int) and code:
         sys.exit(code)

@@ -149,3 +149,31 @@ def test_filter_unsafe_reports_categories(built, tmp_path, capsys):
     blocklist.write_text("violence\tramen\n")
     code, out, _ = run(["filter-unsafe", str(built), "--blocklist", str(blocklist)], capsys)
     assert code == 0 and "violence" in out and "of 4" in out
+
+
+def test_train_flags_are_the_config_fields():
+    from styleprefs.cli.train_command import train
+    from styleprefs.trainer.config import config_options
+
+    import inspect
+
+    assert set(inspect.signature(train).parameters) == {o.name for o in config_options()} | {"config"}
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["train", "--stage", "kto", "--data", "d", "--out", "o"], "stage"),
+    (["train", "--data", "d", "--out", "o"], "stage"),
+    (["train", "--config", "/nonexistent.yaml", "--stage", "dpo", "--data", "d", "--out", "o"], "nonexistent.yaml"),
+])
+def test_train_bad_input_is_exit_2(args, expected, capsys):
+    code, _, err = run(args, capsys)
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_yaml_config_and_flags_merge(tmp_path):
+    from styleprefs.trainer.config import TrainConfig
+
+    path = tmp_path / "run.yaml"
+    path.write_text("stage: rpo\ndata: d\nout: o\nbeta: 2000\ntau: 0.5\n")
+    cfg = TrainConfig.from_yaml_and_overrides(path, {"tau": 2.0, "beta": None})
+    assert (cfg.stage, cfg.beta, cfg.tau) == ("rpo", 2000.0, 2.0)

@@ -1,0 +1,282 @@
+"""The training loop on tiny models: every stage, reference defaults, exact resume, NaN guard, LoRA, SDXL, processes."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from accelerate.state import AcceleratorState
+from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+from safetensors.torch import load_file
+
+from conftest import write_pickapic_parquet
+from styleprefs.build import BuildConfig, build_dataset
+from styleprefs.errors import StyleprefsError
+from styleprefs.trainer import loop
+from styleprefs.trainer.checkpoint import list_checkpoints
+from styleprefs.trainer.config import TrainConfig, config_options
+from styleprefs.trainer.models import load_components, load_unet
+from styleprefs.trainer.plots import plot_curves
+
+torch.set_num_threads(1)
+LOG2 = math.log(2)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 pairs built from the Pick-a-Pic fixture rows (the `pickapic_dir` data), shared by the module."""
+    root = tmp_path_factory.mktemp("trainer")
+    source = write_pickapic_parquet(root / "pickapic")
+    return build_dataset(BuildConfig(source=str(source), num_pairs=8, shard_size=8), root / "data",
+                         show_progress=False).out
+
+
+@pytest.fixture(scope="module")
+def other_unets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two UNet-only folders holding the tiny UNet with every weight shifted by +0.01 and +0.02."""
+    root = tmp_path_factory.mktemp("unets")
+    folders = []
+    for shift in (0.01, 0.02):
+        unet = load_unet("tiny")
+        with torch.no_grad():
+            for p in unet.parameters():
+                p.add_(shift)
+        unet.save_pretrained(root / str(shift))
+        folders.append(root / str(shift))
+    return folders[0], folders[1]
+
+
+def _cfg(dataset: Path, out: Path, **kw) -> TrainConfig:
+    opts = {"stage": "dpo", "data": str(dataset), "out": str(out), "model": "tiny", "clip_model": "tiny",
+            "resolution": 64, "batch_size": 2, "gradient_accumulation_steps": 1, "max_steps": 2,
+            "learning_rate": 1e-4, "warmup_steps": 0, "checkpoint_every": 0, "report_to": "none"}
+    return TrainConfig(**(opts | kw))
+
+
+def _run(dataset: Path, out: Path, **kw) -> list[dict]:
+    loop.train(_cfg(dataset, out, **kw), show_progress=False)
+    return _metrics(out)
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _unet_weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+def _same(a: torch.nn.Module | dict, b: torch.nn.Module | dict) -> bool:
+    a = a if isinstance(a, dict) else a.state_dict()
+    b = b if isinstance(b, dict) else b.state_dict()
+    return a.keys() == b.keys() and all(torch.equal(a[k].float(), b[k].float()) for k in a)
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo", "rpo", "orpo", "orrpo"])
+def test_every_stage_trains_and_writes_a_loadable_pipeline(dataset: Path, tmp_path: Path, stage: str) -> None:
+    validation = {"validation_prompts": ["a red fox", "a cabin"], "validation_every": 1} if stage == "sft" else {}
+    rows = _run(dataset, tmp_path / "run", stage=stage, **validation)
+
+    assert [r["step"] for r in rows] == [0, 1]
+    for key in ("loss", "implicit_acc", "reward_margin", "mse_w", "mse_l", "lr", "grad_norm", "skipped"):
+        assert all(key in r for r in rows), key
+    assert all(math.isfinite(r["loss"]) and not r["skipped"] for r in rows)
+    if stage in ("dpo", "rpo"):  # policy == reference at step 0: every logit is 0
+        assert rows[0]["loss"] == pytest.approx(LOG2, abs=1e-6)
+        assert rows[0]["mse_w"] == rows[0]["ref_mse_w"] and rows[1]["mse_w"] != rows[1]["ref_mse_w"]
+    saved = yaml.safe_load((tmp_path / "run" / "train_config.yaml").read_text())
+    assert TrainConfig(**saved) == _cfg(dataset, tmp_path / "run", stage=stage, **validation).resolved()
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "run")
+    assert not _same(pipe.unet, load_unet("tiny"))  # it trained
+    if stage == "sft":
+        assert sorted(p.name for p in (tmp_path / "run" / "validation").iterdir()) == ["step-000001.png",
+                                                                                        "step-000002.png"]
+
+
+def test_reference_is_ref_else_init_else_base(other_unets: tuple[Path, Path], tmp_path: Path) -> None:
+    a, b = other_unets
+    base = load_unet("tiny")
+    components = load_components("tiny")
+
+    def models(**kw):
+        return loop.load_models(_cfg(tmp_path, tmp_path / "out", **kw), components, torch.float32)
+
+    policy, reference = models()
+    assert _same(policy, base) and _same(reference, base)
+    policy, reference = models(init=str(a))
+    assert _same(policy, load_unet(str(a))) and _same(reference, load_unet(str(a)))
+    policy, reference = models(init=str(a), ref=str(b))
+    assert _same(policy, load_unet(str(a))) and _same(reference, load_unet(str(b)))
+    assert not any(p.requires_grad for p in reference.parameters()) and not reference.training
+    assert models(stage="sft", ref=str(b))[1] is None  # reference-free stages load none
+    assert models(lora_rank=2)[1] is None  # the policy with adapters disabled serves
+    assert _same(models(lora_rank=2, ref=str(b))[1], load_unet(str(b)))
+
+
+def test_two_stage_sft_then_rpo_uses_the_sft_model_as_reference(dataset: Path, tmp_path: Path) -> None:
+    _run(dataset, tmp_path / "sft", stage="sft", learning_rate=1e-3)
+    rows = _run(dataset, tmp_path / "rpo", stage="rpo", init=str(tmp_path / "sft"))
+    # Policy and reference both start as the SFT model (the base would give other reference errors).
+    assert rows[0]["loss"] == pytest.approx(LOG2, abs=1e-6)
+    assert rows[0]["ref_mse_w"] == rows[0]["mse_w"] and rows[0]["ref_mse_l"] == rows[0]["mse_l"]
+    base_rows = _run(dataset, tmp_path / "rpo-base", stage="rpo", init=str(tmp_path / "sft"), ref="tiny",
+                     max_steps=1)
+    assert base_rows[0]["ref_mse_w"] != rows[0]["ref_mse_w"]
+
+
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(dataset: Path, tmp_path: Path) -> None:
+    # 2 micro-batches of 2 pairs per step: an epoch of 8 pairs is 2 steps, so 6 steps cross epochs.
+    opts = {"max_steps": 6, "gradient_accumulation_steps": 2, "warmup_steps": 4, "learning_rate": 1e-3}
+    straight = _run(dataset, tmp_path / "straight", **opts)
+
+    out = tmp_path / "resumed"
+    _run(dataset, out, **(opts | {"max_steps": 3, "checkpoint_every": 1, "checkpoints_total_limit": 2}))
+    assert [p.name for p in list_checkpoints(out)] == ["step-000002", "step-000003"]
+    shutil.rmtree(list_checkpoints(out)[-1])  # as if killed after logging step 2, before its checkpoint
+    with pytest.raises(StyleprefsError, match="--resume"):
+        _run(dataset, out, **opts)
+    with pytest.raises(StyleprefsError, match=r"cannot resume .*beta"):
+        _run(dataset, out, **opts, resume=True, beta=2000.0)
+    resumed = _run(dataset, out, **opts, resume=True, checkpoint_every=2)
+
+    assert _same(_unet_weights(out), _unet_weights(tmp_path / "straight"))
+    assert resumed == straight  # metrics of the redone step replaced, not duplicated
+    assert [p.name for p in list_checkpoints(out)][-1] == "step-000006"
+
+
+def test_non_finite_loss_skips_steps_then_stops(dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    real = loop.dpo_loss
+    monkeypatch.setattr(loop, "dpo_loss", lambda *args: real(*args) * float("nan"))
+    with pytest.raises(StyleprefsError, match="2 steps had a non-finite loss"):
+        _run(dataset, tmp_path / "run", max_steps=5, max_nan_steps=2)
+    rows = _metrics(tmp_path / "run")
+    assert [(r["step"], r["skipped"], r["loss"]) for r in rows] == [(0, True, None), (1, True, None)]
+
+
+def test_lora_trains_only_adapters_against_the_disabled_adapter_reference_and_resumes(dataset: Path, tmp_path: Path) -> None:
+    rows = _run(dataset, tmp_path / "run", lora_rank=4, learning_rate=1e-2)
+    assert rows[0]["loss"] == pytest.approx(LOG2, abs=1e-6)  # LoRA B starts at 0
+    assert rows[1]["mse_w"] != rows[1]["ref_mse_w"] and rows[1]["loss"] != pytest.approx(LOG2)
+
+    trained, base = _unet_weights(tmp_path / "run"), load_unet("tiny").state_dict()
+    assert trained.keys() == base.keys()  # merged: no adapter weights left
+    targets = (".to_q.", ".to_k.", ".to_v.", ".to_out.0.")
+    changed = {k for k in base if not torch.equal(trained[k], base[k])}
+    assert changed and all(any(t in k for t in targets) for k in changed)
+    StableDiffusionPipeline.from_pretrained(tmp_path / "run")
+
+    # LoRA runs resume exactly too (the adapter weights are in the checkpoint).
+    _run(dataset, tmp_path / "resumed", lora_rank=4, learning_rate=1e-2, max_steps=1, checkpoint_every=1)
+    _run(dataset, tmp_path / "resumed", lora_rank=4, learning_rate=1e-2, resume=True)
+    assert _same(_unet_weights(tmp_path / "resumed"), trained)
+
+
+def test_rpo_with_tiny_tau_equals_dpo(dataset: Path, other_unets: tuple[Path, Path], tmp_path: Path) -> None:
+    # A reference different from the policy makes the logits non-zero; "text" embeddings of distinct
+    # captions put each winner's whole weight on its own loser as tau -> 0.
+    opts = {"ref": str(other_unets[0]), "batch_size": 4, "max_steps": 1, "embedding": "text"}
+    dpo = _run(dataset, tmp_path / "dpo", stage="dpo", **opts)[0]
+    rpo = _run(dataset, tmp_path / "rpo", stage="rpo", tau=1e-6, **opts)[0]
+    spread = _run(dataset, tmp_path / "spread", stage="rpo", tau=100.0, **opts)[0]
+    assert dpo["loss"] != pytest.approx(LOG2)
+    assert rpo["loss"] == pytest.approx(dpo["loss"], rel=1e-6)
+    assert spread["loss"] != pytest.approx(dpo["loss"], rel=1e-3)
+
+
+def test_model_inputs_share_noise_and_timestep_within_a_pair() -> None:
+    scheduler = DDPMScheduler(prediction_type="v_prediction")
+    components = SimpleNamespace(noise_scheduler=scheduler, vae=SimpleNamespace(config=SimpleNamespace(scaling_factor=0.5)),
+                                 prediction_type="v_prediction", kind="sd")
+    b, shape = 3, (4, 2, 2)
+    batch = {"latent_mean": torch.randn(2 * b, *shape), "latent_std": torch.zeros(2 * b, *shape),
+             "prompt_embeds": torch.randn(b, 77, 8), "empty_prompt_embeds": torch.zeros(77, 8)}
+    draws = loop.draw_pairs(0, 5, [0, 1, 2], shape, 1000, caption_dropout=0.5)
+    assert torch.equal(loop.draw_pairs(0, 5, [1], shape, 1000, 0.5).noise[0], draws.noise[1])  # per pair, not per batch
+    inputs, target = loop._model_inputs(batch, draws, components)
+
+    t, hidden = inputs["timestep"], inputs["encoder_hidden_states"]
+    assert torch.equal(t[:b], t[b:]) and torch.equal(hidden[:b], hidden[b:])
+    latents = batch["latent_mean"] * 0.5
+    noise = torch.cat([draws.noise, draws.noise])
+    assert torch.equal(inputs["sample"], scheduler.add_noise(latents, noise, t))
+    assert torch.equal(target, scheduler.get_velocity(latents, noise, t))
+    for i, dropped in enumerate(draws.dropped.tolist()):
+        assert torch.equal(hidden[i], batch["empty_prompt_embeds"] if dropped else batch["prompt_embeds"][i])
+
+
+def test_curves_plot(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    rows = [{"step": i, "loss": 0.7 - 0.1 * i, "implicit_acc": 0.5, "reward_margin": 0.1 * i, "skipped": False}
+            for i in range(3)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert plot_curves(tmp_path / "metrics.jsonl", tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_sdxl_tiny_trains_one_step(dataset: Path, tmp_path: Path) -> None:
+    rows = _run(dataset, tmp_path / "run", model="tiny-sdxl", max_steps=1)
+    assert rows[0]["loss"] == pytest.approx(LOG2, abs=1e-6)
+    StableDiffusionXLPipeline.from_pretrained(tmp_path / "run")
+
+
+def test_config_yaml_overrides_and_errors(tmp_path: Path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text("stage: rpo\ndata: d\nout: o\nbeta: 5e3\nlearning-rate: 1e-7\ntau: 0.5\n")
+    cfg = TrainConfig.from_yaml_and_overrides(path, {"tau": 2.0, "ref": None, "batch_size": "8"})
+    assert (cfg.stage, cfg.beta, cfg.learning_rate, cfg.tau, cfg.ref, cfg.batch_size) == \
+           ("rpo", 5000.0, 1e-7, 2.0, None, 8)
+    assert TrainConfig.from_yaml_and_overrides(None, yaml.safe_load(cfg.to_yaml())) == cfg
+    with pytest.raises(StyleprefsError, match="unknown training option.*betta"):
+        TrainConfig.from_yaml_and_overrides(path, {"betta": 1.0})
+    with pytest.raises(StyleprefsError, match="--stage must be one of"):
+        TrainConfig.from_yaml_and_overrides(path, {"stage": "ppo"})
+    with pytest.raises(StyleprefsError, match="--batch-size must be at least 1"):
+        TrainConfig.from_yaml_and_overrides(path, {"batch_size": 0})
+    with pytest.raises(StyleprefsError, match="missing required.*--data"):
+        TrainConfig.from_yaml_and_overrides(None, {"stage": "dpo", "out": "o"})
+    # Stage-dependent learning-rate defaults, printed at the start of a run.
+    assert TrainConfig(stage="dpo", data="d", out="o").resolved().learning_rate == 1e-8
+    assert TrainConfig(stage="sft", data="d", out="o").resolved().learning_rate == 1e-7
+    assert TrainConfig(stage="dpo", data="d", out="o", lora_rank=8).resolved().learning_rate == 1e-5
+    options = config_options()
+    assert [o.name for o in options][:3] == ["stage", "data", "out"] and all(o.help for o in options)
+
+
+def _worker(rank: int, port: int, cfg: dict) -> None:
+    """One training process, with the environment torchrun gives it."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    AcceleratorState._reset_state(reset_partial_state=True)  # forget this test process's single-process state
+    loop.train(TrainConfig(**cfg), show_progress=False)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forks the two training processes")
+def test_two_processes_match_one_process_with_the_doubled_batch(dataset: Path, tmp_path: Path) -> None:
+    """Two CPU processes (gloo) as torchrun starts them, RPO with the losers gathered across processes:
+    2 processes x 1 pair equal 1 process x 2 pairs. Forked (not torchrun) to skip ~20 s of imports per process."""
+    opts = {"stage": "rpo", "gather_rpo": True}
+    single = _run(dataset, tmp_path / "one", batch_size=2, **opts)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = _cfg(dataset, tmp_path / "two", batch_size=1, **opts).__dict__
+    workers = [multiprocessing.get_context("fork").Process(target=_worker, args=(r, port, cfg)) for r in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert [w.exitcode for w in workers] == [0, 0]
+    double = _metrics(tmp_path / "two")
+    assert [r["step"] for r in double] == [0, 1]  # only the main process writes metrics
+    for key in ("loss", "mse_w", "mse_l", "ref_mse_w", "grad_norm"):  # same pairs, draws and gradient
+        assert double[0][key] == pytest.approx(single[0][key], rel=1e-5), key
+    assert double[1]["loss"] == pytest.approx(single[1]["loss"], rel=1e-2)

@@ -1,0 +1,305 @@
+"""`TrainConfig`: the one source of the trainer's option names, types, defaults and help strings.
+
+The CLI builds ``styleprefs train`` from :func:`config_options`; a YAML file (``--config``) may set any
+field, and flags override it (:meth:`TrainConfig.from_yaml_and_overrides`). Every field's help says
+where its default comes from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from styleprefs.errors import StyleprefsError
+
+Stage = Literal["sft", "dpo", "rpo", "orpo", "orrpo"]
+REFERENCE_STAGES = ("dpo", "rpo")  # stages with a frozen reference model
+RPO_STAGES = ("rpo", "orrpo")  # stages with the B x B CLIP-weighted matrix
+LrScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
+
+# Fields that do not change the trained weights: a resumed run may change them (and max_steps).
+RESUMABLE_CHANGES = frozenset({
+    "resume", "max_steps", "checkpoint_every", "checkpoints_total_limit", "validation_prompts",
+    "validation_every", "report_to", "max_nan_steps",
+})
+
+
+def _opt(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+def _required(help: str) -> Any:
+    return field(metadata={"help": help, "required": True})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (see DESIGN.md, "Trainer" and "Losses")."""
+
+    stage: Stage = _required("Training objective: sft, dpo (Diffusion-DPO), rpo (Diffusion-RPO), orpo or orrpo "
+                             "(reference-free ORPO, plain or over the RPO matrix).")
+    data: str = _required("Dataset folder written by `styleprefs build` (Pick-a-Pic-format Parquet).")
+    out: str = _required("Run folder: final diffusers pipeline, train_config.yaml, metrics.jsonl, checkpoints/, "
+                         "validation/, curves.png.")
+    model: str = _opt("stable-diffusion-v1-5/stable-diffusion-v1-5",
+                      "Base pipeline (Hub id, local folder, or tiny / tiny-sdxl): VAE, text encoders, scheduler, "
+                      "and the UNet unless --init is given.")
+    init: str | None = _opt(None, "Initialise the trained UNet from this pipeline or UNet folder (e.g. an SFT run's "
+                                  "output); it is also the reference unless --ref is given.")
+    ref: str | None = _opt(None, "Reference UNet for dpo/rpo (pipeline or UNet folder). Default: --init, else the "
+                                 "base model; with LoRA and neither, the base is the same UNet with adapters off.")
+    beta: float = _opt(5000.0, "DPO/RPO beta on Diffusion-DPO's official scale: logit = -(beta/2) * "
+                               "(d(w) - d(l)), errors are per-element means (the diffusers SD1.5 port's 2500 "
+                               "without the 1/2 is the same). Paper range 2000-5000.")
+    orpo_beta: float = _opt(20.0, "ORPO/ORRPO beta: logit = orpo_beta * (e(l) - e(w)) on raw errors, which differ "
+                                  "by ~0.01-0.05, so it is far smaller than --beta. With --lam 0.1 the preference "
+                                  "term's initial gradient (lam*orpo_beta/2 = 1) equals the SFT term's.")
+    lam: float = _opt(0.1, "ORPO/ORRPO weight of the preference term (0.1 as in the ORPO paper and TRL, and the "
+                           "diffusers diffusion_orpo example).")
+    tau: float = _opt(1.0, "RPO/ORRPO similarity temperature: W = row-softmax(-(1 - cos)/tau). 1.0 for style data, "
+                           "0.01 for human preference (Diffusion-RPO ablation).")
+    embedding: Literal["mean", "image", "text", "concat"] = _opt(
+        "mean", "RPO similarity embedding u(x): mean = normalize(n(CLIP image) + n(CLIP text)); image; text; concat.")
+    clip_model: str = _opt("openai/clip-vit-large-patch14",
+                           "CLIP for the RPO weights (Hub id, folder or tiny-clip); the paper does not name one.")
+    gather_rpo: bool = _opt(False, "RPO/ORRPO: compare each winner with the losers of all processes (all-gather), "
+                                   "not only its own device's batch.")
+    learning_rate: float | None = _opt(None, "Learning rate, used as given (no scaling by batch or processes). "
+                                             "Default: 1e-5 with LoRA (diffusers diffusion_dpo); else 1e-8 for "
+                                             "dpo/rpo and 1e-7 for sft/orpo/orrpo (Diffusion-RPO style runs).")
+    lr_scheduler: LrScheduler = _opt("constant_with_warmup", "diffusers learning-rate schedule (Diffusion-DPO: "
+                                                               "constant_with_warmup).")
+    warmup_steps: int = _opt(500, "Warm-up optimizer steps (Diffusion-DPO SD1.5 launcher: 500 of 2000, the "
+                                  "paper's 25%). Not scaled by the process count.")
+    batch_size: int = _opt(4, "Pairs per process per micro-batch (each pair is two images).")
+    gradient_accumulation_steps: int = _opt(16, "Micro-batches per optimizer step. Pairs per step = batch_size x "
+                                                "processes x this (Diffusion-RPO: 16 x 8 GPUs x 4 = 512).")
+    max_steps: int = _opt(2000, "Optimizer steps to train (Diffusion-DPO launchers: 2000).")
+    resolution: int = _opt(512, "Training image size in pixels (multiple of 8; SDXL: 1024).")
+    mixed_precision: Literal["no", "fp16", "bf16"] = _opt(
+        "no", "Autocast precision; trainable weights stay float32, the frozen reference and encoders use it. "
+              "bf16 recommended on GPUs that have it.")
+    gradient_checkpointing: bool = _opt(False, "Recompute UNet activations in the backward pass to save memory.")
+    optimizer: Literal["adamw", "adafactor", "adamw8bit"] = _opt(
+        "adamw", "adamw (Diffusion-DPO SD1.5), adafactor (its SDXL runs; relative_step and scale_parameter off) "
+                 "or adamw8bit (needs bitsandbytes).")
+    weight_decay: float = _opt(1e-2, "Weight decay (Diffusion-DPO: 1e-2).")
+    max_grad_norm: float = _opt(1.0, "Gradient clipping norm (Diffusion-DPO: 1.0); 0 disables clipping.")
+    lora_rank: int = _opt(0, "0 trains the full UNet; > 0 trains peft LoRA adapters of this rank (alpha = rank) on "
+                             "to_q, to_k, to_v, to_out.0, merged into the saved UNet.")
+    seed: int = _opt(0, "Seed: data order from (seed, epoch); noise, timesteps and caption dropout from "
+                        "(seed, step, pair position), so results do not depend on the process count.")
+    checkpoint_every: int = _opt(500, "Save a resumable checkpoint in out/checkpoints every N steps (0: never).")
+    checkpoints_total_limit: int | None = _opt(3, "Keep only the newest N checkpoints (None keeps all).")
+    resume: bool = _opt(False, "Continue from the newest checkpoint in out/checkpoints (opt-in; the config must "
+                               "match except max_steps, checkpointing, validation, logging and max_nan_steps).")
+    ties: Literal["drop", "random"] = _opt("drop", "Pairs whose source labels are a tie: drop them, or pick a "
+                                                   "winner at random from (seed, row).")
+    random_flip: bool = _opt(True, "Flip both images of a pair horizontally together, at random per (seed, epoch, row).")
+    caption_dropout: float = _opt(0.2, "Probability per pair of training on the empty prompt (same for winner and "
+                                       "loser). 0.2 as Diffusion-DPO's launchers (which Diffusion-RPO builds on): "
+                                       "keeps the unconditional branch that classifier-free guidance uses trained "
+                                       "on the new data. 0 trains the conditional branch only.")
+    validation_prompts: list[str] = _opt([], "Prompts drawn every --validation-every steps and at the end, with "
+                                             "fixed seeds, into out/validation/step-XXXXXX.png.")
+    validation_every: int = _opt(500, "Steps between validation grids (0: only at the end).")
+    report_to: Literal["tensorboard", "wandb", "none"] = _opt(
+        "tensorboard", "Experiment tracker (tensorboard is skipped with a note if not installed).")
+    max_nan_steps: int = _opt(10, "Stop with an error after this many steps skipped for a non-finite loss or "
+                                  "gradient.")
+    use_cache: bool = _opt(True, "Cache VAE latents, text and CLIP embeddings once per dataset and model.")
+
+    @classmethod
+    def from_yaml_and_overrides(cls, path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+        """Fields from the YAML file at ``path`` (if any), then ``overrides`` (flags win; ``None`` means unset).
+
+        Keys may use dashes or underscores. Unknown keys, missing required fields and bad values raise
+        a one-line StyleprefsError.
+        """
+        values: dict[str, Any] = {}
+        if path is not None:
+            try:
+                loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+            except (OSError, yaml.YAMLError) as exc:
+                raise StyleprefsError(f"cannot read train config {path}: {str(exc).splitlines()[0]}") from None
+            if not isinstance(loaded, dict):
+                raise StyleprefsError(f"train config {path} must be a mapping of option: value")
+            values.update(_normalise_keys(loaded, f"train config {path}"))
+        values.update({k: v for k, v in _normalise_keys(overrides or {}, "overrides").items() if v is not None})
+        missing = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(cls)
+                   if f.metadata.get("required") and f.name not in values]
+        if missing:
+            raise StyleprefsError(f"missing required training option(s): {', '.join(missing)}")
+        hints = typing.get_type_hints(cls)
+        return cls(**{name: _coerce(name, value, hints[name]) for name, value in values.items()})
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a one-line StyleprefsError for the first bad value."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            choices = _choices(hints[f.name])
+            value = getattr(self, f.name)
+            if choices and value is not None and value not in choices:
+                raise StyleprefsError(f"--{_flag(f.name)} must be one of {', '.join(choices)}, got {value!r}")
+        positive = ("batch_size", "gradient_accumulation_steps", "max_steps", "resolution", "max_nan_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise StyleprefsError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
+        non_negative = ("seed", "warmup_steps", "lora_rank", "checkpoint_every", "validation_every", "weight_decay",
+                        "max_grad_norm", "lam")
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise StyleprefsError(f"--{_flag(name)} must not be negative, got {getattr(self, name)}")
+        for name in ("beta", "orpo_beta", "tau"):
+            if not getattr(self, name) > 0:
+                raise StyleprefsError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise StyleprefsError(f"--learning-rate must be positive, got {self.learning_rate}")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise StyleprefsError(f"--checkpoints-total-limit must be at least 1, got {self.checkpoints_total_limit}")
+        if self.resolution % 8:
+            raise StyleprefsError(f"--resolution must be a multiple of 8, got {self.resolution}")
+        if not 0 <= self.caption_dropout < 1:
+            raise StyleprefsError(f"--caption-dropout must be in [0, 1), got {self.caption_dropout}")
+        if self.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
+            raise StyleprefsError("--optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes, or use adamw")
+        if self.report_to == "wandb" and importlib.util.find_spec("wandb") is None:
+            raise StyleprefsError("--report-to wandb needs wandb: pip install wandb, or use tensorboard or none")
+
+    @property
+    def effective_learning_rate(self) -> float:
+        """``learning_rate``, or the stage's default when it is None (see the field's help)."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        if self.lora_rank > 0:
+            return 1e-5
+        return 1e-8 if self.stage in REFERENCE_STAGES else 1e-7
+
+    def resolved(self) -> TrainConfig:
+        """A copy with defaults that depend on other fields filled in (the learning rate)."""
+        return dataclasses.replace(self, learning_rate=self.effective_learning_rate)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False, allow_unicode=True)
+
+    def weights_hash(self) -> str:
+        """sha256 of the fields that determine the trained weights (all but RESUMABLE_CHANGES)."""
+        fields = {k: v for k, v in dataclasses.asdict(self.resolved()).items() if k not in RESUMABLE_CHANGES}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ConfigOption:
+    """One TrainConfig field as a CLI option."""
+
+    name: str  # field name, e.g. "learning_rate"
+    flag: str  # "--learning-rate"
+    type: Any  # the base type: str, int, float, bool or list[str]
+    default: Any  # None for required options
+    required: bool
+    optional: bool  # the field accepts None
+    choices: tuple[str, ...]  # allowed values of a Literal field, else ()
+    help: str
+
+
+def config_options() -> list[ConfigOption]:
+    """Every TrainConfig field as a :class:`ConfigOption`, in declaration order."""
+    hints = typing.get_type_hints(TrainConfig)
+    options = []
+    for f in dataclasses.fields(TrainConfig):
+        base, optional = _unwrap_optional(hints[f.name])
+        choices = _choices(base)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        options.append(ConfigOption(
+            name=f.name, flag=f"--{_flag(f.name)}", type=str if choices else base,
+            default=None if default is dataclasses.MISSING else default, required=bool(f.metadata.get("required")),
+            optional=optional, choices=choices, help=f.metadata["help"]))
+    return options
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _normalise_keys(values: dict[str, Any], where: str) -> dict[str, Any]:
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    normalised = {str(k).replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(k for k in normalised if k not in known)
+    if unknown:
+        raise StyleprefsError(f"{where}: unknown training option(s) {', '.join(unknown)}")
+    return normalised
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], len(args) < len(typing.get_args(tp))
+    return tp, False
+
+
+def _choices(tp: Any) -> tuple[str, ...]:
+    base, _ = _unwrap_optional(tp)
+    return tuple(typing.get_args(base)) if typing.get_origin(base) is Literal else ()
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """``value`` as the field's type (YAML reads 5e3 as a string, a flag may arrive as text)."""
+    base, optional = _unwrap_optional(tp)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
+        if optional:
+            return None
+        raise StyleprefsError(f"--{_flag(name)} needs a value")
+    bad = StyleprefsError(f"--{_flag(name)} expects {_type_name(base)}, got {value!r}")
+    if _choices(base) or base is str:
+        if isinstance(value, (dict, list, bool)):
+            raise bad
+        return str(value)
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise bad
+    if base is int:
+        if isinstance(value, bool):
+            raise bad
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+        if not number.is_integer():
+            raise bad
+        return int(number)
+    if base is float:
+        if isinstance(value, bool):
+            raise bad
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+    if typing.get_origin(base) is list:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+            raise bad
+        return list(items)
+    raise bad
+
+
+def _type_name(tp: Any) -> str:
+    if _choices(tp):
+        return "one of " + ", ".join(_choices(tp))
+    return {str: "text", int: "an integer", float: "a number", bool: "true or false"}.get(tp, "a list of texts")

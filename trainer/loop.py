@@ -1,0 +1,522 @@
+"""The training loop shared by every stage (DESIGN.md, "Trainer").
+
+Per optimizer step and process: ``gradient_accumulation_steps`` micro-batches of ``batch_size``
+pairs. A micro-batch stacks winners and losers into 2B latents; both members of a pair share the
+noise and the timestep. One policy forward (with grad) and, for dpo/rpo, one reference forward
+(no grad) on the 2B latents give per-sample errors, from which the stage's loss is computed.
+
+Reproducibility: micro-batch ``m`` takes the pairs at positions ``[m * G, (m + 1) * G)`` (modulo
+the epoch) of a permutation drawn from ``(seed, epoch)``, G = batch_size x processes, process r
+taking its slice; every random draw of a pair (timestep, noise, VAE posterior sample, caption
+dropout) comes from ``(seed, m, position in the global batch)``. So a resumed run needs no replay
+and reaches the same weights, and the result does not depend on how the global batch is split
+across processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import set_seed
+from diffusers import UNet2DConditionModel
+from diffusers.optimization import get_scheduler
+from peft import LoraConfig
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import Tensor
+
+from styleprefs.errors import StyleprefsError
+from styleprefs.io import write_text
+from styleprefs.trainer.cache import PairBatches, build_cache
+from styleprefs.trainer.checkpoint import (base_pipeline, checkpoint_dir, list_checkpoints, load_checkpoint,
+                                           save_checkpoint, save_pipeline)
+from styleprefs.trainer.config import REFERENCE_STAGES, RPO_STAGES, TrainConfig
+from styleprefs.trainer.losses import (combine_embeddings, dpo_loss, orpo_loss, orrpo_loss, per_sample_error,
+                                       rpo_loss, rpo_weights, sft_loss)
+from styleprefs.trainer.metrics import preference_metrics
+from styleprefs.trainer.models import SDComponents, load_components, load_unet, resolve_model
+from styleprefs.trainer.plots import plot_curves, save_grid
+
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+VALIDATION_INFERENCE_STEPS = 25
+VALIDATION_GUIDANCE = {"sd": 7.5, "sdxl": 5.0}  # Diffusion-DPO's sampling settings
+METRICS = "metrics.jsonl"
+
+console = Console(stderr=True, soft_wrap=True)
+
+
+@dataclass
+class PairDraws:
+    """The random draws of one micro-batch, one row per pair."""
+
+    timesteps: Tensor  # [B] long
+    noise: Tensor  # [B, C, h, w], shared by winner and loser
+    posterior_w: Tensor  # [B, C, h, w], VAE posterior sample noise of the winner
+    posterior_l: Tensor  # [B, C, h, w], and of the loser
+    dropped: Tensor  # [B] bool, caption replaced by the empty prompt
+
+
+@dataclass
+class _Run:
+    """What the steps of one training run share."""
+
+    accelerator: Accelerator
+    pairs: PairBatches
+    components: SDComponents
+    policy: torch.nn.Module  # as prepared by accelerate (DDP-wrapped with several processes)
+    policy_module: UNet2DConditionModel  # unwrapped
+    reference: torch.nn.Module | None  # policy_module itself for LoRA without --ref (adapters disabled)
+    trainable: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+
+
+def train(cfg: TrainConfig, *, show_progress: bool = True) -> Path:
+    """Train ``cfg.stage`` and write the run folder ``cfg.out`` (see TrainConfig.out); returns it."""
+    cfg = cfg.resolved()
+    out = Path(cfg.out)
+    # A process may train several times (quickstart: sft, then rpo) with other precisions; accelerate
+    # keeps its settings in a process-wide singleton, so forget them (the process group stays).
+    AcceleratorState._reset_state(reset_partial_state=False)
+    accelerator = Accelerator(cpu=_cpu_processes(), mixed_precision=cfg.mixed_precision,
+                              gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                              log_with=_tracker(cfg), project_dir=str(out / "logs"))
+    main = accelerator.is_main_process
+    resume_from = _resume_point(cfg, out)
+    set_seed(cfg.seed)
+    run = _setup(cfg, accelerator, show_progress)
+    step, nan_steps = 0, 0
+    if resume_from is not None:
+        state = load_checkpoint(accelerator, cfg, resume_from)
+        step, nan_steps = state["step"], state["nan_steps"]
+    if main:
+        _start_files(cfg, out, step)
+        _print_start(cfg, accelerator, len(run.pairs), resume_from)
+    accelerator.init_trackers("styleprefs", config=_tracker_config(cfg))
+
+    with _progress(cfg.max_steps, step, show_progress and main) as advance:
+        while step < cfg.max_steps:
+            record = _train_step(cfg, run, step)
+            step += 1
+            if main:
+                _log(accelerator, out, record)
+                advance(record)
+            if record["skipped"]:
+                nan_steps += 1
+                _on_skipped(cfg, main, step - 1, nan_steps)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                save_checkpoint(accelerator, cfg, step, nan_steps)
+            if cfg.validation_prompts and cfg.validation_every and step % cfg.validation_every == 0 \
+                    and step < cfg.max_steps:
+                _validate(cfg, accelerator, run.components, run.policy_module, step)
+
+    if cfg.checkpoint_every and not checkpoint_dir(out, step).is_dir():
+        save_checkpoint(accelerator, cfg, step, nan_steps)
+    if cfg.validation_prompts:
+        _validate(cfg, accelerator, run.components, run.policy_module, step)
+    accelerator.wait_for_everyone()
+    if main:
+        _finish(cfg, out, run.policy_module)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return out
+
+
+def _setup(cfg: TrainConfig, accelerator: Accelerator, show_progress: bool) -> _Run:
+    """Cache (built once, by the main process first), data, models, optimizer and LR schedule."""
+    weight_dtype = WEIGHT_DTYPES[cfg.mixed_precision]
+    device = accelerator.device
+    clip_model = cfg.clip_model if cfg.stage in RPO_STAGES else None
+    with accelerator.main_process_first():
+        if cfg.use_cache:
+            build_cache(cfg.data, cfg.model, cfg.resolution, clip_model=clip_model, device=device, dtype=weight_dtype,
+                        show_progress=show_progress and accelerator.is_main_process, ties=cfg.ties, seed=cfg.seed)
+        components = load_components(cfg.model, dtype=weight_dtype, device=device,
+                                     include_unet=_reference_source(cfg) == cfg.model)
+        pairs = PairBatches(cfg.data, cfg.model, cfg.resolution, clip_model=clip_model, components=components,
+                            ties=cfg.ties, seed=cfg.seed, random_flip=cfg.random_flip, use_cache=cfg.use_cache)
+    if len(pairs) < cfg.batch_size * accelerator.num_processes:
+        raise StyleprefsError(f"{cfg.data} has {len(pairs)} usable pairs, fewer than one global batch "
+                              f"({cfg.batch_size} pairs x {accelerator.num_processes} processes)")
+
+    policy, reference = load_models(cfg, components, weight_dtype)
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = _optimizer(cfg, trainable)
+    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
+                                 num_training_steps=cfg.max_steps)
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    # Not prepared: accelerate would step it once per process per step. Stepped once per optimizer step.
+    accelerator.register_for_checkpointing(lr_scheduler)
+    policy_module = accelerator.unwrap_model(policy)
+    if reference is not None:
+        reference = reference.to(device)
+    elif cfg.stage in REFERENCE_STAGES:
+        reference = policy_module  # LoRA without --ref: the reference pass disables the adapters
+    return _Run(accelerator, pairs, components, policy, policy_module, reference, trainable, optimizer, lr_scheduler)
+
+
+def _train_step(cfg: TrainConfig, run: _Run, step: int) -> dict:
+    """One optimizer step: the micro-batches' forward and backward passes, clipping, the update; returns its metrics.
+
+    Every micro-batch is back-propagated even when its loss is not finite (all processes must run the
+    same collectives); the update is then skipped on every process alike, since the decision rests
+    on gathered losses and the all-reduced gradient norm.
+    """
+    accelerator = run.accelerator
+    records = []
+    micro_steps = range(cfg.gradient_accumulation_steps)
+    for k in micro_steps:
+        micro = step * cfg.gradient_accumulation_steps + k
+        sync = contextlib.nullcontext() if k == micro_steps[-1] else accelerator.no_sync(run.policy)
+        with sync:
+            loss, errors = _micro_step(cfg, run, micro)
+            accelerator.backward(loss)
+        records.append((loss.detach(), errors))
+    lr = run.lr_scheduler.get_last_lr()[0]
+    grad_norm = float(accelerator.clip_grad_norm_(run.trainable, cfg.max_grad_norm or math.inf))
+    record = _step_metrics(cfg, accelerator, records)
+    # With fp16 an infinite gradient norm is the grad scaler's business: it skips the update itself.
+    skipped = not math.isfinite(record["loss"]) or (not math.isfinite(grad_norm) and cfg.mixed_precision != "fp16")
+    if not skipped:
+        run.optimizer.step()
+        run.lr_scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return record | {"step": step, "lr": lr, "grad_norm": grad_norm, "skipped": skipped}
+
+
+def _on_skipped(cfg: TrainConfig, main: bool, step: int, nan_steps: int) -> None:
+    if main:
+        console.print(f"step {step}: non-finite loss or gradient, optimizer step skipped "
+                      f"({nan_steps}/{cfg.max_nan_steps})")
+    if nan_steps >= cfg.max_nan_steps:
+        raise StyleprefsError(f"stopped at step {step}: {nan_steps} steps had a non-finite loss or gradient "
+                              f"(--max-nan-steps {cfg.max_nan_steps}); lower --learning-rate or --beta, or try bf16")
+
+
+def _cpu_processes() -> bool:
+    """True under torchrun without CUDA: accelerate then needs ``cpu=True`` to join the gloo process group
+    (otherwise every process silently trains alone)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+def load_models(cfg: TrainConfig, components: SDComponents, weight_dtype: torch.dtype
+                ) -> tuple[UNet2DConditionModel, UNet2DConditionModel | None]:
+    """The trainable policy (float32, LoRA adapters added if ``lora_rank``) and the frozen reference.
+
+    Reference = ``ref``, else ``init``, else the base model (``components.unet``, loaded in
+    ``weight_dtype``). It is None for reference-free stages (sft, orpo, orrpo) and for LoRA runs
+    without ``ref``, whose reference is the policy with its adapters disabled (the UNet it started from).
+    """
+    policy = load_unet(cfg.init or cfg.model)
+    policy.train()
+    if cfg.gradient_checkpointing:
+        policy.enable_gradient_checkpointing()
+    if cfg.lora_rank:
+        policy.requires_grad_(False)
+        policy.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, init_lora_weights="gaussian",
+                                      target_modules=LORA_TARGETS))
+    source = _reference_source(cfg)
+    if source is None:
+        return policy, None
+    reference = components.unet if source == cfg.model else load_unet(source, dtype=weight_dtype)
+    return policy, reference.requires_grad_(False).eval()
+
+
+def _reference_source(cfg: TrainConfig) -> str | None:
+    """Where the frozen reference UNet comes from, or None when there is no separate one."""
+    if cfg.stage not in REFERENCE_STAGES or (cfg.lora_rank and cfg.ref is None):
+        return None
+    return cfg.ref or cfg.init or cfg.model
+
+
+def batch_positions(n_pairs: int, seed: int, micro_step: int, batch_size: int, num_processes: int, rank: int
+                    ) -> tuple[list[int], list[int], int]:
+    """Dataset positions of this process's pairs in micro-batch ``micro_step``, their positions in the global batch, and the epoch.
+
+    Each epoch is a permutation from ``(seed, epoch)`` cut into global batches of
+    ``batch_size * num_processes`` (the remainder is not used); process ``rank`` takes its slice.
+    """
+    global_batch = batch_size * num_processes
+    epoch, k = divmod(micro_step, n_pairs // global_batch)
+    order = _epoch_order(n_pairs, seed, epoch)
+    first = rank * batch_size
+    slots = list(range(first, first + batch_size))
+    return [int(order[k * global_batch + s]) for s in slots], slots, epoch
+
+
+@lru_cache(maxsize=2)
+def _epoch_order(n_pairs: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n_pairs)
+
+
+def draw_pairs(seed: int, micro_step: int, slots: list[int], latent_shape: tuple[int, ...], num_timesteps: int,
+               caption_dropout: float) -> PairDraws:
+    """The draws of the pairs at global-batch positions ``slots``, each from ``(seed, micro_step, slot)``.
+
+    Per pair, in this order: timestep, shared noise, winner and loser posterior noise, dropout draw.
+    """
+    rows = []
+    for slot in slots:
+        state = np.random.SeedSequence([seed, micro_step, slot]).generate_state(2, dtype=np.uint32)
+        gen = torch.Generator().manual_seed(int(state[0]) << 31 ^ int(state[1]))
+        rows.append((torch.randint(0, num_timesteps, (), generator=gen),
+                     torch.randn(latent_shape, generator=gen),
+                     torch.randn(latent_shape, generator=gen),
+                     torch.randn(latent_shape, generator=gen),
+                     torch.rand((), generator=gen) < caption_dropout))
+    return PairDraws(*(torch.stack(column) for column in zip(*rows)))
+
+
+def _micro_step(cfg: TrainConfig, run: _Run, micro: int) -> tuple[Tensor, dict[str, Tensor]]:
+    """Loss of one micro-batch on this process, and its per-pair errors (detached) for the metrics."""
+    accelerator, components = run.accelerator, run.components
+    positions, slots, epoch = batch_positions(len(run.pairs), cfg.seed, micro, cfg.batch_size,
+                                              accelerator.num_processes, accelerator.process_index)
+    batch = {k: v.to(accelerator.device) for k, v in run.pairs.batch(positions, epoch).items()}
+    draws = draw_pairs(cfg.seed, micro, slots, tuple(batch["latent_mean"].shape[1:]),
+                       components.noise_scheduler.config.num_train_timesteps, cfg.caption_dropout)
+    draws = PairDraws(*(t.to(accelerator.device) for t in dataclasses.astuple(draws)))
+    inputs, target = _model_inputs(batch, draws, components)
+    err_w, err_l = _errors(run.policy, inputs, target, accelerator).chunk(2)
+    ref_w = ref_l = None
+    if run.reference is not None:
+        with torch.no_grad():
+            ref_w, ref_l = _reference_errors(run.reference, inputs, target, accelerator).chunk(2)
+    loss = _stage_loss(cfg, accelerator, batch, err_w, err_l, ref_w, ref_l)
+    errors = {"err_w": err_w, "err_l": err_l}
+    if ref_w is not None:
+        errors |= {"ref_err_w": ref_w, "ref_err_l": ref_l}
+    return loss, {k: v.detach() for k, v in errors.items()}
+
+
+def _model_inputs(batch: dict[str, Tensor], draws: PairDraws, components: SDComponents
+                  ) -> tuple[dict[str, Tensor], Tensor]:
+    """UNet inputs for the 2B stacked latents (winners, then losers) and the denoising target."""
+    scheduler = components.noise_scheduler
+    posterior = torch.cat([draws.posterior_w, draws.posterior_l])
+    latents = (batch["latent_mean"] + batch["latent_std"] * posterior) * components.vae.config.scaling_factor
+    noise = torch.cat([draws.noise, draws.noise])
+    timesteps = torch.cat([draws.timesteps, draws.timesteps])
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    target = noise if components.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
+    dropped = draws.dropped
+    prompt = torch.where(dropped[:, None, None], batch["empty_prompt_embeds"][None], batch["prompt_embeds"])
+    inputs = {"sample": noisy, "timestep": timesteps, "encoder_hidden_states": torch.cat([prompt, prompt])}
+    if components.kind == "sdxl":
+        pooled = torch.where(dropped[:, None], batch["empty_pooled_prompt_embeds"][None],
+                             batch["pooled_prompt_embeds"])
+        inputs["added_cond_kwargs"] = {"text_embeds": torch.cat([pooled, pooled]), "time_ids": batch["add_time_ids"]}
+    return inputs, target
+
+
+def _errors(unet: torch.nn.Module, inputs: dict, target: Tensor, accelerator: Accelerator) -> Tensor:
+    """Per-sample denoising errors of ``unet`` (inputs cast to its dtype), shape [2B]."""
+    dtype = next(unet.parameters()).dtype
+    cast = {k: v.to(dtype) if torch.is_floating_point(v) else v for k, v in inputs.items() if k != "added_cond_kwargs"}
+    if "added_cond_kwargs" in inputs:
+        cast["added_cond_kwargs"] = {k: v.to(dtype) for k, v in inputs["added_cond_kwargs"].items()}
+    with accelerator.autocast():
+        pred = unet(**cast).sample
+    return per_sample_error(pred, target)
+
+
+def _reference_errors(reference: torch.nn.Module, inputs: dict, target: Tensor, accelerator: Accelerator) -> Tensor:
+    """The reference's errors; a LoRA policy serving as reference runs with its adapters disabled."""
+    if not getattr(reference, "_hf_peft_config_loaded", False):
+        return _errors(reference, inputs, target, accelerator)
+    reference.disable_adapters()
+    try:
+        return _errors(reference, inputs, target, accelerator)
+    finally:
+        reference.enable_adapters()
+
+
+def _stage_loss(cfg: TrainConfig, accelerator: Accelerator, batch: dict[str, Tensor], err_w: Tensor, err_l: Tensor,
+                ref_w: Tensor | None, ref_l: Tensor | None) -> Tensor:
+    if cfg.stage == "sft":
+        return sft_loss(err_w)
+    if cfg.stage == "dpo":
+        return dpo_loss(err_w, err_l, ref_w, ref_l, cfg.beta)
+    if cfg.stage == "orpo":
+        return orpo_loss(err_w, err_l, cfg.orpo_beta, cfg.lam)
+    emb_w = combine_embeddings(batch["clip_image_w"], batch["clip_text"], cfg.embedding)
+    emb_l = combine_embeddings(batch["clip_image_l"], batch["clip_text"], cfg.embedding)
+    if cfg.gather_rpo and accelerator.num_processes > 1:
+        err_l, emb_l = _GatherWithGrad.apply(err_l), accelerator.gather(emb_l)
+        ref_l = accelerator.gather(ref_l) if ref_l is not None else None
+    weights = rpo_weights(emb_w, emb_l, cfg.tau)
+    if cfg.stage == "rpo":
+        return rpo_loss(err_w, err_l, ref_w, ref_l, weights, cfg.beta)
+    return orrpo_loss(err_w, err_l, weights, cfg.orpo_beta, cfg.lam)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather of a 1-D tensor (in rank order) whose backward returns, to each process, the gradient
+    its entries received on every process (an all-reduce, which unlike reduce-scatter gloo supports)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rank, ctx.n = dist.get_rank(), x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
+
+
+def _step_metrics(cfg: TrainConfig, accelerator: Accelerator, records: list[tuple[Tensor, dict[str, Tensor]]]
+                  ) -> dict[str, float]:
+    """Loss and preference metrics of one optimizer step over all micro-batches and processes.
+
+    For sft, orpo and orrpo (no reference) ``implicit_acc`` is the share of pairs with e(w) < e(l)
+    and ``reward_margin`` the mean ORPO logit orpo_beta * (e(l) - e(w)).
+    """
+    losses = accelerator.gather(torch.stack([loss.float() for loss, _ in records]))
+    errors = {k: accelerator.gather(torch.cat([e[k] for _, e in records]).float()) for k in records[0][1]}
+    if cfg.stage in REFERENCE_STAGES:
+        metrics = preference_metrics(errors["err_w"], errors["err_l"], errors["ref_err_w"], errors["ref_err_l"],
+                                     cfg.beta)
+    else:
+        zeros = torch.zeros_like(errors["err_w"])
+        metrics = preference_metrics(errors["err_w"], errors["err_l"], zeros, zeros, 2 * cfg.orpo_beta)
+        metrics = {k: v for k, v in metrics.items() if not k.startswith(("ref_", "reward_w", "reward_l"))}
+    return {"loss": losses.mean().item(), **metrics}
+
+
+def _optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, relative_step=False,
+                         scale_parameter=False, warmup_init=False)
+    if cfg.optimizer == "adamw8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+def _resume_point(cfg: TrainConfig, out: Path) -> Path | None:
+    """The checkpoint to resume from; refuse to start over in a folder that holds a run."""
+    checkpoints = list_checkpoints(out)
+    if cfg.resume:
+        if not checkpoints:
+            console.print(f"--resume: no checkpoint in {out / 'checkpoints'}, starting from step 0")
+        return checkpoints[-1] if checkpoints else None
+    if checkpoints or (out / METRICS).exists() or (out / "model_index.json").exists():
+        raise StyleprefsError(f"{out} already holds a training run: pass --resume to continue it, or choose a new --out")
+    return None
+
+
+def _start_files(cfg: TrainConfig, out: Path, step: int) -> None:
+    """Write train_config.yaml; on resume, drop metrics of steps after the checkpoint (they are redone)."""
+    write_text(cfg.to_yaml(), out / "train_config.yaml")
+    metrics = out / METRICS
+    if metrics.exists():
+        kept = [line for line in metrics.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line)["step"] < step]
+        write_text("".join(line + "\n" for line in kept), metrics)
+
+
+def _print_start(cfg: TrainConfig, accelerator: Accelerator, n_pairs: int, resume_from: Path | None) -> None:
+    per_step = cfg.batch_size * accelerator.num_processes * cfg.gradient_accumulation_steps
+    reference = {"sft": "none", "orpo": "none", "orrpo": "none"}.get(
+        cfg.stage, _reference_source(cfg) or f"{cfg.init or cfg.model} (policy with LoRA adapters disabled)")
+    console.print(f"[bold]styleprefs train[/bold] stage {cfg.stage}: policy from {cfg.init or cfg.model}, "
+                  f"reference {reference}; {n_pairs} pairs, {cfg.batch_size} pairs x "
+                  f"{accelerator.num_processes} processes x {cfg.gradient_accumulation_steps} accumulation = "
+                  f"{per_step} pairs per step, {cfg.max_steps} steps"
+                  + (f"; resuming from {resume_from}" if resume_from else ""))
+    console.print(f"effective learning rate {cfg.learning_rate:g} (used as given, not scaled by batch or "
+                  f"processes; {cfg.lr_scheduler}, {cfg.warmup_steps} warm-up steps)")
+    if cfg.stage in REFERENCE_STAGES:
+        console.print(f"beta {cfg.beta:g} on Diffusion-DPO's official scale: logit = -(beta/2) * "
+                      f"((e_theta(w) - e_ref(w)) - (e_theta(l) - e_ref(l))), e = per-element mean squared error; "
+                      f"the paper's beta*T on summed errors = beta / (2*C*H*W)")
+    elif cfg.stage in ("orpo", "orrpo"):
+        console.print(f"orpo_beta {cfg.orpo_beta:g}, lambda {cfg.lam:g}: loss = mean e(w) + lambda * "
+                      f"mean -log sigmoid(orpo_beta * (e(l) - e(w))), e = per-element mean squared error")
+    if cfg.report_to == "tensorboard" and _tracker(cfg) is None:
+        console.print("note: tensorboard is not installed, so no TensorBoard logs (metrics.jsonl has every step)")
+
+
+def _tracker(cfg: TrainConfig) -> str | None:
+    if cfg.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        return None
+    return None if cfg.report_to == "none" else cfg.report_to
+
+
+def _tracker_config(cfg: TrainConfig) -> dict:
+    """The config as tracker hyperparameters (scalars and strings only)."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def _log(accelerator: Accelerator, out: Path, record: dict) -> None:
+    clean = {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in record.items()}
+    with open(out / METRICS, "a", encoding="utf-8") as f:
+        f.write(json.dumps(clean) + "\n")
+    numeric = {k: float(v) for k, v in clean.items() if isinstance(v, (int, float)) and k != "step"}
+    accelerator.log(numeric, step=record["step"])
+
+
+@contextlib.contextmanager
+def _progress(total: int, done: int, enabled: bool):
+    with Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("loss {task.fields[loss]} acc {task.fields[acc]}"), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console, disable=not enabled) as progress:
+        task = progress.add_task("train", total=total, completed=done, loss="-", acc="-")
+
+        def advance(record: dict) -> None:
+            progress.update(task, advance=1, loss=f"{record['loss']:.4g}", acc=f"{record['implicit_acc']:.2f}")
+
+        yield advance
+
+
+def _validate(cfg: TrainConfig, accelerator: Accelerator, components: SDComponents,
+              unet: UNet2DConditionModel, step: int) -> None:
+    """Draw the validation prompts with fixed seeds (seed + prompt number) into out/validation/step-XXXXXX.png."""
+    if accelerator.is_main_process:
+        modules = {"unet": unet, "vae": components.vae}
+        for i, (encoder, tokenizer) in enumerate(zip(components.text_encoders, components.tokenizers)):
+            suffix = f"_{i + 1}" if i else ""
+            modules |= {f"text_encoder{suffix}": encoder, f"tokenizer{suffix}": tokenizer}
+        pipe = base_pipeline(resolve_model(cfg.model), **modules)
+        pipe.set_progress_bar_config(disable=True)
+        unet.eval()
+        with torch.no_grad(), accelerator.autocast():
+            images = [pipe(prompt, height=cfg.resolution, width=cfg.resolution,
+                           num_inference_steps=VALIDATION_INFERENCE_STEPS,
+                           guidance_scale=VALIDATION_GUIDANCE[components.kind],
+                           generator=torch.Generator().manual_seed(cfg.seed + i)).images[0]
+                      for i, prompt in enumerate(cfg.validation_prompts)]
+        unet.train()
+        save_grid(images, Path(cfg.out) / "validation" / f"step-{step:06d}.png")
+    accelerator.wait_for_everyone()
+
+
+def _finish(cfg: TrainConfig, out: Path, unet: UNet2DConditionModel) -> None:
+    """Save the final pipeline (LoRA merged into the UNet) and the curves."""
+    if cfg.lora_rank:
+        unet.fuse_lora()
+        unet.unload_lora()
+    save_pipeline(resolve_model(cfg.model), unet.eval(), out)
+    if (out / METRICS).exists() and not plot_curves(out / METRICS, out / "curves.png"):
+        console.print("note: matplotlib is not installed, so no curves.png (metrics.jsonl has every step)")
