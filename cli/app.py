@@ -28,7 +28,16 @@ def build(
     out: Path = typer.Option(..., "--out", help="Dataset folder to create (or resume)."),
     style: str = typer.Option("winter", help="Built-in style (van_gogh, sketch, winter) or a style .yaml path."),
     source: str = typer.Option("pickapic", help="'pickapic' (Hub), 'sample' (bundled, offline), a Hub repo id, or a local Parquet/tar file, folder or glob."),
-    editor: str = typer.Option("classic", help="Editor that restyles the rejected image."),
+    editor: str = typer.Option("classic", help="Editor that restyles the rejected image: classic, instruct-pix2pix, prompt-diffusion."),
+    editor_model: Optional[str] = typer.Option(None, help="Neural editor's Hub id or folder ('tiny' offline); default the paper's model."),
+    editor_steps: Optional[int] = typer.Option(None, help="Neural editor's denoising steps (default: the style's)."),
+    quality_gate: Optional[bool] = typer.Option(None, "--quality-gate/--no-quality-gate", help="CLIP quality gate (default: on for neural editors, off for classic)."),
+    clip_model: str = typer.Option("openai/clip-vit-large-patch14", help="CLIP of the quality gate ('tiny' offline)."),
+    min_direction: float = typer.Option(0.2, help="Gate: minimum CLIP directional similarity."),
+    min_image: float = typer.Option(0.7, help="Gate: minimum CLIP image similarity."),
+    max_tries: int = typer.Option(3, help="Gate: tries per row, each with the next seed, before rejecting it."),
+    device: str = typer.Option("auto", help="Device of neural editors and the gate: auto, cpu, cuda, cuda:1 ..."),
+    dtype: str = typer.Option("auto", help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16."),
     num_pairs: int = typer.Option(10000, help="Pairs to keep in the dataset."),
     seed: int = typer.Option(0, help="Seed; each row's randomness comes from (seed, row key)."),
     split: Optional[str] = typer.Option(None, help="Source split (Hub default: train)."),
@@ -42,8 +51,10 @@ def build(
     from styleprefs.build import BuildConfig, build_dataset
 
     cfg = BuildConfig(style=style, source=source, editor=editor, num_pairs=num_pairs, seed=seed, split=split,
-                      unique_captions=unique_captions, shard_size=shard_size, safety=safety)
-    result = build_dataset(cfg, out, batch_size=batch_size, overwrite=overwrite)
+                      unique_captions=unique_captions, shard_size=shard_size, safety=safety,
+                      editor_model=editor_model, editor_steps=editor_steps, quality_gate=quality_gate,
+                      clip_model=clip_model, min_direction=min_direction, min_image=min_image, max_tries=max_tries)
+    result = build_dataset(cfg, out, batch_size=batch_size, overwrite=overwrite, device=device, dtype=dtype)
     if result.status == "complete":
         console.print(f"{out} is already complete with these arguments; nothing to do.")
     _print_counts(result.manifest["counts"], f"dataset {out}")

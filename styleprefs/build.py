@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from styleprefs import __version__
 from styleprefs.card import write_card
 from styleprefs.distributed import Processes, processes
-from styleprefs.editors import Editor, load_editor
+from styleprefs.editors import Editor, edit_with_flags, load_editor
 from styleprefs.errors import StyleprefsError
 from styleprefs.images import as_jpeg, decode, encode_jpeg
 from styleprefs.io import write_json, write_parquet
@@ -52,6 +52,13 @@ class BuildConfig:
     unique_captions: bool = False
     shard_size: int = 1000  # rows per output shard
     safety: bool = True  # quarantine captions the built-in text lists flag, before any editing
+    editor_model: str | None = None  # neural editors: Hub id, local folder or "tiny" (default: the paper's model)
+    editor_steps: int | None = None  # neural editors: overrides the style's step count
+    quality_gate: bool | None = None  # CLIP gate; None = on for the neural editors, off for classic
+    clip_model: str = "openai/clip-vit-large-patch14"
+    min_direction: float = 0.2
+    min_image: float = 0.7
+    max_tries: int = 3  # edits that fail the gate are retried with the next seed
 
 
 @dataclass
@@ -70,7 +77,8 @@ class _Part:
     skipped: int  # rows skipped by selection (duplicate captions) while filling this part
     start: int = 0  # position of the part's first row in the selection
     table: pa.Table | None = None  # kept rows; None for a part loaded from disk
-    ready: list = field(default_factory=list)  # (pair, (plan, image, bytes)) awaiting the editor
+    ready: list = field(default_factory=list)  # (position, pair, (plan, image, bytes)) awaiting the editor
+    reject_positions: list[int] = field(default_factory=list)  # of the rejects found before editing
 
     @property
     def kept(self) -> int:
@@ -80,17 +88,21 @@ class _Part:
 class _Job:
     """A build's resolved inputs: style, source, editor and the identity recorded in the manifest."""
 
-    def __init__(self, cfg: BuildConfig):
-        if cfg.num_pairs < 1 or cfg.shard_size < 1:
-            raise StyleprefsError("--num-pairs and --shard-size must be at least 1")
+    def __init__(self, cfg: BuildConfig, device: str | None = None, dtype: str | None = None):
+        if cfg.num_pairs < 1 or cfg.shard_size < 1 or cfg.max_tries < 1:
+            raise StyleprefsError("--num-pairs, --shard-size and --max-tries must be at least 1")
         self.cfg = cfg
         self.style: StyleSpec = load_style(cfg.style)
         self.source: Source = open_source(cfg.source, cfg.split)
-        self.editor: Editor = load_editor(cfg.editor, self.style)
+        options = {"steps": cfg.editor_steps} if cfg.editor_steps and cfg.editor != "classic" else {}
+        self.editor: Editor = load_editor(cfg.editor, self.style, model=cfg.editor_model, device=device,
+                                          dtype=dtype, **options)
         self.text_filter = TextFilter() if cfg.safety else None
+        gate_on = cfg.quality_gate if cfg.quality_gate is not None else cfg.editor != "classic"
+        self.gate = _load_gate(cfg.clip_model, device, dtype) if gate_on else None
         identity = {
             "format_version": FORMAT_VERSION,
-            "build": {**asdict(cfg), "style": self.style.name},
+            "build": {**asdict(cfg), "style": self.style.name, "quality_gate": gate_on},
             "style_spec": self.style.to_dict(),
             "source": self.source.describe(),
             "editor": {"name": self.editor.name, "model": self.editor.model_id, "params": self.editor.params()},
@@ -98,10 +110,22 @@ class _Job:
         self.identity = json.loads(json.dumps(identity, default=str))
 
 
+def _load_gate(clip_model: str, device: str | None, dtype: str | None):
+    from styleprefs.quality import ClipGate  # deferred: it imports torch and transformers
+
+    return ClipGate(clip_model, device=device, dtype=dtype)
+
+
 def build_dataset(cfg: BuildConfig, out: Path, *, batch_size: int = 8, overwrite: bool = False,
-                  show_progress: bool = True) -> BuildResult:
-    """Build (or resume, or confirm) the dataset described by ``cfg`` in ``out``."""
-    job = _Job(cfg)
+                  show_progress: bool = True, device: str | None = None, dtype: str | None = None) -> BuildResult:
+    """Build (or resume, or confirm) the dataset described by ``cfg`` in ``out``.
+
+    ``device`` and ``dtype`` (neural editors and the CLIP gate; None = CUDA with fp16 if available)
+    and ``batch_size`` do not enter the dataset's identity. The ``classic`` editor's shards are
+    byte-identical whatever the batch size; batched diffusion is not bitwise batch-invariant, so a
+    neural editor's are reproducible for the same batch size and hardware.
+    """
+    job = _Job(cfg, device, dtype)
     out = Path(out)
     if not overwrite and _check_existing(out, job.identity):
         return BuildResult(out, "complete", json.loads((out / "manifest.json").read_text()))
@@ -228,8 +252,16 @@ def _process_part(job: _Job, index: int, rows: list[SourcePair], skipped: int, b
     part = _triage(job, index, rows, skipped)
     ready = part.ready
     table_rows: list[dict] = []
+    gate_rejects: list[tuple[int, dict]] = []
     for start in range(0, len(ready), batch_size):
-        table_rows += _edit_batch(job, ready[start:start + batch_size])
+        kept, rejected = _edit_batch(job, ready[start:start + batch_size])
+        table_rows += kept
+        gate_rejects += rejected
+    if gate_rejects:  # rejects stay in source order: positions of earlier rejects are in part.reject_positions
+        for position, _ in gate_rejects:
+            part.outcomes[position] = "rejected"
+        merged = sorted([*zip(part.reject_positions, part.rejects), *gate_rejects], key=lambda r: r[0])
+        part.rejects = [record for _, record in merged]
     part.table = pa.Table.from_pylist(table_rows, schema=DATASET_SCHEMA)
     return part
 
@@ -240,7 +272,7 @@ def _triage(job: _Job, index: int, rows: list[SourcePair], skipped: int) -> _Par
     verdicts = job.text_filter.check_many(p.caption for p in rows) if job.text_filter else [SAFE] * len(rows)
     safe_rows = [p for p, v in zip(rows, verdicts) if not v.unsafe]
     prepared_rows = iter(thread_map(lambda p: _prepare(p, job.cfg.seed), safe_rows))
-    for pair, verdict in zip(rows, verdicts):
+    for position, (pair, verdict) in enumerate(zip(rows, verdicts)):
         source_id = f"{job.source.name}:{pair.key}"
         if verdict.unsafe:
             part.outcomes.append("quarantined")
@@ -251,9 +283,10 @@ def _triage(job: _Job, index: int, rows: list[SourcePair], skipped: int) -> _Par
         if isinstance(prepared, ValueError):
             part.outcomes.append("rejected")
             part.rejects.append({"source": source_id, "caption": pair.caption, "reason": str(prepared)})
+            part.reject_positions.append(position)
         else:
             part.outcomes.append("kept")
-            part.ready.append((pair, prepared))
+            part.ready.append((position, pair, prepared))
     return part
 
 
@@ -274,20 +307,53 @@ def _prepare(pair: SourcePair, seed: int):
     return plan, image, data
 
 
-def _edit_batch(job: _Job, batch: list) -> list[dict]:
-    plans = [prepared[0] for _, prepared in batch]
-    images = [prepared[1] for _, prepared in batch]
-    captions = [pair.caption for pair, _ in batch]
-    edits = job.editor.edit(images, captions, [p.edit_seed for p in plans])
+def _edit_batch(job: _Job, batch: list) -> tuple[list[dict], list[tuple[int, dict]]]:
+    """Edit a batch; with the gate on, retry failing edits with the next seed up to ``max_tries``.
+
+    Returns the kept rows in order and, for edits that never passed, (position, reject record).
+    """
+    edits = _gated_edits(job, batch)
     params = job.editor.params()
 
     def finish(item) -> dict:
-        (pair, (plan, image, data)), edit = item
-        return make_row(pair, plan, source_name=job.source.name, original_jpeg=as_jpeg(data, image),
-                        edited_jpeg=encode_jpeg(edit), style=job.style.name, editor_name=job.editor.name,
-                        editor_model=job.editor.model_id, edit_params=params)
+        (_, pair, (plan, image, data)), (edit, seed, nsfw, direction, similarity) = item
+        return make_row(pair, replace(plan, edit_seed=seed), source_name=job.source.name,
+                        original_jpeg=as_jpeg(data, image), edited_jpeg=encode_jpeg(edit), style=job.style.name,
+                        editor_name=job.editor.name, editor_model=job.editor.model_id, edit_params=params,
+                        clip_direction=direction, clip_image=similarity, editor_nsfw=nsfw)
 
-    return thread_map(finish, zip(batch, edits))
+    kept = thread_map(finish, [(row, edit) for row, edit in zip(batch, edits) if not isinstance(edit, str)])
+    rejected = [(position, {"source": f"{job.source.name}:{pair.key}", "caption": pair.caption, "reason": edit})
+                for (position, pair, _), edit in zip(batch, edits) if isinstance(edit, str)]
+    return kept, rejected
+
+
+def _gated_edits(job: _Job, batch: list) -> list:
+    """Per row (image, seed, nsfw flag, clip direction, clip image similarity), or the reason it failed the gate."""
+    results: list = [None] * len(batch)
+    pending = list(range(len(batch)))
+    tries = job.cfg.max_tries if job.gate else 1
+    for attempt in range(tries):
+        rows = [batch[i] for i in pending]
+        originals = [prepared[1] for _, _, prepared in rows]
+        captions = [pair.caption for _, pair, _ in rows]
+        seeds = [(prepared[0].edit_seed + attempt) % (2**63 - 1) for _, _, prepared in rows]  # "the next seed"
+        edited = edit_with_flags(job.editor, originals, captions, seeds)
+        scores = (job.gate.score(originals, edited.images, captions, [job.style.styled_caption(c) for c in captions])
+                  if job.gate else [(None, None)] * len(rows))
+        still = []
+        for k, i in enumerate(pending):
+            direction, similarity = scores[k]
+            if job.gate is None or job.gate.passes(direction, similarity, job.cfg.min_direction, job.cfg.min_image):
+                results[i] = (edited.images[k], seeds[k], edited.nsfw[k], direction, similarity)
+            else:
+                results[i] = (f"quality gate: clip direction {direction:.3f} (min {job.cfg.min_direction}), "
+                              f"clip image {similarity:.3f} (min {job.cfg.min_image}) after {tries} tries")
+                still.append(i)
+        pending = still
+        if not pending:
+            break
+    return results
 
 
 def _part_paths(state: Path, index: int) -> tuple[Path, Path]:

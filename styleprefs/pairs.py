@@ -40,6 +40,7 @@ def make_row(
     edit_params: dict,
     clip_direction: float | None = None,
     clip_image: float | None = None,
+    editor_nsfw: bool | None = None,
 ) -> dict:
     """The output row in the dataset schema; the edit is preferred (label 1.0) in slot ``plan.slot``."""
     source_id = f"{source_name}:{pair.key}"
@@ -48,7 +49,7 @@ def make_row(
     edited_uid = _uid(f"{source_id}:{style}:{editor_name}:{params_json}:{plan.edit_seed}")
     original_model = (pair.model_0, pair.model_1)[plan.edited]
     s, o = plan.slot, 1 - plan.slot
-    row = {
+    return {
         "caption": pair.caption,
         f"jpg_{s}": edited_jpeg,
         f"jpg_{o}": original_jpeg,
@@ -73,8 +74,8 @@ def make_row(
         "source_edited": f"jpg_{plan.edited}",
         "clip_direction": clip_direction,
         "clip_image": clip_image,
+        "editor_nsfw": editor_nsfw,
     }
-    return row
 
 
 def _uid(name: str) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 import yaml
+from PIL import Image
 
 from styleprefs.errors import StyleprefsError
 
@@ -27,6 +28,9 @@ class PromptDiffusionSettings:
     prompt: str  # template with {caption}
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
+    # Optional [source, target] image paths (relative to the YAML file) showing the edit; resolved
+    # to absolute paths on load. Without it the editor shows the task with the classic filter.
+    example_pair: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -64,11 +68,42 @@ def load_style(name_or_path: str | Path) -> StyleSpec:
         raise StyleprefsError(f"style file {path} cannot be read: {_first_line(exc)}") from None
     if not isinstance(data, dict):
         raise StyleprefsError(f"style file {path} must be a YAML mapping of keys to values")
+    example_pair = _pop_example_pair(data, path)
     spec = _build(StyleSpec, data, f"style file {path}")
+    if example_pair is not None:
+        spec = dataclasses.replace(
+            spec, prompt_diffusion=dataclasses.replace(spec.prompt_diffusion, example_pair=example_pair))
     for template in (spec.clip_text, spec.prompt_diffusion.prompt):
         if "{caption}" not in template:
             raise StyleprefsError(f"style file {path}: template {template!r} must contain {{caption}}")
     return spec
+
+
+def _pop_example_pair(data: dict, path: Path) -> tuple[str, str] | None:
+    """Take ``prompt_diffusion.example_pair`` out of ``data``: two image paths, relative to the YAML
+    file's folder, each checked to be a readable image. Returns them absolute."""
+    settings = data.get("prompt_diffusion")
+    if not isinstance(settings, dict) or "example_pair" not in settings:
+        return None
+    settings = dict(settings)
+    value = settings.pop("example_pair")
+    data["prompt_diffusion"] = settings
+    where = f"style file {path}: key 'prompt_diffusion.example_pair'"
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) and v for v in value)):
+        raise StyleprefsError(f"{where} must be a list of two image paths [source, target], got {value!r}")
+    resolved = []
+    for item in value:
+        image_path = Path(item).expanduser()
+        if not image_path.is_absolute():
+            image_path = path.parent / image_path
+        try:
+            with Image.open(image_path) as img:
+                img.verify()
+        except (OSError, SyntaxError, ValueError) as exc:
+            reason = "does not exist" if not image_path.exists() else f"is not an image ({_first_line(exc)})"
+            raise StyleprefsError(f"{where}: {image_path} {reason}") from None
+        resolved.append(str(image_path.resolve()))
+    return resolved[0], resolved[1]
 
 
 def _resolve(name_or_path: str) -> Path:

@@ -1,15 +1,40 @@
-"""Editors turn an image into its styled version: ``load_editor(name, style)``."""
+"""Editors turn an image into its styled version: ``load_editor(name, style, **options)``.
+
+Every editor has ``edit(images, captions, seeds) -> list[Image]``. Use ``edit_with_flags(editor, ...)``
+to also get each edit's safety-checker flag (``EditResult.nsfw``: True/False from a model's bundled
+checker, None where the editor has none, e.g. ``classic``).
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from PIL import Image
 
 from styleprefs.editors.base import Editor
 from styleprefs.errors import StyleprefsError
 from styleprefs.style import StyleSpec
 
-EDITORS = ("classic",)
+EDITORS = ("classic", "instruct-pix2pix", "prompt-diffusion")
 
 
-def load_editor(name: str, style: StyleSpec) -> Editor:
+@dataclass(frozen=True)
+class EditResult:
+    images: list[Image.Image]
+    nsfw: list[bool | None]  # the safety checker's flag per image; None = not checked
+
+
+def load_editor(name: str, style: StyleSpec, *, model: str | None = None, device: str | None = None,
+                dtype: str | None = None, **options) -> Editor:
+    """The editor ``name`` for ``style``.
+
+    ``model`` (Hub id, local folder or ``tiny``), ``device`` and ``dtype`` (``auto``/None = CUDA and fp16
+    if available, else CPU and fp32) configure the neural editors, which also take ``steps`` (overrides
+    the style's step count), ``resolution`` (working size of the long side, default 512; tiny models 64) and, for
+    ``prompt-diffusion``, ``recipe`` (``pair`` or ``map``) and ``negative_prompt``. ``classic``
+    ignores them all. A neural editor's pipeline loads once per process.
+    """
     if name == "classic":
         from styleprefs.editors.classic import ClassicEditor
 
@@ -17,7 +42,34 @@ def load_editor(name: str, style: StyleSpec) -> Editor:
             return ClassicEditor(style.classic.filter, style.classic.params)
         except ValueError as exc:
             raise StyleprefsError(f"style {style.name!r}, classic editor: {exc}") from None
+    if name == "instruct-pix2pix":
+        from styleprefs.editors.instruct_pix2pix import InstructPix2PixEditor
+
+        _check_options(name, options, {"steps", "resolution"})
+        return InstructPix2PixEditor(style.instruct_pix2pix, model=model, device=device, dtype=dtype, **options)
+    if name == "prompt-diffusion":
+        from styleprefs.editors.prompt_diffusion import PromptDiffusionEditor
+
+        _check_options(name, options, {"steps", "resolution", "recipe", "negative_prompt"})
+        return PromptDiffusionEditor(style, model=model, device=device, dtype=dtype, **options)
     raise StyleprefsError(f"unknown editor {name!r}: use one of {', '.join(EDITORS)}")
 
 
-__all__ = ["EDITORS", "Editor", "load_editor"]
+def edit_with_flags(editor: Editor, images: Sequence[Image.Image], captions: Sequence[str],
+                    seeds: Sequence[int]) -> EditResult:
+    """``editor``'s edits and their safety flags, for any editor (flags None where it has no checker)."""
+    method = getattr(editor, "edit_with_flags", None)
+    if method is not None:
+        return method(images, captions, seeds)
+    edits = editor.edit(images, captions, seeds)
+    return EditResult(list(edits), [None] * len(edits))
+
+
+def _check_options(name: str, options: dict, valid: set[str]) -> None:
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise StyleprefsError(
+            f"editor {name!r} has no option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+
+
+__all__ = ["EDITORS", "EditResult", "Editor", "edit_with_flags", "load_editor"]
