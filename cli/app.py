@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from styleprefs.cli.eval_command import eval_app
 from styleprefs.cli.train_command import train
 from styleprefs.errors import StyleprefsError
 
@@ -166,6 +167,7 @@ def cache(
 
 
 app.command()(train)
+app.add_typer(eval_app, name="eval")
 
 
 @app.command()

@@ -365,3 +365,57 @@ BUILDERS.update({
     "tiny-safety-checker": build_tiny_safety_checker,
     "tiny-text-classifier": build_tiny_text_classifier,
 })
+
+
+# Evaluation scorers (styleprefs.eval.rewards). The PickScore and CLIP-score stand-in is "tiny-clip" itself
+# (a transformers CLIPModel folder with its CLIPProcessor, like yuvalkirstain/PickScore_v1 + its processor).
+AESTHETIC_MLP_FILE = "sac+logos+ava1-l14-linearMSE.pth"
+HPSV2_FILE = "HPS_v2_compressed.pt"
+
+
+def build_tiny_aesthetic(path: Path, seed: int = 0) -> Path:
+    """A LAION improved-aesthetic-predictor MLP over the tiny CLIP's 16-d image embedding, saved like the real
+    ``sac+logos+ava1-l14-linearMSE.pth``: a state dict of ``layers.{0,2,4,6,7}.{weight,bias}`` (Linear layers,
+    dropout between the first ones, no activations; the real one is 768-1024-128-64-16-1). The last bias is 5.0 so
+    scores sit near the real predictor's range."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    sizes = (16, 32, 16, 8, 4, 1)
+    torch.manual_seed(seed)
+    layers: list[torch.nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+        layers.append(torch.nn.Linear(n_in, n_out))
+        if i < 3:
+            layers.append(torch.nn.Dropout(0.1))
+    mlp = torch.nn.Sequential(*layers)
+    with torch.no_grad():
+        mlp[-1].bias.fill_(5.0)
+    torch.save({f"layers.{k}": v for k, v in mlp.state_dict().items()}, path / AESTHETIC_MLP_FILE)
+    return path
+
+
+def build_tiny_hpsv2(path: Path, seed: int = 0) -> Path:
+    """A tiny open_clip CLIP saved like an HPSv2 checkpoint: ``HPS_v2_compressed.pt`` = ``{"state_dict": ...}``,
+    plus ``open_clip_config.json`` (``model_cfg``/``preprocess_cfg``, as open_clip Hub repos ship) naming the
+    architecture, since the real checkpoint is read onto open_clip's registered ViT-H-14 instead."""
+    from open_clip.model import CLIP
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model_cfg = {"embed_dim": 16,
+                 "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 8, "patch_size": 8},
+                 "text_cfg": {"context_length": MAX_LENGTH, "vocab_size": VOCAB_SIZE, "width": 32, "heads": 4,
+                              "layers": 2}}
+    model = _seeded(seed, lambda: CLIP(**model_cfg))
+    preprocess = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
+                  "resize_mode": "longest", "interpolation": "bicubic", "fill_color": 0}
+    (path / "open_clip_config.json").write_text(json.dumps(
+        {"name": "tiny-hpsv2", "model_cfg": model_cfg, "preprocess_cfg": preprocess}, indent=2), encoding="utf-8")
+    torch.save({"state_dict": model.state_dict()}, path / HPSV2_FILE)
+    return path
+
+
+BUILDERS.update({
+    "tiny-aesthetic": build_tiny_aesthetic,
+    "tiny-hpsv2": build_tiny_hpsv2,
+})
