@@ -171,14 +171,15 @@ app.add_typer(eval_app, name="eval")
 
 
 @app.command()
-def quickstart(out: Path = typer.Option(Path("out/quickstart"), help="Where to put the sample dataset.")) -> None:
-    """Build a small offline sample dataset (64 pairs, winter, classic editor) and say where it is."""
-    from styleprefs.build import BuildConfig, build_dataset
+def quickstart(
+    out: Path = typer.Option(Path("out/quickstart"), help="Folder for the dataset, runs, generations and report."),
+    style: str = typer.Option("winter", help="Built-in style or style .yaml."),
+    inception: Optional[str] = typer.Option(None, help="FID Inception weights (pt_inception-2015-12-05-6726825d.pth); default: untrained features, labelled as such."),
+) -> None:
+    """The whole pipeline offline on tiny models: build, filter, cache, SFT, RPO, generate, evaluate, report."""
+    from styleprefs.quickstart import quickstart as run
 
-    dataset = out / "data-winter"
-    result = build_dataset(BuildConfig(style="winter", source="sample", num_pairs=64, shard_size=32), dataset)
-    _print_counts(result.manifest["counts"], f"sample dataset {dataset}")
-    console.print(f"Look at it: styleprefs inspect {dataset} --grid {out / 'grid.png'}")
+    run(out, style=style, inception=inception, console=console)
 
 
 def _print_counts(counts: dict, title: str) -> None:

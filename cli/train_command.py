@@ -28,12 +28,14 @@ def _parameter(option: ConfigOption) -> inspect.Parameter:
 
 def train(config: Optional[Path] = None, **flags) -> None:
     """Fine-tune SD1.5/SDXL with SFT, Diffusion-DPO, Diffusion-RPO, ORPO or ORRPO; flags override --config YAML."""
+    from accelerate import PartialState
     from rich.console import Console
 
     from styleprefs.trainer.loop import train as run
 
     out = run(TrainConfig.from_yaml_and_overrides(config, flags))
-    Console(soft_wrap=True).print(f"trained pipeline written to {out}", markup=False)
+    if PartialState().is_main_process:  # once, not once per process
+        Console(soft_wrap=True).print(f"trained pipeline written to {out}", markup=False)
 
 
 train.__signature__ = inspect.Signature(

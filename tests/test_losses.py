@@ -431,3 +431,87 @@ def test_metrics_accuracy_extremes():
     assert preference_metrics(ref, ref, ref, ref, 5000.0)["implicit_acc"] == 0.0  # logit 0 counts as wrong
     one = preference_metrics(better[:1], ref[:1], ref[:1], ref[:1], 5000.0)
     assert one["logit_std"] == 0.0
+
+
+# ----------------------------------------------------------------------------- RPO: batch order, tau -> 0, signs
+
+
+@pytest.mark.parametrize("tau", [0.05, 1.0])
+def test_permuting_the_batch_leaves_rpo_and_orrpo_unchanged(tau):
+    """Reordering the pairs (winner i with its loser i and its weight row and column) changes no loss;
+    neither does reordering the losers alone (columns of W with them), e.g. another gather order."""
+    beta, lam, b = 5000.0, 0.5, 7
+    ew, el, rw, rl = errors(b, seed=20)
+    g = torch.Generator().manual_seed(21)
+    emb_w = torch.randn(b, 16, generator=g, dtype=torch.float64)
+    emb_l = torch.randn(b, 16, generator=g, dtype=torch.float64)
+    W = rpo_weights(emb_w, emb_l, tau)
+    rpo = rpo_loss(ew, el, rw, rl, W, beta).item()
+    orrpo = orrpo_loss(ew, el, W, beta, lam).item()
+    assert math.isclose(rpo, ref_rpo(*map(as_list, (ew, el, rw, rl)), W.tolist(), beta), rel_tol=RTOL)
+    for seed in range(3):
+        p = torch.randperm(b, generator=torch.Generator().manual_seed(seed))
+        Wp = rpo_weights(emb_w[p], emb_l[p], tau)  # the weights of the reordered batch
+        torch.testing.assert_close(Wp, W[p][:, p], rtol=1e-12, atol=0)
+        assert math.isclose(rpo_loss(ew[p], el[p], rw[p], rl[p], Wp, beta).item(), rpo, rel_tol=RTOL)
+        assert math.isclose(orrpo_loss(ew[p], el[p], Wp, beta, lam).item(), orrpo, rel_tol=RTOL)
+        q = torch.randperm(b, generator=torch.Generator().manual_seed(seed + 10))
+        Wq = rpo_weights(emb_w, emb_l[q], tau)
+        assert math.isclose(rpo_loss(ew, el[q], rw, rl[q], Wq, beta).item(), rpo, rel_tol=RTOL)
+    # Not vacuous: pairing each winner with another pair's loser (without moving the weights) changes it.
+    shifted = torch.roll(torch.arange(b), 1)
+    assert not math.isclose(rpo_loss(ew, el[shifted], rw, rl[shifted], W, beta).item(), rpo, rel_tol=1e-6)
+
+
+def test_rpo_weights_tend_to_the_identity_as_tau_goes_to_0_when_the_diagonal_is_nearest():
+    g = torch.Generator().manual_seed(22)
+    emb_l = torch.randn(6, 32, generator=g, dtype=torch.float64)
+    emb_w = emb_l + 0.3 * torch.randn(6, 32, generator=g, dtype=torch.float64)  # own loser nearest, not identical
+    cos = torch.nn.functional.normalize(emb_w, dim=1) @ torch.nn.functional.normalize(emb_l, dim=1).T
+    assert torch.equal(cos.argmax(dim=1), torch.arange(6)) and (cos.diagonal() < 1 - 1e-3).all()
+    eye = torch.eye(6, dtype=torch.float64)
+    distances = []
+    for tau in (1.0, 0.1, 0.01, 1e-3, 1e-4):
+        W = rpo_weights(emb_w, emb_l, tau)
+        np.testing.assert_allclose(W.sum(dim=1).numpy(), np.ones(6), rtol=1e-12)
+        assert (W.diagonal() == W.max(dim=1).values).all()  # the diagonal carries each row's largest weight
+        distances.append((W - eye).abs().max().item())
+    assert all(a > b for a, b in zip(distances, distances[1:])) and distances[-1] < 1e-12
+    ew, el, rw, rl = errors(6, seed=23)
+    for beta in (0.1, 5000.0):
+        W = rpo_weights(emb_w, emb_l, 1e-4)
+        want = ref_dpo(*map(as_list, (ew, el, rw, rl)), beta)
+        assert math.isclose(rpo_loss(ew, el, rw, rl, W, beta).item(), want, rel_tol=1e-10)
+        assert math.isclose(dpo_loss(ew, el, rw, rl, beta).item(), want, rel_tol=RTOL)
+
+
+@pytest.mark.parametrize("b_w,b_l", [(5, 5), (3, 8)])
+def test_rpo_and_orrpo_gradient_signs(b_w, b_l):
+    """Lowering a winner's policy error lowers the loss, lowering a loser's raises it (every W_ij > 0); the
+    reference errors act the other way round."""
+    beta = 5000.0
+    ew, el, rw, rl = errors(b_w, seed=24, b_l=b_l)
+    W = random_weights(b_w, b_l, seed=25)
+    leaves = [t.clone().requires_grad_(True) for t in (ew, el, rw, rl)]
+    rpo_loss(*leaves, W, beta).backward()
+    g_ew, g_el, g_rw, g_rl = (t.grad for t in leaves)
+    assert (g_ew > 0).all() and (g_el < 0).all() and (g_rw < 0).all() and (g_rl > 0).all()
+    base = rpo_loss(ew, el, rw, rl, W, beta)
+    for i in range(b_w):
+        lower = ew.clone()
+        lower[i] -= 1e-4
+        assert rpo_loss(lower, el, rw, rl, W, beta) < base
+    for j in range(b_l):
+        lower = el.clone()
+        lower[j] -= 1e-4
+        assert rpo_loss(ew, lower, rw, rl, W, beta) > base
+    ew_, el_ = ew.clone().requires_grad_(True), el.clone().requires_grad_(True)
+    orrpo_loss(ew_, el_, W, 20.0, 0.5).backward()
+    assert (ew_.grad - 1 / b_w > 0).all() and (el_.grad < 0).all()  # minus the SFT term's 1/B
+
+
+def test_sft_gradient_lowers_every_winner_error():
+    ew, *_ = errors(5, seed=26)
+    ew.requires_grad_(True)
+    sft_loss(ew).backward()
+    torch.testing.assert_close(ew.grad, torch.full((5,), 1 / 5, dtype=torch.float64), rtol=RTOL, atol=0)

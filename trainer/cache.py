@@ -46,8 +46,8 @@ from styleprefs.progress import RateColumn
 from styleprefs.tiny import ensure_tiny
 from styleprefs.trainer.data import (Pair, dataset_files, flipped_crop, pair_augmentation, preprocess, read_pairs,
                                      resized_size)
-from styleprefs.trainer.models import (SDComponents, encode_latent_dist, encode_prompts, load_components, resolve_model,
-                                       sdxl_time_ids)
+from styleprefs.trainer.models import (SDComponents, encode_latent_dist, encode_prompts, load_components, quiet_loading,
+                                       resolve_model, sdxl_time_ids)
 
 CACHE_VERSION = 1
 SHARD_PAIRS = 256
@@ -146,6 +146,26 @@ def _find_cache(dataset: Path | str, key: dict) -> Path | None:
         if {**found, "clip_model": None} == key and _is_complete(info.parent, found):
             return info.parent
     return None
+
+
+def find_clip_cache(dataset: Path | str, model: str, resolution: int, *, ties: str = "drop", seed: int = 0) -> Path:
+    """The complete cache of ``dataset`` for ``model`` at ``resolution`` that holds CLIP embeddings, whichever CLIP
+    model made them (for RPO with ``--clip-model none``); a one-line StyleprefsError if there is none, or several."""
+    key = cache_key(dataset, model, resolution, None, ties=ties, seed=seed)
+    found = []
+    for info in sorted((_cache_root(dataset) / ".cache").glob("*/cache.json")):
+        stored = json.loads(info.read_text())["key"]
+        if stored["clip_model"] is not None and {**stored, "clip_model": None} == key \
+                and _is_complete(info.parent, stored):
+            found.append(info.parent)
+    if len(found) > 1:
+        raise StyleprefsError(f"{dataset} has caches with the embeddings of {len(found)} CLIP models for {model} at "
+                              f"{resolution} px: give --clip-model to choose one")
+    if not found:
+        raise StyleprefsError(f"RPO weights need CLIP embeddings and {dataset} has no cache with them for {model} at "
+                              f"{resolution} px: give --clip-model (e.g. {DEFAULT_CLIP_MODEL}) or run `styleprefs "
+                              f"cache {dataset} --model {model} --resolution {resolution} --clip-model ...` first")
+    return found[0]
 
 
 def _is_complete(path: Path, key: dict) -> bool:
@@ -256,6 +276,7 @@ def _storage(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
 
 # --- build -------------------------------------------------------------------------------------------
 
+@quiet_loading()
 def build_cache(dataset: Path | str, model: str, resolution: int, *, clip_model: str | None = None,
                 batch_size: int = 8, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                 show_progress: bool = True, ties: str = "drop", seed: int = 0, shard_pairs: int = SHARD_PAIRS) -> Path:
@@ -391,7 +412,9 @@ class PairBatches:
 
     A complete cache for (dataset, model's VAE and text encoders, resolution, CLIP model, ties
     policy) is used unless ``use_cache`` is False or ``random_crop`` is set (the cache holds centre
-    crops only); a cache built with CLIP embeddings also serves ``clip_model=None``. Otherwise
+    crops only); a cache built with CLIP embeddings also serves ``clip_model=None``. ``cached_clip``
+    (with ``clip_model=None``) takes the CLIP embeddings from such a cache, whichever CLIP model made
+    them (:func:`find_clip_cache`), and raises StyleprefsError when there is none. Otherwise
     ``components`` (VAE, text encoders) must be given and images are encoded per batch; the CLIP
     model, if any, is loaded here. Flips (and random crops) come from
     :func:`~styleprefs.trainer.data.pair_augmentation` per (seed, pair index, epoch), one for both
@@ -403,11 +426,15 @@ class PairBatches:
 
     def __init__(self, dataset: Path | str, model: str, resolution: int, *, clip_model: str | None = None,
                  components: SDComponents | None = None, ties: str = "drop", seed: int = 0, random_flip: bool = True,
-                 random_crop: bool = False, use_cache: bool = True):
+                 random_crop: bool = False, use_cache: bool = True, cached_clip: bool = False):
         _check_resolution(resolution)
-        self.resolution, self.has_clip = resolution, clip_model is not None
+        if cached_clip and (clip_model is not None or not use_cache or random_crop):
+            raise ValueError("cached_clip needs clip_model=None, use_cache and no random_crop")
+        self.resolution, self.has_clip = resolution, clip_model is not None or cached_clip
         self.cache: Path | None = None
-        if use_cache and not random_crop:
+        if cached_clip:
+            self.cache = find_clip_cache(dataset, model, resolution, ties=ties, seed=seed)
+        elif use_cache and not random_crop:
             self.cache = _find_cache(dataset, cache_key(dataset, model, resolution, clip_model, ties=ties, seed=seed))
         if self.cache is not None:
             self._rows: _CachedPairs | _LivePairs = _CachedPairs(self.cache, seed, resolution, random_flip)

@@ -71,8 +71,10 @@ class TrainConfig:
                            "0.01 for human preference (Diffusion-RPO ablation).")
     embedding: Literal["mean", "image", "text", "concat"] = _opt(
         "mean", "RPO similarity embedding u(x): mean = normalize(n(CLIP image) + n(CLIP text)); image; text; concat.")
-    clip_model: str = _opt("openai/clip-vit-large-patch14",
-                           "CLIP for the RPO weights (Hub id, folder or tiny-clip); the paper does not name one.")
+    clip_model: str | None = _opt("openai/clip-vit-large-patch14",
+                                  "CLIP for the RPO weights (Hub id, folder or tiny); the paper does not name one. "
+                                  "none: use the CLIP embeddings already in the dataset's cache (`styleprefs "
+                                  "cache --clip-model ...`).")
     gather_rpo: bool = _opt(False, "RPO/ORRPO: compare each winner with the losers of all processes (all-gather), "
                                    "not only its own device's batch.")
     learning_rate: float | None = _opt(None, "Learning rate, used as given (no scaling by batch or processes). "
@@ -175,6 +177,9 @@ class TrainConfig:
             raise StyleprefsError(f"--resolution must be a multiple of 8, got {self.resolution}")
         if not 0 <= self.caption_dropout < 1:
             raise StyleprefsError(f"--caption-dropout must be in [0, 1), got {self.caption_dropout}")
+        if self.stage in RPO_STAGES and self.clip_model is None and not self.use_cache:
+            raise StyleprefsError(f"--stage {self.stage} needs CLIP embeddings: with --clip-model none they come "
+                                  f"from the cache, which --no-use-cache turns off; give --clip-model")
         if self.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
             raise StyleprefsError("--optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes, or use adamw")
         if self.report_to == "wandb" and importlib.util.find_spec("wandb") is None:

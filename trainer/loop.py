@@ -40,14 +40,15 @@ from torch import Tensor
 
 from styleprefs.errors import StyleprefsError
 from styleprefs.io import write_text
-from styleprefs.trainer.cache import PairBatches, build_cache
+from styleprefs.trainer.cache import PairBatches, build_cache, find_clip_cache
 from styleprefs.trainer.checkpoint import (base_pipeline, checkpoint_dir, list_checkpoints, load_checkpoint,
                                            save_checkpoint, save_pipeline)
 from styleprefs.trainer.config import REFERENCE_STAGES, RPO_STAGES, TrainConfig
 from styleprefs.trainer.losses import (combine_embeddings, dpo_loss, orpo_loss, orrpo_loss, per_sample_error,
                                        rpo_loss, rpo_weights, sft_loss)
 from styleprefs.trainer.metrics import preference_metrics
-from styleprefs.trainer.models import SDComponents, load_components, load_unet, resolve_model
+from styleprefs.trainer.models import (SDComponents, check_unet_source, load_components, load_unet, quiet_loading,
+                                       resolve_model)
 from styleprefs.trainer.plots import plot_curves, save_grid
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -85,8 +86,13 @@ class _Run:
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
 
 
+@quiet_loading()
 def train(cfg: TrainConfig, *, show_progress: bool = True) -> Path:
-    """Train ``cfg.stage`` and write the run folder ``cfg.out`` (see TrainConfig.out); returns it."""
+    """Train ``cfg.stage`` and write the run folder ``cfg.out`` (see TrainConfig.out); returns it.
+
+    With several DDP processes, the run ends by checking that every process holds the same weights
+    (:func:`weight_divergence`), and stops with a StyleprefsError if not.
+    """
     cfg = cfg.resolved()
     out = Path(cfg.out)
     # A process may train several times (quickstart: sft, then rpo) with other precisions; accelerate
@@ -128,6 +134,7 @@ def train(cfg: TrainConfig, *, show_progress: bool = True) -> Path:
         save_checkpoint(accelerator, cfg, step, nan_steps)
     if cfg.validation_prompts:
         _validate(cfg, accelerator, run.components, run.policy_module, step)
+    _check_in_sync(accelerator, run)
     accelerator.wait_for_everyone()
     if main:
         _finish(cfg, out, run.policy_module)
@@ -140,15 +147,22 @@ def _setup(cfg: TrainConfig, accelerator: Accelerator, show_progress: bool) -> _
     """Cache (built once, by the main process first), data, models, optimizer and LR schedule."""
     weight_dtype = WEIGHT_DTYPES[cfg.mixed_precision]
     device = accelerator.device
+    for flag, source in (("--init", cfg.init), ("--ref", cfg.ref)):
+        if source is not None:
+            check_unet_source(source, flag)
     clip_model = cfg.clip_model if cfg.stage in RPO_STAGES else None
+    cached_clip = cfg.stage in RPO_STAGES and clip_model is None  # --clip-model none: embeddings from the cache
+    if cached_clip:
+        find_clip_cache(cfg.data, cfg.model, cfg.resolution, ties=cfg.ties, seed=cfg.seed)  # fail before loading
     with accelerator.main_process_first():
-        if cfg.use_cache:
+        if cfg.use_cache and not cached_clip:
             build_cache(cfg.data, cfg.model, cfg.resolution, clip_model=clip_model, device=device, dtype=weight_dtype,
                         show_progress=show_progress and accelerator.is_main_process, ties=cfg.ties, seed=cfg.seed)
         components = load_components(cfg.model, dtype=weight_dtype, device=device,
                                      include_unet=_reference_source(cfg) == cfg.model)
         pairs = PairBatches(cfg.data, cfg.model, cfg.resolution, clip_model=clip_model, components=components,
-                            ties=cfg.ties, seed=cfg.seed, random_flip=cfg.random_flip, use_cache=cfg.use_cache)
+                            ties=cfg.ties, seed=cfg.seed, random_flip=cfg.random_flip, use_cache=cfg.use_cache,
+                            cached_clip=cached_clip)
     if len(pairs) < cfg.batch_size * accelerator.num_processes:
         raise StyleprefsError(f"{cfg.data} has {len(pairs)} usable pairs, fewer than one global batch "
                               f"({cfg.batch_size} pairs x {accelerator.num_processes} processes)")
@@ -205,6 +219,34 @@ def _on_skipped(cfg: TrainConfig, main: bool, step: int, nan_steps: int) -> None
     if nan_steps >= cfg.max_nan_steps:
         raise StyleprefsError(f"stopped at step {step}: {nan_steps} steps had a non-finite loss or gradient "
                               f"(--max-nan-steps {cfg.max_nan_steps}); lower --learning-rate or --beta, or try bf16")
+
+
+def weight_divergence(module: torch.nn.Module) -> float:
+    """Largest ``|p - p on process 0|`` over ``module``'s floating-point parameters and buffers and over all
+    processes of the default process group: 0.0 when every process holds the same weights (NaN where process 0
+    has NaN counts as equal, against a number as inf). Call on every process."""
+    tensors = [t.detach() for t in module.state_dict().values() if torch.is_floating_point(t)]
+    worst = torch.zeros((), dtype=torch.float64, device=tensors[0].device if tensors else "cpu")
+    for tensor in tensors:
+        first = tensor.clone()
+        dist.broadcast(first, src=0)
+        same = (tensor == first) | (tensor.isnan() & first.isnan())
+        difference = torch.where(same, 0.0, (tensor - first).abs().double().nan_to_num(nan=math.inf))
+        worst = torch.maximum(worst, difference.max() if difference.numel() else worst)
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    return worst.item()
+
+
+def _check_in_sync(accelerator: Accelerator, run: _Run) -> None:
+    """DDP keeps one copy of the weights per process, updated alike; confirm the copies agree before saving one."""
+    if not isinstance(run.policy, torch.nn.parallel.DistributedDataParallel):
+        return  # one process, or sharded training (FSDP, DeepSpeed) whose processes hold different shards
+    divergence = weight_divergence(run.policy_module)
+    if divergence:
+        raise StyleprefsError(f"the {accelerator.num_processes} processes ended with different weights (largest "
+                              f"difference {divergence:g}); the run's output was not written")
+    if accelerator.is_main_process:
+        console.print(f"weights identical on all {accelerator.num_processes} processes")
 
 
 def _cpu_processes() -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,60 @@ def load_components(model: str, *, dtype: torch.dtype = torch.float32, device: s
     return SDComponents(kind=kind, unet=unet, vae=vae.to(device), noise_scheduler=scheduler,
                         text_encoders=[e.to(device) for e in encoders], tokenizers=tokenizers,
                         prediction_type=scheduler.config.prediction_type)
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """Hide diffusers' and transformers' per-load progress bars ("Loading pipeline components", "Loading
+    weights", "Writing model shards") for the duration, keeping huggingface_hub's download bars; restores
+    the previous settings on exit. Also a decorator."""
+    from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as transformers_logging
+
+    enabled = (diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled())
+    downloads_shown = not hub_utils.are_progress_bars_disabled()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()  # also hides huggingface_hub's bars: downloads keep theirs
+    if downloads_shown:
+        hub_utils.enable_progress_bars()
+    try:
+        yield
+    finally:
+        if enabled[0]:
+            diffusers_logging.enable_progress_bar()
+        if enabled[1]:
+            transformers_logging.enable_progress_bar()
+        elif downloads_shown:
+            hub_utils.enable_progress_bars()
+
+
+def check_unet_source(value: str, flag: str) -> None:
+    """Raise a one-line StyleprefsError unless ``value`` (of option ``flag``, e.g. --init) can be a UNet source
+    for :func:`load_unet`: a pipeline folder with ``unet/``, a UNet folder, a tiny name or a Hub id.
+
+    Checked before any slow work, so a wrong folder does not cost a cache build first.
+    """
+    if value in TINY_MODELS:
+        return
+    path = Path(value).expanduser()
+    wanted = "a diffusers pipeline folder (model_index.json, unet/) or a UNet folder (config.json and safetensors)"
+    if not path.exists():
+        if path.is_absolute() or value.startswith((".", "~")) or value.count("/") != 1:  # cannot be a Hub id
+            raise StyleprefsError(f"{flag} {value} does not exist: give {wanted}")
+        return
+    folder = path if (path / "config.json").is_file() else path / "unet"
+    if not (folder / "config.json").is_file():
+        raise StyleprefsError(f"{flag} {value} is not {wanted}")
+    try:
+        class_name = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        class_name = None
+    if class_name != UNet2DConditionModel.__name__:
+        raise StyleprefsError(f"{flag} {value}: {folder / 'config.json'} is the config of {class_name or 'no diffusers model'}, "
+                              f"not a UNet2DConditionModel; give {wanted}")
+    if not any(folder.glob("*.safetensors")):
+        raise StyleprefsError(f"{flag} {value}: {folder} has no .safetensors weights; give {wanted}")
 
 
 def load_unet(model_or_dir: str, dtype: torch.dtype = torch.float32) -> UNet2DConditionModel:

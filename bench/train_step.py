@@ -1,0 +1,109 @@
+"""Benchmark: pairs/s of a tiny-model training step from the cache against one that re-encodes every step, and RPO's cost over DPO.
+
+    python bench/train_step.py [--pairs 32] [--batch-size 4] [--resolution 64] [--steps 8] [--rounds 9] [--threads 1]
+
+Baselines, measured in the same run on the same data and model: a DPO step that decodes both images
+of each pair and encodes them with the VAE and the caption with the text encoder every step (as the
+Diffusion-DPO / Diffusion-RPO reference scripts do), against the trainer's cached step, which reads
+latents and embeddings from ``styleprefs cache``. RPO (the B x B CLIP-weighted matrix, embeddings from
+the cache) is timed against the same cached DPO step. Each step is one optimizer step of
+``--batch-size`` pairs (no accumulation): the policy forward and backward and the reference forward on
+2B latents, clipping and AdamW. Variants are timed in turns (``--rounds`` of ``--steps`` steps each,
+after a warm-up step; the order rotates); throughput is the median round, ratios the median of
+per-round ratios, with their range as the noise floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from rich.console import Console
+from rich.table import Table
+
+from styleprefs.build import BuildConfig, build_dataset
+from styleprefs.trainer import loop
+from styleprefs.trainer.cache import build_cache
+from styleprefs.trainer.config import TrainConfig
+from styleprefs.trainer.models import quiet_loading
+
+VARIANTS = {  # name: (stage, use_cache)
+    "dpo re-encode": ("dpo", False),
+    "dpo cached": ("dpo", True),
+    "rpo cached": ("rpo", True),
+}
+
+
+def make_run(name: str, args: argparse.Namespace, data: Path, tmp: Path):
+    stage, use_cache = VARIANTS[name]
+    cfg = TrainConfig(stage=stage, data=str(data), out=str(tmp / name.replace(" ", "-")), model=args.model,
+                      clip_model="tiny", resolution=args.resolution, batch_size=args.batch_size,
+                      gradient_accumulation_steps=1, max_steps=10**6, learning_rate=1e-6, warmup_steps=0,
+                      checkpoint_every=0, report_to="none", use_cache=use_cache).resolved()
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return cfg, loop._setup(cfg, Accelerator(), show_progress=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--steps", type=int, default=8, help="steps per timed round")
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp_name, quiet_loading():
+        tmp = Path(tmp_name)
+        data = build_dataset(BuildConfig(source="sample", num_pairs=args.pairs, shard_size=args.pairs), tmp / "data",
+                             show_progress=False).out
+        start = time.perf_counter()
+        build_cache(data, args.model, args.resolution, clip_model="tiny", show_progress=False)
+        cache_s = time.perf_counter() - start
+        runs = {name: make_run(name, args, data, tmp) for name in VARIANTS}
+        step = 0
+        for cfg, run in runs.values():  # warm-up: first-call allocations, the cache's shard handles
+            loop._train_step(cfg, run, step)
+        seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
+        names = list(VARIANTS)
+        for r in range(args.rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order: no variant always first
+                cfg, run = runs[name]
+                start = time.perf_counter()
+                for k in range(args.steps):
+                    loop._train_step(cfg, run, step + 1 + k)
+                seconds[name].append((time.perf_counter() - start) / args.steps)
+            step += args.steps
+
+    per_step = {name: statistics.median(s) for name, s in seconds.items()}
+    pairs_per_s = {name: args.batch_size / s for name, s in per_step.items()}
+
+    def ratio(a: str, b: str) -> str:
+        """Median and range over rounds of time(a) / time(b) measured in the same round (drift cancels)."""
+        each = [x / y for x, y in zip(seconds[a], seconds[b])]
+        return f"{statistics.median(each):.2f} (rounds {min(each):.2f}-{max(each):.2f})"
+
+    table = Table(title=f"one optimizer step of {args.batch_size} pairs, {args.model} at {args.resolution} px, "
+                        f"{args.threads} CPU thread(s); median of {args.rounds} rounds x {args.steps} steps")
+    for col in ("measure", "value"):
+        table.add_column(col)
+    table.add_row("DPO step re-encoding images (VAE) and text every step, pairs/s", f"{pairs_per_s['dpo re-encode']:.1f}")
+    table.add_row("DPO step from the cache, pairs/s", f"{pairs_per_s['dpo cached']:.1f}")
+    table.add_row("cached speed-up: re-encoding step time / cached step time", ratio("dpo re-encode", "dpo cached"))
+    table.add_row("RPO step from the cache, pairs/s", f"{pairs_per_s['rpo cached']:.1f}")
+    table.add_row("RPO step time / DPO step time (both cached)", ratio("rpo cached", "dpo cached"))
+    table.add_row("one-off cache build (VAE, text, tiny CLIP; incl. loading them), pairs/s", f"{args.pairs / cache_s:.1f}")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
