@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -12,6 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+
+# Tiny models run far faster on one thread, above all when other processes share the CPU; set before
+# torch is imported by any test module, and inherited by the subprocesses tests start.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 CAPTIONS = [
     "a cozy cabin by a lake, golden hour, highly detailed, trending on artstation",
@@ -92,3 +97,9 @@ def pickapic_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def wds_dir(tmp_path: Path) -> Path:
     return write_webdataset(tmp_path / "wds")
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder for tiny models built by the tests themselves."""
+    return tmp_path_factory.mktemp("tiny-cache")

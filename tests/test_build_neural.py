@@ -6,17 +6,9 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from styleprefs.cli.app import main
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def build(out, *args: str) -> dict:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from styleprefs.errors import StyleprefsError
@@ -17,13 +16,6 @@ from styleprefs.eval.prompts import PromptItem, load_prompts
 
 STEPS = 2
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

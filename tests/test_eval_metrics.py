@@ -20,13 +20,6 @@ from styleprefs.eval.vendi import vendi_folder, vendi_score
 from styleprefs.eval.winrate import win_rate
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def picture(seed: int, size: int = 64) -> Image.Image:
     rng = np.random.default_rng(seed)

@@ -23,13 +23,6 @@ from styleprefs.eval.report import make_report
 STEPS = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def picture(seed: int, size: int = 64) -> Image.Image:
     rng = np.random.default_rng(seed)

@@ -21,13 +21,6 @@ from styleprefs.eval.winrate import winrate_folders
 PROMPTS = ["a red fox in the snow", "a blue house", "a bowl of ramen, studio photo", "x", "a cat " * 40]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def picture(seed: int, size: tuple[int, int] = (64, 64)) -> Image.Image:
     rng = np.random.default_rng(seed)

@@ -117,14 +117,12 @@ def test_bad_inputs(unfiltered, tmp_path):
 
 def test_model_backends_store_scores_and_quarantine(unfiltered):
     """Tiny text classifier (flags 'nude', 'nsfw', ...) and tiny SD safety checker (flags bright images)."""
-    import torch
 
     from styleprefs.images import decode
     from styleprefs.safety.classifier import TextSafetyClassifier
     from styleprefs.safety.image import ImageSafetyChecker
     from styleprefs.tiny import resolve
 
-    torch.set_num_threads(1)
     before = pq.read_table(unfiltered / "data").to_pylist()
     checker = ImageSafetyChecker(resolve("tiny-safety-checker"))
     classifier = TextSafetyClassifier(resolve("tiny-text-classifier"))

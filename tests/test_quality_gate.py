@@ -24,17 +24,10 @@ STYLED = "a red house in a green field, in winter, covered in snow"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def fresh_pipelines():
+    """Editors load once per process; drop them when this module is done."""
     yield
-    torch.set_num_threads(threads)
     clear_cache()
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("tiny-cache")
 
 
 @pytest.fixture(scope="module")

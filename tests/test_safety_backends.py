@@ -22,18 +22,6 @@ from styleprefs.safety.image import ImageSafetyChecker
 TEXTS = ["a photo of a cat", "nsfw nude portrait", "", "the city in the forest with a dog! " * 60]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run far faster on one thread, above all when other processes share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("tiny-cache")
 
 
 @pytest.fixture(scope="module")

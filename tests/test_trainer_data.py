@@ -22,7 +22,6 @@ from styleprefs.trainer.cache import PairBatches, build_cache, cache_dir
 from styleprefs.trainer.data import pair_augmentation, preprocess, read_pairs
 from styleprefs.trainer.models import encode_prompts, load_components, load_unet, resolve_model, sdxl_time_ids
 
-torch.set_num_threads(1)
 
 FP16 = {"rtol": 2e-3, "atol": 2e-3}
 BF16 = {"rtol": 1e-2, "atol": 1e-2}  # latent std is stored in bfloat16

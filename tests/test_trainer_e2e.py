@@ -36,7 +36,6 @@ from styleprefs.tiny import ensure_tiny
 from styleprefs.trainer import loop
 from styleprefs.trainer.checkpoint import list_checkpoints
 
-torch.set_num_threads(1)
 BIN = Path(sys.executable).parent  # the venv's bin: styleprefs and torchrun
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 LOG2 = math.log(2)

@@ -27,7 +27,6 @@ from styleprefs.trainer.config import TrainConfig, config_options
 from styleprefs.trainer.models import load_components, load_unet
 from styleprefs.trainer.plots import plot_curves
 
-torch.set_num_threads(1)
 LOG2 = math.log(2)
 
 

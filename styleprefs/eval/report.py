@@ -196,7 +196,7 @@ def make_report(runs: Sequence[str | Path], out: str | Path, *, names: Sequence[
     order = ["Style FID", "KID", *SCORER_LABELS.values(), "Vendi", "Implicit acc"]
     columns = [c for c in order if any(c in row for row in table.values())]
     columns += sorted({c for row in table.values() for c in row if c not in columns})
-    lines = [f"# Evaluation report", "", f"Runs: {', '.join(f'`{r}`' for r in runs)}", ""]
+    lines = ["# Evaluation report", "", f"Runs: {', '.join(f'`{r}`' for r in runs)}", ""]
     if not columns:
         lines.append("No results found in these folders (run `styleprefs eval style-fid/rewards/vendi` first).")
     else:
