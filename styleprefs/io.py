@@ -51,3 +51,16 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file's content, ``{}`` if it does not exist; one-line StyleprefsError if it cannot be read."""
+    from styleprefs.errors import StyleprefsError
+
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StyleprefsError(f"{path} cannot be read: {exc}") from None

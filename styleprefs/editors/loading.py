@@ -253,3 +253,23 @@ def group_by_size(sizes: Sequence[tuple[int, int]]) -> dict[tuple[int, int], lis
     for i, size in enumerate(sizes):
         groups.setdefault(size, []).append(i)
     return groups
+
+
+def edit_in_size_buckets(images: Sequence[Image.Image], captions: Sequence[str], seeds: Sequence[int],
+                         resolution: int, run: Callable[[tuple[int, int], list[int]], list[Image.Image]],
+                         safety: SafetyFlagger):
+    """A neural editor's ``edit_with_flags``: one ``run(size, indices)`` pipeline call per working size,
+    each edit flagged by ``safety`` and resized back to its original's size."""
+    from styleprefs.editors import EditResult
+
+    if not len(images) == len(captions) == len(seeds):
+        raise ValueError(f"got {len(images)} images, {len(captions)} captions and {len(seeds)} seeds")
+    out: list[Image.Image | None] = [None] * len(images)
+    flags: list[bool | None] = [None] * len(images)
+    sizes = [resize_for_model(img.size, resolution) for img in images]
+    for size, idx in group_by_size(sizes).items():
+        edits = run(size, idx)
+        for i, edit, flag in zip(idx, edits, safety.flags(edits)):
+            out[i] = edit.resize(images[i].size, Image.LANCZOS)
+            flags[i] = flag
+    return EditResult(out, flags)  # type: ignore[arg-type]

@@ -56,13 +56,12 @@ from styleprefs.editors.loading import (
     ResolvedModel,
     SafetyFlagger,
     dtype_name,
+    edit_in_size_buckets,
     generators,
-    group_by_size,
     load_error,
     load_once,
     quiet_loading,
     quiet_truncation,
-    resize_for_model,
     resolve_device,
     resolve_dtype,
     resolve_model,
@@ -527,26 +526,17 @@ class PromptDiffusionEditor:
     def edit_with_flags(self, images: Sequence[Image.Image], captions: Sequence[str],
                         seeds: Sequence[int]) -> EditResult:
         """The edits and, per edit, the model's safety-checker flag (None if it has no checker)."""
-        from styleprefs.editors import EditResult
 
-        if not len(images) == len(captions) == len(seeds):
-            raise ValueError(f"got {len(images)} images, {len(captions)} captions and {len(seeds)} seeds")
-        out: list[Image.Image | None] = [None] * len(images)
-        flags: list[bool | None] = [None] * len(images)
-        sizes = [resize_for_model(img.size, self.resolution) for img in images]
-        for size, idx in group_by_size(sizes).items():
+        def run(size: tuple[int, int], idx: list[int]) -> list[Image.Image]:
             conds = [self.conditions(images[i], seeds[i], size) for i in idx]
             with torch.inference_mode(), quiet_truncation():
-                result = self._pipe(
+                return self._pipe(
                     prompt=[self.prompt.format(caption=captions[i]) for i in idx],
                     image=[c[2] for c in conds],
                     image_pair=[[c[0] for c in conds], [c[1] for c in conds]],
                     height=size[1], width=size[0],
                     num_inference_steps=self.steps, guidance_scale=self.guidance_scale,
                     negative_prompt=None if self.negative_prompt is None else [self.negative_prompt] * len(idx),
-                    generator=generators([seeds[i] for i in idx]), output_type="pil")
-            nsfw = self._safety.flags(result.images)
-            for j, i in enumerate(idx):
-                out[i] = result.images[j].resize(images[i].size, Image.LANCZOS)
-                flags[i] = nsfw[j]
-        return EditResult(out, flags)  # type: ignore[arg-type]
+                    generator=generators([seeds[i] for i in idx]), output_type="pil").images
+
+        return edit_in_size_buckets(images, captions, seeds, self.resolution, run, self._safety)

@@ -32,7 +32,7 @@ from PIL import Image
 
 from styleprefs.errors import StyleprefsError
 from styleprefs.eval.prompts import PromptItem, describe, load_prompts
-from styleprefs.io import atomic_path, write_json
+from styleprefs.io import atomic_path, read_json, write_json
 
 INDEX = "index.jsonl"
 SETTINGS = "generate.json"
@@ -84,13 +84,7 @@ def read_index(folder: Path | str) -> list[ImageRecord]:
 
 
 def read_settings(folder: Path | str) -> dict:
-    path = Path(folder) / SETTINGS
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise StyleprefsError(f"{path} cannot be read: {exc}") from None
+    return read_json(Path(folder) / SETTINGS)
 
 
 def load_pipeline(model: str, device: torch.device, dtype: torch.dtype):

@@ -13,7 +13,6 @@ columns: runs; image 0 of each prompt, i.e. the same seed for every model) and `
 
 from __future__ import annotations
 
-import json
 import textwrap
 from pathlib import Path
 from typing import Sequence
@@ -22,19 +21,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from styleprefs.errors import StyleprefsError
+from styleprefs.io import read_json
 
 SCORER_LABELS = {"pickscore": "PickScore", "hpsv2": "HPSv2", "aesthetic": "Aesthetic", "clip": "CLIP",
                  "imagereward": "ImageReward"}
 LOWER_IS_BETTER = {"Style FID", "KID"}
-
-
-def _load(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise StyleprefsError(f"{path} cannot be read: {exc}") from None
 
 
 def collect(run: Path) -> dict:
@@ -45,22 +36,22 @@ def collect(run: Path) -> dict:
 
     metrics: dict[str, float] = {}
     notes: list[str] = []
-    fid = _load(run / FID_FILE)
+    fid = read_json(run / FID_FILE)
     if fid:
         metrics["Style FID"], metrics["KID"] = fid["fid"], fid["kid"]
         if not fid.get("comparable_to_published", True):
             notes.append("random-features FID")
         if fid.get("n", 0) < 2048:
             notes.append(f"FID at N = {fid.get('n')}")
-    for scorer, values in _load(run / REWARDS_FILE).items():
+    for scorer, values in read_json(run / REWARDS_FILE).items():
         if isinstance(values, dict) and "mean" in values:
             metrics[SCORER_LABELS.get(scorer, scorer)] = values["mean"]
-    vendi = _load(run / VENDI_FILE)
+    vendi = read_json(run / VENDI_FILE)
     if vendi:
         metrics["Vendi"] = vendi["vendi"]
         if vendi.get("comparable") is False:
             notes.append("random-embedding Vendi")
-    acc = _load(run / "implicit_acc.json")
+    acc = read_json(run / "implicit_acc.json")
     if acc:
         metrics["Implicit acc"] = acc["implicit_acc"]
     return {"metrics": metrics, "notes": notes, "random_fid": bool(fid) and not fid.get("comparable_to_published", True)}
