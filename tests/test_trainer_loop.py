@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -14,8 +15,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+from accelerate.utils import DistributedType
+from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 from safetensors.torch import load_file
 
 from conftest import write_pickapic_parquet
@@ -57,7 +60,7 @@ def other_unets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def _cfg(dataset: Path, out: Path, **kw) -> TrainConfig:
     opts = {"stage": "dpo", "data": str(dataset), "out": str(out), "model": "tiny", "clip_model": "tiny",
             "resolution": 64, "batch_size": 2, "gradient_accumulation_steps": 1, "max_steps": 2,
-            "learning_rate": 1e-4, "warmup_steps": 0, "checkpoint_every": 0, "report_to": "none"}
+            "learning_rate": 1e-4, "scale_lr": False, "warmup_steps": 0, "checkpoint_every": 0, "report_to": "none"}
     return TrainConfig(**(opts | kw))
 
 
@@ -86,7 +89,9 @@ def test_every_stage_trains_and_writes_a_loadable_pipeline(dataset: Path, tmp_pa
     rows = _run(dataset, tmp_path / "run", stage=stage, **validation)
 
     assert [r["step"] for r in rows] == [0, 1]
-    for key in ("loss", "implicit_acc", "reward_margin", "mse_w", "mse_l", "lr", "grad_norm", "skipped"):
+    keys = ("loss", "mse_w", "lr", "grad_norm", "skipped") + (("implicit_acc", "reward_margin", "mse_l")
+                                                              if stage != "sft" else ())
+    for key in keys:
         assert all(key in r for r in rows), key
     assert all(math.isfinite(r["loss"]) and not r["skipped"] for r in rows)
     if stage in ("dpo", "rpo"):  # policy == reference at step 0: every logit is 0
@@ -242,10 +247,13 @@ def test_config_yaml_overrides_and_errors(tmp_path: Path) -> None:
         TrainConfig.from_yaml_and_overrides(path, {"batch_size": 0})
     with pytest.raises(StyleprefsError, match="missing required.*--data"):
         TrainConfig.from_yaml_and_overrides(None, {"stage": "dpo", "out": "o"})
-    # Stage-dependent learning-rate defaults, printed at the start of a run.
-    assert TrainConfig(stage="dpo", data="d", out="o").resolved().learning_rate == 1e-8
-    assert TrainConfig(stage="sft", data="d", out="o").resolved().learning_rate == 1e-7
-    assert TrainConfig(stage="dpo", data="d", out="o", lora_rank=8).resolved().learning_rate == 1e-5
+    # Learning-rate defaults: 1e-8 per pair, scaled, for full fine-tuning; 1e-5 as given with LoRA.
+    for stage in ("sft", "dpo", "rpo", "orpo"):
+        resolved = TrainConfig(stage=stage, data="d", out="o").resolved()
+        assert (resolved.learning_rate, resolved.scale_lr) == (1e-8, True)
+    lora = TrainConfig(stage="dpo", data="d", out="o", lora_rank=8)
+    assert (lora.resolved().learning_rate, lora.resolved().scale_lr) == (1e-5, False)
+    assert lora.optimizer_learning_rate(8) == 1e-5
     options = config_options()
     assert [o.name for o in options][:3] == ["stage", "data", "out"] and all(o.help for o in options)
 
@@ -279,3 +287,110 @@ def test_two_processes_match_one_process_with_the_doubled_batch(dataset: Path, t
     for key in ("loss", "mse_w", "mse_l", "ref_mse_w", "grad_norm"):  # same pairs, draws and gradient
         assert double[0][key] == pytest.approx(single[0][key], rel=1e-5), key
     assert double[1]["loss"] == pytest.approx(single[1]["loss"], rel=1e-2)
+
+
+def test_default_learning_rate_at_the_papers_batch_is_the_papers_effective_rate() -> None:
+    # Diffusion-DPO's launchers: 1e-8 x (1 pair x 128 accumulation x 16 GPUs) = 2.048e-5.
+    paper = TrainConfig(stage="dpo", data="d", out="o", batch_size=1, gradient_accumulation_steps=128).resolved()
+    assert paper.optimizer_learning_rate(16) == pytest.approx(2.048e-5, rel=1e-12)
+    cfg = dataclasses.replace(paper, batch_size=8)
+    assert loop.learning_rate_lines(cfg, 2) == [
+        "lr 2.048e-05 = 1e-08 x 8 batch x 128 accum x 2 processes (--scale-lr); constant_with_warmup, 500 warm-up steps"]
+    unscaled = dataclasses.replace(paper, scale_lr=False)
+    lines = loop.learning_rate_lines(unscaled, 16)
+    assert lines[0].startswith("lr 1e-08 = as given (--no-scale-lr)")
+    assert len(lines) == 2 and "below 1e-07" in lines[1] and "--scale-lr" in lines[1]
+    short = loop.learning_rate_lines(dataclasses.replace(paper, max_steps=100), 16)
+    assert len(short) == 2 and "shorter than the warm-up (500 steps)" in short[1] and "4.096e-06" in short[1]
+    assert len(loop.learning_rate_lines(dataclasses.replace(paper, max_steps=100, lr_scheduler="constant"), 16)) == 1
+
+
+def test_scaled_learning_rate_reaches_the_optimizer_and_the_banner(dataset: Path, tmp_path: Path, capsys) -> None:
+    rows = _run(dataset, tmp_path / "run", scale_lr=True, gradient_accumulation_steps=2, learning_rate=1e-4)
+    assert [r["lr"] for r in rows] == [pytest.approx(4e-4)] * 2  # 1e-4 x 2 pairs x 2 micro-batches x 1 process
+    assert "lr 0.0004 = 0.0001 x 2 batch x 2 accum x 1 processes (--scale-lr)" in capsys.readouterr().err
+
+
+class _Recording(torch.amp.GradScaler):
+    """The CPU GradScaler, recording its calls: the fp16 call sequence without a GPU."""
+
+    def __init__(self) -> None:
+        super().__init__("cpu", init_scale=2.0**8)
+        self.calls: list[str] = []
+
+    def unscale_(self, optimizer) -> None:
+        self.calls.append("unscale_")
+        super().unscale_(optimizer)
+
+    def step(self, optimizer, *args, **kwargs):
+        self.calls.append("step")
+        return super().step(optimizer, *args, **kwargs)
+
+    def update(self, new_scale=None) -> None:
+        self.calls.append("update")
+        super().update(new_scale)
+
+
+def test_fp16_grad_scaler_skips_through_the_scaler_and_the_schedule_waits(dataset: Path, tmp_path: Path,
+                                                                           monkeypatch) -> None:
+    """Step 0: NaN loss (the trainer skips). Step 1: finite loss, NaN gradients (the scaler skips). Then normal
+    steps. No "unscale_() has already been called", and the warm-up advances only on real updates."""
+    scaler = _Recording()
+    make = loop._accelerator
+
+    def with_scaler(cfg, out):
+        accelerator = make(cfg, out)
+        accelerator.scaler, accelerator.native_amp = scaler, True
+        return accelerator
+
+    monkeypatch.setattr(loop, "_accelerator", with_scaler)
+    monkeypatch.setattr(type(loop._accelerator(_cfg(dataset, tmp_path / "x"), tmp_path / "x")), "mixed_precision",
+                        property(lambda self: "fp16"))  # accelerate unscales only under fp16
+    real, calls = loop.sft_loss, iter(range(100))
+
+    def loss(err_w):
+        n = next(calls)
+        if n == 0:
+            return real(err_w) * float("nan")
+        if n == 1:  # finite value, NaN gradient: d sqrt(x)/dx at 0
+            return real(err_w) + torch.sqrt(err_w.sum() * 0)
+        return real(err_w)
+
+    monkeypatch.setattr(loop, "sft_loss", loss)
+    rows = _run(dataset, tmp_path / "run", stage="sft", max_steps=4, warmup_steps=10, learning_rate=1e-3)
+    assert [(r["skipped"], r["overflow"]) for r in rows] == [(True, False), (False, True), (False, False),
+                                                            (False, False)]
+    assert [r["lr"] for r in rows] == [0.0, 0.0, 0.0, pytest.approx(1e-4)]  # one warm-up step, after step 2
+    assert scaler.calls == ["unscale_", "update"] + ["unscale_", "step", "update"] * 3
+    assert scaler.get_scale() == 2.0**6  # halved by both skipped steps
+
+
+def test_sft_runs_the_policy_on_the_winners_only(dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    sizes = []
+    forward = UNet2DConditionModel.forward
+    monkeypatch.setattr(UNet2DConditionModel, "forward",
+                        lambda self, sample, *a, **kw: sizes.append(sample.shape[0]) or forward(self, sample, *a, **kw))
+    _run(dataset, tmp_path / "sft", stage="sft", batch_size=2, gradient_accumulation_steps=2, max_steps=1)
+    assert sizes == [2, 2]  # B winners per micro-batch, no reference pass
+    sizes.clear()
+    _run(dataset, tmp_path / "dpo", stage="dpo", batch_size=2, max_steps=1)
+    assert sizes == [4, 4]  # 2B for the policy and the reference
+
+
+@pytest.mark.parametrize("kind", [DistributedType.DEEPSPEED, DistributedType.FSDP])
+def test_deepspeed_and_fsdp_are_refused_in_one_line(dataset: Path, tmp_path: Path, monkeypatch, kind) -> None:
+    monkeypatch.setattr(Accelerator, "distributed_type", property(lambda self: kind))
+    with pytest.raises(StyleprefsError, match=f"^{kind.value} is not supported: train on one process or with DDP") as exc:
+        _run(dataset, tmp_path / "run")
+    assert "\n" not in str(exc.value) and not (tmp_path / "run" / "train_config.yaml").exists()
+
+
+def test_micro_batches_run_inside_accelerate_accumulate(dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    """accelerate's gradient-accumulation bookkeeping (what DeepSpeed's engine would follow) marks only the
+    last micro-batch of each step as the one that syncs gradients and updates."""
+    syncs = []
+    backward = Accelerator.backward
+    monkeypatch.setattr(Accelerator, "backward",
+                        lambda self, loss, **kw: syncs.append(self.sync_gradients) or backward(self, loss, **kw))
+    _run(dataset, tmp_path / "run", gradient_accumulation_steps=3, max_steps=2)
+    assert syncs == [False, False, True] * 2

@@ -77,9 +77,15 @@ class TrainConfig:
                                   "cache --clip-model ...`).")
     gather_rpo: bool = _opt(False, "RPO/ORRPO: compare each winner with the losers of all processes (all-gather), "
                                    "not only its own device's batch.")
-    learning_rate: float | None = _opt(None, "Learning rate, used as given (no scaling by batch or processes). "
-                                             "Default: 1e-5 with LoRA (diffusers diffusion_dpo); else 1e-8 for "
-                                             "dpo/rpo and 1e-7 for sft/orpo/orrpo (Diffusion-RPO style runs).")
+    learning_rate: float | None = _opt(None, "Learning rate; with --scale-lr a per-pair rate, multiplied by the "
+                                             "pairs per optimizer step (batch size x accumulation x processes). "
+                                             "Default: 1e-8 per pair for full fine-tuning (Diffusion-DPO's launchers: "
+                                             "1e-8 x 2048 pairs = 2.048e-5; sft/orpo/orrpo alike, since 1e-7 would "
+                                             "give 2e-4 at that batch, 10x a usual full SD fine-tuning rate); 1e-5 "
+                                             "as given with LoRA (diffusers diffusion_dpo).")
+    scale_lr: bool | None = _opt(None, "Multiply --learning-rate by batch size x accumulation x processes (the "
+                                       "official Diffusion-DPO --scale_lr). Default: on for full fine-tuning, off "
+                                       "with LoRA.")
     lr_scheduler: LrScheduler = _opt("constant_with_warmup", "diffusers learning-rate schedule (Diffusion-DPO: "
                                                                "constant_with_warmup).")
     warmup_steps: int = _opt(500, "Warm-up optimizer steps (Diffusion-DPO SD1.5 launcher: 500 of 2000, the "
@@ -186,17 +192,24 @@ class TrainConfig:
             raise StyleprefsError("--report-to wandb needs wandb: pip install wandb, or use tensorboard or none")
 
     @property
-    def effective_learning_rate(self) -> float:
+    def base_learning_rate(self) -> float:
         """``learning_rate``, or the stage's default when it is None (see the field's help)."""
         if self.learning_rate is not None:
             return self.learning_rate
-        if self.lora_rank > 0:
-            return 1e-5
-        return 1e-8 if self.stage in REFERENCE_STAGES else 1e-7
+        return 1e-5 if self.lora_rank > 0 else 1e-8
 
     def resolved(self) -> TrainConfig:
-        """A copy with defaults that depend on other fields filled in (the learning rate)."""
-        return dataclasses.replace(self, learning_rate=self.effective_learning_rate)
+        """A copy with defaults that depend on other fields filled in (learning rate, its scaling)."""
+        scale_lr = self.lora_rank == 0 if self.scale_lr is None else self.scale_lr
+        return dataclasses.replace(self, learning_rate=self.base_learning_rate, scale_lr=scale_lr)
+
+    def pairs_per_step(self, num_processes: int) -> int:
+        return self.batch_size * self.gradient_accumulation_steps * num_processes
+
+    def optimizer_learning_rate(self, num_processes: int) -> float:
+        """The rate the optimizer uses: the base rate, times the pairs per step with --scale-lr."""
+        cfg = self.resolved()
+        return cfg.learning_rate * (cfg.pairs_per_step(num_processes) if cfg.scale_lr else 1)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False, allow_unicode=True)

@@ -1,9 +1,12 @@
 """The training loop shared by every stage (DESIGN.md, "Trainer").
 
 Per optimizer step and process: ``gradient_accumulation_steps`` micro-batches of ``batch_size``
-pairs. A micro-batch stacks winners and losers into 2B latents; both members of a pair share the
-noise and the timestep. One policy forward (with grad) and, for dpo/rpo, one reference forward
-(no grad) on the 2B latents give per-sample errors, from which the stage's loss is computed.
+pairs, each inside ``accelerator.accumulate``. A micro-batch stacks winners and losers into 2B
+latents; both members of a pair share the noise and the timestep. One policy forward (with grad)
+and, for dpo/rpo, one reference forward (no grad) on the 2B latents give per-sample errors, from
+which the stage's loss is computed. SFT runs the policy on the B winners only.
+
+One process or DDP; DeepSpeed and FSDP are refused (:func:`check_distributed`).
 
 Reproducibility: micro-batch ``m`` takes the pairs at positions ``[m * G, (m + 1) * G)`` (modulo
 the epoch) of a permutation drawn from ``(seed, epoch)``, G = batch_size x processes, process r
@@ -30,7 +33,7 @@ import torch
 import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from diffusers import UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from peft import LoraConfig
@@ -55,6 +58,8 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 VALIDATION_INFERENCE_STEPS = 25
 VALIDATION_GUIDANCE = {"sd": 7.5, "sdxl": 5.0}  # Diffusion-DPO's sampling settings
+# Below this AdamW / Adafactor (fixed step) move a weight by at most ~lr per step: a run changes next to nothing.
+MIN_MOVING_LR = 1e-7
 METRICS = "metrics.jsonl"
 
 console = Console(stderr=True, soft_wrap=True)
@@ -98,9 +103,8 @@ def train(cfg: TrainConfig, *, show_progress: bool = True) -> Path:
     # A process may train several times (quickstart: sft, then rpo) with other precisions; accelerate
     # keeps its settings in a process-wide singleton, so forget them (the process group stays).
     AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(cpu=_cpu_processes(), mixed_precision=cfg.mixed_precision,
-                              gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                              log_with=_tracker(cfg), project_dir=str(out / "logs"))
+    accelerator = _accelerator(cfg, out)
+    check_distributed(accelerator.distributed_type)
     main = accelerator.is_main_process
     resume_from = _resume_point(cfg, out)
     set_seed(cfg.seed)
@@ -143,6 +147,21 @@ def train(cfg: TrainConfig, *, show_progress: bool = True) -> Path:
     return out
 
 
+def _accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
+    return Accelerator(cpu=_cpu_processes(), mixed_precision=cfg.mixed_precision,
+                       gradient_accumulation_steps=cfg.gradient_accumulation_steps, log_with=_tracker(cfg),
+                       project_dir=str(out / "logs"))
+
+
+def check_distributed(distributed_type: DistributedType) -> None:
+    """Refuse DeepSpeed and FSDP: the loop's clipping, non-finite-step skipping, saving and validation assume that
+    every process holds the whole model (one process or DDP)."""
+    if distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        raise StyleprefsError(f"{distributed_type.value} is not supported: train on one process or with DDP "
+                              f"(torchrun or a multi-GPU `accelerate launch` without DeepSpeed/FSDP); to save "
+                              f"memory use --lora-rank, --gradient-checkpointing or bf16")
+
+
 def _setup(cfg: TrainConfig, accelerator: Accelerator, show_progress: bool) -> _Run:
     """Cache (built once, by the main process first), data, models, optimizer and LR schedule."""
     weight_dtype = WEIGHT_DTYPES[cfg.mixed_precision]
@@ -169,7 +188,7 @@ def _setup(cfg: TrainConfig, accelerator: Accelerator, show_progress: bool) -> _
 
     policy, reference = load_models(cfg, components, weight_dtype)
     trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = _optimizer(cfg, trainable)
+    optimizer = _optimizer(cfg, trainable, cfg.optimizer_learning_rate(accelerator.num_processes))
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
                                  num_training_steps=cfg.max_steps)
     policy, optimizer = accelerator.prepare(policy, optimizer)
@@ -188,28 +207,31 @@ def _train_step(cfg: TrainConfig, run: _Run, step: int) -> dict:
 
     Every micro-batch is back-propagated even when its loss is not finite (all processes must run the
     same collectives); the update is then skipped on every process alike, since the decision rests
-    on gathered losses and the all-reduced gradient norm.
+    on gathered losses and the all-reduced gradient norm. With a GradScaler (fp16), non-finite
+    gradients are the scaler's business: it skips the update and lowers its scale (``overflow``).
+    The LR schedule advances only on updates that happened.
     """
     accelerator = run.accelerator
     records = []
-    micro_steps = range(cfg.gradient_accumulation_steps)
-    for k in micro_steps:
-        micro = step * cfg.gradient_accumulation_steps + k
-        sync = contextlib.nullcontext() if k == micro_steps[-1] else accelerator.no_sync(run.policy)
-        with sync:
-            loss, errors = _micro_step(cfg, run, micro)
+    for k in range(cfg.gradient_accumulation_steps):
+        with accelerator.accumulate(run.policy):  # no gradient sync until the last micro-batch
+            loss, errors = _micro_step(cfg, run, step * cfg.gradient_accumulation_steps + k)
             accelerator.backward(loss)
         records.append((loss.detach(), errors))
     lr = run.lr_scheduler.get_last_lr()[0]
     grad_norm = float(accelerator.clip_grad_norm_(run.trainable, cfg.max_grad_norm or math.inf))
     record = _step_metrics(cfg, accelerator, records)
-    # With fp16 an infinite gradient norm is the grad scaler's business: it skips the update itself.
-    skipped = not math.isfinite(record["loss"]) or (not math.isfinite(grad_norm) and cfg.mixed_precision != "fp16")
-    if not skipped:
+    skipped = not math.isfinite(record["loss"]) or (not math.isfinite(grad_norm) and accelerator.scaler is None)
+    overflow = False
+    if skipped and accelerator.scaler is not None:
+        accelerator.scaler.update()  # clip_grad_norm_ unscaled the gradients: close the scaler's step
+    elif not skipped:
         run.optimizer.step()
-        run.lr_scheduler.step()
+        overflow = accelerator.optimizer_step_was_skipped
+        if not overflow:
+            run.lr_scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return record | {"step": step, "lr": lr, "grad_norm": grad_norm, "skipped": skipped}
+    return record | {"step": step, "lr": lr, "grad_norm": grad_norm, "skipped": skipped, "overflow": overflow}
 
 
 def _on_skipped(cfg: TrainConfig, main: bool, step: int, nan_steps: int) -> None:
@@ -333,6 +355,10 @@ def _micro_step(cfg: TrainConfig, run: _Run, micro: int) -> tuple[Tensor, dict[s
                        components.noise_scheduler.config.num_train_timesteps, cfg.caption_dropout)
     draws = PairDraws(*(t.to(accelerator.device) for t in dataclasses.astuple(draws)))
     inputs, target = _model_inputs(batch, draws, components)
+    if cfg.stage == "sft":  # its loss uses the winners only
+        err_w = _errors(run.policy, _winners(inputs), _winners(target), accelerator)
+        loss = sft_loss(err_w)
+        return loss, {"err_w": err_w.detach()}
     err_w, err_l = _errors(run.policy, inputs, target, accelerator).chunk(2)
     ref_w = ref_l = None
     if run.reference is not None:
@@ -365,6 +391,13 @@ def _model_inputs(batch: dict[str, Tensor], draws: PairDraws, components: SDComp
     return inputs, target
 
 
+def _winners(stacked: dict | Tensor) -> dict | Tensor:
+    """The winners' half of stacked UNet inputs (every tensor's first half along the batch)."""
+    if isinstance(stacked, dict):
+        return {k: _winners(v) for k, v in stacked.items()}
+    return stacked[: stacked.shape[0] // 2]
+
+
 def _errors(unet: torch.nn.Module, inputs: dict, target: Tensor, accelerator: Accelerator) -> Tensor:
     """Per-sample denoising errors of ``unet`` (inputs cast to its dtype), shape [2B]."""
     dtype = next(unet.parameters()).dtype
@@ -389,8 +422,6 @@ def _reference_errors(reference: torch.nn.Module, inputs: dict, target: Tensor, 
 
 def _stage_loss(cfg: TrainConfig, accelerator: Accelerator, batch: dict[str, Tensor], err_w: Tensor, err_l: Tensor,
                 ref_w: Tensor | None, ref_l: Tensor | None) -> Tensor:
-    if cfg.stage == "sft":
-        return sft_loss(err_w)
     if cfg.stage == "dpo":
         return dpo_loss(err_w, err_l, ref_w, ref_l, cfg.beta)
     if cfg.stage == "orpo":
@@ -428,12 +459,14 @@ def _step_metrics(cfg: TrainConfig, accelerator: Accelerator, records: list[tupl
                   ) -> dict[str, float]:
     """Loss and preference metrics of one optimizer step over all micro-batches and processes.
 
-    For sft, orpo and orrpo (no reference) ``implicit_acc`` is the share of pairs with e(w) < e(l)
-    and ``reward_margin`` the mean ORPO logit orpo_beta * (e(l) - e(w)).
+    For orpo and orrpo (no reference) ``implicit_acc`` is the share of pairs with e(w) < e(l)
+    and ``reward_margin`` the mean ORPO logit orpo_beta * (e(l) - e(w)). For sft (winners only): ``mse_w``.
     """
     losses = accelerator.gather(torch.stack([loss.float() for loss, _ in records]))
     errors = {k: accelerator.gather(torch.cat([e[k] for _, e in records]).float()) for k in records[0][1]}
-    if cfg.stage in REFERENCE_STAGES:
+    if cfg.stage == "sft":
+        metrics = {"mse_w": errors["err_w"].mean().item()}
+    elif cfg.stage in REFERENCE_STAGES:
         metrics = preference_metrics(errors["err_w"], errors["err_l"], errors["ref_err_w"], errors["ref_err_l"],
                                      cfg.beta)
     else:
@@ -443,17 +476,17 @@ def _step_metrics(cfg: TrainConfig, accelerator: Accelerator, records: list[tupl
     return {"loss": losses.mean().item(), **metrics}
 
 
-def _optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def _optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
     if cfg.optimizer == "adafactor":
         from transformers.optimization import Adafactor
 
-        return Adafactor(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, relative_step=False,
+        return Adafactor(params, lr=lr, weight_decay=cfg.weight_decay, relative_step=False,
                          scale_parameter=False, warmup_init=False)
     if cfg.optimizer == "adamw8bit":
         import bitsandbytes as bnb
 
-        return bnb.optim.AdamW8bit(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
 
 
 def _resume_point(cfg: TrainConfig, out: Path) -> Path | None:
@@ -478,8 +511,28 @@ def _start_files(cfg: TrainConfig, out: Path, step: int) -> None:
         write_text("".join(line + "\n" for line in kept), metrics)
 
 
+def learning_rate_lines(cfg: TrainConfig, num_processes: int) -> list[str]:
+    """The start banner's learning-rate line (the rate and how it was derived), then any warnings about it."""
+    lr = cfg.optimizer_learning_rate(num_processes)
+    if cfg.scale_lr:
+        how = (f"{cfg.learning_rate:g} x {cfg.batch_size} batch x {cfg.gradient_accumulation_steps} accum x "
+               f"{num_processes} processes (--scale-lr)")
+    else:
+        how = "as given (--no-scale-lr)"
+    lines = [f"lr {lr:g} = {how}; {cfg.lr_scheduler}, {cfg.warmup_steps} warm-up steps"]
+    if lr < MIN_MOVING_LR:
+        lines.append(f"[yellow]warning:[/yellow] lr {lr:g} is below {MIN_MOVING_LR:g}: {cfg.optimizer} moves a "
+                     f"weight by at most ~lr per step, so {cfg.max_steps} steps barely change the model; raise "
+                     f"--learning-rate" + ("" if cfg.scale_lr else " or use --scale-lr"))
+    if cfg.lr_scheduler != "constant" and cfg.warmup_steps >= cfg.max_steps:
+        lines.append(f"[yellow]warning:[/yellow] the run ({cfg.max_steps} steps) is shorter than the warm-up "
+                     f"({cfg.warmup_steps} steps): the lr never exceeds {lr * cfg.max_steps / cfg.warmup_steps:g}; "
+                     f"lower --warmup-steps")
+    return lines
+
+
 def _print_start(cfg: TrainConfig, accelerator: Accelerator, n_pairs: int, resume_from: Path | None) -> None:
-    per_step = cfg.batch_size * accelerator.num_processes * cfg.gradient_accumulation_steps
+    per_step = cfg.pairs_per_step(accelerator.num_processes)
     reference = {"sft": "none", "orpo": "none", "orrpo": "none"}.get(
         cfg.stage, _reference_source(cfg) or f"{cfg.init or cfg.model} (policy with LoRA adapters disabled)")
     console.print(f"[bold]styleprefs train[/bold] stage {cfg.stage}: policy from {cfg.init or cfg.model}, "
@@ -487,8 +540,8 @@ def _print_start(cfg: TrainConfig, accelerator: Accelerator, n_pairs: int, resum
                   f"{accelerator.num_processes} processes x {cfg.gradient_accumulation_steps} accumulation = "
                   f"{per_step} pairs per step, {cfg.max_steps} steps"
                   + (f"; resuming from {resume_from}" if resume_from else ""))
-    console.print(f"effective learning rate {cfg.learning_rate:g} (used as given, not scaled by batch or "
-                  f"processes; {cfg.lr_scheduler}, {cfg.warmup_steps} warm-up steps)")
+    for line in learning_rate_lines(cfg, accelerator.num_processes):
+        console.print(line)
     if cfg.stage in REFERENCE_STAGES:
         console.print(f"beta {cfg.beta:g} on Diffusion-DPO's official scale: logit = -(beta/2) * "
                       f"((e_theta(w) - e_ref(w)) - (e_theta(l) - e_ref(l))), e = per-element mean squared error; "
@@ -527,7 +580,8 @@ def _progress(total: int, done: int, enabled: bool):
         task = progress.add_task("train", total=total, completed=done, loss="-", acc="-")
 
         def advance(record: dict) -> None:
-            progress.update(task, advance=1, loss=f"{record['loss']:.4g}", acc=f"{record['implicit_acc']:.2f}")
+            acc = record.get("implicit_acc")
+            progress.update(task, advance=1, loss=f"{record['loss']:.4g}", acc="-" if acc is None else f"{acc:.2f}")
 
         yield advance
 

@@ -18,7 +18,7 @@ def matplotlib_available() -> bool:
 
 
 def plot_curves(metrics_path: Path, out_png: Path) -> bool:
-    """Plot loss, implicit accuracy and reward margin per step (skipped steps left out) into ``out_png``.
+    """Plot loss, implicit accuracy and reward margin per step (skipped steps and missing values left out) into ``out_png``.
 
     Returns False, writing nothing, when matplotlib is not installed.
     """
@@ -33,7 +33,8 @@ def plot_curves(metrics_path: Path, out_png: Path) -> bool:
     rows = [r for r in rows if not r.get("skipped")]
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2), constrained_layout=True)
     for ax, (key, title) in zip(axes, CURVES):
-        ax.plot([r["step"] for r in rows], [r[key] for r in rows], lw=1)
+        shown = [r for r in rows if r.get(key) is not None]  # sft logs no implicit accuracy or margin
+        ax.plot([r["step"] for r in shown], [r[key] for r in shown], lw=1)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
