@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from styleprefs.cli.eval_command import eval_app
 from styleprefs.cli.train_command import train
-from styleprefs.errors import StyleprefsError
+from styleprefs.errors import StyleprefsError, as_user_error
 
 app = typer.Typer(
     help="Style-alignment preference datasets and preference fine-tuning for Stable Diffusion.",
@@ -22,6 +22,14 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(soft_wrap=True)
+_debug = False  # set by --debug or STYLEPREFS_DEBUG=1: tracebacks for user errors too
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error (also STYLEPREFS_DEBUG=1).")) -> None:
+    """Style-alignment preference datasets and preference fine-tuning for Stable Diffusion."""
+    global _debug
+    _debug = _debug or debug
 
 
 @app.command()
@@ -191,21 +199,34 @@ def _print_counts(counts: dict, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors become one line on stderr and exit code 2."""
-    err = Console(stderr=True)
+    """Entry point: user errors become one ``error:`` line on stderr and exit code 2.
+
+    Anything that is not a user error (a bug) keeps its traceback; ``--debug`` or STYLEPREFS_DEBUG=1
+    shows the traceback of user errors too.
+    """
+    global _debug
+    _debug = os.environ.get("STYLEPREFS_DEBUG", "") not in ("", "0")
     try:
         code = app(args=argv, standalone_mode=False)
-    except StyleprefsError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        err.print("interrupted: finished work is saved; run the same command again to resume "
-                  "(`styleprefs train` with --resume)")
+    except (KeyboardInterrupt, typer.Abort):
+        print("interrupted; run the same command again to resume", file=sys.stderr)
         sys.exit(130)
+    except Exception as exc:
+        error = _usage_error(exc) or as_user_error(exc)
+        if error is None or _debug:
+            raise
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        sys.exit(2)
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def _usage_error(exc: Exception) -> StyleprefsError | None:
+    """A typer/click usage error (bad option, missing argument, bad value) as one line."""
+    if not isinstance(exc, typer.TyperException):
+        return None
+    ctx = getattr(exc, "ctx", None)
+    where = f"`{ctx.command_path} --help`" if ctx is not None else "--help"
+    return StyleprefsError(f"{exc.format_message()} (see {where})")

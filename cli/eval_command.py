@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from styleprefs.errors import StyleprefsError
+
 eval_app = typer.Typer(
     help="Evaluate models: generate on fixed seeds, style FID/KID, reward scores, win rates, Vendi, implicit accuracy, report.",
     no_args_is_help=True,
@@ -203,6 +205,11 @@ def report(
 ) -> None:
     """Markdown table (rows: methods, columns: metrics), image grid (same prompt and seed) and bar plots."""
     from styleprefs.eval.report import make_report
+
+    empty = [str(run) for run in runs if run.is_dir() and not any(run.iterdir())]
+    if empty:
+        raise StyleprefsError(f"run folder(s) {', '.join(empty)} are empty: run `styleprefs eval generate` and the "
+                              "metrics (style-fid, rewards, vendi, ...) there first")
 
     result = make_report(runs, out, names=name or None, grid_prompts=grid_prompts)
     _print(f"report written to {out} ({len(result['labels'])} runs, {len(result['columns'])} metrics)")

@@ -3,15 +3,20 @@
 Work is cut into *parts* of at most ``PART_ROWS`` selected source rows. Each finished part is written to
 ``OUT/.build/`` (kept rows as Parquet, then a JSON summary that marks it complete), so an
 interrupted build resumes at the first missing part. When ``num_pairs`` rows are kept (or the
-source runs out), the parts are merged, in order, into ``data/train-XXXXX-of-YYYYY.parquet`` shards; ``manifest.json`` is
-written last. Shard bytes depend only on the arguments, never on batch size or interruptions.
+source runs out), the parts are merged, in order, into ``data/train-XXXXX-of-YYYYY.parquet`` shards, then
+rejects, quarantine, ``manifest.json`` and the card are written. Renaming ``.build/`` away is the commit:
+until then a rerun redoes the merge, so a build killed at any step finishes on the next run. Shard bytes
+depend only on the arguments, never on batch size or interruptions. One process at a time writes ``OUT``
+(``folder_lock``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -24,7 +29,9 @@ from styleprefs.distributed import Processes, processes
 from styleprefs.editors import Editor, edit_with_flags, load_editor
 from styleprefs.errors import StyleprefsError
 from styleprefs.images import as_jpeg, decode, encode_jpeg
-from styleprefs.io import write_json, write_parquet
+from styleprefs.inspect import BUILD_STATE
+from styleprefs.io import check_separate, read_json, remove_temp_files, write_json, write_parquet
+from styleprefs.lock import folder_lock
 from styleprefs.pairs import make_row, plan_row
 from styleprefs.parallel import prefetch, thread_map
 from styleprefs.progress import pair_progress
@@ -37,6 +44,8 @@ from styleprefs.style import StyleSpec, load_style
 
 PART_ROWS = 128
 FORMAT_VERSION = 1
+BUILD_DONE = ".build-done"  # .build/ after the commit, until it is deleted
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -89,8 +98,7 @@ class _Job:
     """A build's resolved inputs: style, source, editor and the identity recorded in the manifest."""
 
     def __init__(self, cfg: BuildConfig, device: str | None = None, dtype: str | None = None):
-        if cfg.num_pairs < 1 or cfg.shard_size < 1 or cfg.max_tries < 1:
-            raise StyleprefsError("--num-pairs, --shard-size and --max-tries must be at least 1")
+        _check_config(cfg)
         self.cfg = cfg
         self.style: StyleSpec = load_style(cfg.style)
         self.source: Source = open_source(cfg.source, cfg.split)
@@ -110,6 +118,18 @@ class _Job:
         self.identity = json.loads(json.dumps(identity, default=str))
 
 
+def _check_config(cfg: BuildConfig) -> None:
+    if cfg.num_pairs < 1 or cfg.shard_size < 1 or cfg.max_tries < 1:
+        raise StyleprefsError("--num-pairs, --shard-size and --max-tries must be at least 1")
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise StyleprefsError(f"--seed must be between 0 and {MAX_SEED}, got {cfg.seed}")
+    for flag, value in (("--min-direction", cfg.min_direction), ("--min-image", cfg.min_image)):
+        if not -1.0 <= value <= 1.0:  # also refuses NaN
+            raise StyleprefsError(f"{flag} is a cosine similarity between -1 and 1, got {value}")
+    if cfg.editor_steps is not None and not 1 <= cfg.editor_steps <= 1000:
+        raise StyleprefsError(f"--editor-steps must be between 1 and 1000, got {cfg.editor_steps}")
+
+
 def _load_gate(clip_model: str, device: str | None, dtype: str | None):
     from styleprefs.quality import ClipGate  # deferred: it imports torch and transformers
 
@@ -127,34 +147,46 @@ def build_dataset(cfg: BuildConfig, out: Path, *, batch_size: int = 8, overwrite
     """
     job = _Job(cfg, device, dtype)
     out = Path(out)
-    if not overwrite and _check_existing(out, job.identity):
-        return BuildResult(out, "complete", json.loads((out / "manifest.json").read_text()))
-    if overwrite:
-        _remove_outputs(out)
+    check_separate(out, "--source", job.source.local_paths())
     procs = processes()
+    with folder_lock(out) if procs.is_main else nullcontext():
+        if procs.is_main:
+            shutil.rmtree(out / BUILD_DONE, ignore_errors=True)  # the leftover of a committed build
+            if overwrite:
+                _remove_outputs(out)
+        if overwrite or not _check_existing(out, job.identity):
+            _build(job, out, batch_size, show_progress, procs)
+            status = "built"
+        else:
+            status = "complete"
+    return BuildResult(out, status, read_json(out / "manifest.json"))
+
+
+def _build(job: _Job, out: Path, batch_size: int, show_progress: bool, procs: Processes) -> None:
     if procs.is_main:
-        state = _prepare_state_dir(out, job.identity)
+        _prepare_state_dir(out, job.identity)
     procs.wait()
-    state = out / ".build"
+    state = out / BUILD_STATE
     parts = _run_parts(job, state, max(1, min(batch_size, PART_ROWS)), show_progress, procs)
     if procs.is_main:
         _finalize(job, out, parts)
-        shutil.rmtree(state)
+        os.replace(state, out / BUILD_DONE)  # the commit
+        shutil.rmtree(out / BUILD_DONE)
     procs.wait()
-    return BuildResult(out, "built", json.loads((out / "manifest.json").read_text()))
 
 
 def _check_existing(out: Path, identity: dict) -> bool:
-    """True if ``out`` already holds this exact dataset; an error if it holds another one."""
-    for marker in (out / "manifest.json", out / ".build" / "state.json"):
-        if marker.is_file():
-            recorded = json.loads(marker.read_text())["config"]
-            if recorded != identity:
-                raise StyleprefsError(
-                    f"{out} holds a dataset built with other arguments ({_differences(recorded, identity)}); "
-                    "pass --overwrite to replace it or choose another --out"
-                )
-            return marker.name == "manifest.json"
+    """True if ``out`` already holds this exact dataset, committed; an error if it holds another one."""
+    state = out / BUILD_STATE
+    marker = state / "state.json" if state.is_dir() else out / "manifest.json"  # .build/: not committed
+    if marker.is_file():
+        recorded = read_json(marker).get("config")
+        if recorded != identity:
+            raise StyleprefsError(
+                f"{out} holds a dataset built with other arguments ({_differences(recorded or {}, identity)}); "
+                "pass --overwrite to replace it or choose another --out"
+            )
+        return marker.name == "manifest.json"
     if (out / "data").exists():
         raise StyleprefsError(f"{out}/data exists but is not a styleprefs build; pass --overwrite or choose another --out")
     return False
@@ -168,21 +200,19 @@ def _differences(a: dict, b: dict) -> str:
 
 
 def _remove_outputs(out: Path) -> None:
-    for name in ("data", ".build"):
-        shutil.rmtree(out / name, ignore_errors=True)
-    for name in ("manifest.json", "rejects.parquet", "quarantine.parquet", "README.md"):
+    """Delete a dataset, its manifest first: a folder killed midway is never taken for a finished one."""
+    for name in ("manifest.json", "README.md", "rejects.parquet", "quarantine.parquet"):
         (out / name).unlink(missing_ok=True)
+    for name in ("data", BUILD_STATE):
+        shutil.rmtree(out / name, ignore_errors=True)
+    remove_temp_files(out)
 
 
-def _prepare_state_dir(out: Path, identity: dict) -> Path:
-    state = out / ".build"
-    try:
-        state.mkdir(parents=True, exist_ok=True)
-        if not (state / "state.json").is_file():
-            write_json({"config": identity}, state / "state.json")
-    except OSError as exc:
-        raise StyleprefsError(f"output folder {out} is not writable: {exc.strerror or exc}") from None
-    return state
+def _prepare_state_dir(out: Path, identity: dict) -> None:
+    state = out / BUILD_STATE
+    state.mkdir(exist_ok=True)
+    if not (state / "state.json").is_file():
+        write_json({"config": identity}, state / "state.json")
 
 
 class _Selection:
@@ -372,15 +402,16 @@ def _load_part(state: Path, index: int, start: int, rows: int) -> _Part | None:
     table_path, summary_path = _part_paths(state, index)
     if not (summary_path.is_file() and table_path.is_file()):
         return None
-    summary = json.loads(summary_path.read_text())
+    summary = read_json(summary_path)
     if summary["start"] != start or len(summary["outcomes"]) != rows:
         return None  # an earlier run with another process count laid the parts out differently
     return _Part(index, summary["outcomes"], summary["rejects"], summary["quarantine"], summary["skipped"], start)
 
 
 def _finalize(job: _Job, out: Path, parts: list[_Part]) -> dict:
-    """Merge the parts, in order, into shards; write rejects, quarantine and the manifest (last)."""
-    state = out / ".build"
+    """Merge the parts, in order, into shards; write rejects, quarantine, the manifest and the card."""
+    state = out / BUILD_STATE
+    remove_temp_files(out)
     parts = _cut(parts, job.cfg.num_pairs)
     kept = sum(p.kept for p in parts)
     tables = (pq.read_table(_part_paths(state, p.index)[0], schema=DATASET_SCHEMA).slice(0, p.kept) for p in parts)

@@ -2,8 +2,11 @@
 
 Backends: the keyword lists (always), optionally a text classifier and an image checker (scores
 stored as columns). The new shards, quarantine and manifest are prepared in ``.filter-tmp/``,
-counts are checked (kept + quarantined = rows before), then swapped in; ``manifest.json`` is
-replaced last and is the commit point. An interrupted swap is rolled back on the next run.
+counts are checked (kept + quarantined = rows before), then swapped in, the replaced files going to
+``.filter-old/``; replacing ``manifest.json`` is the commit. The card is written and both folders are
+deleted after it, ``.filter-old/`` last: the next run (of any settings) rolls an uncommitted swap back
+and finishes a committed one. ``--out`` works the same way into an empty folder, so it resumes too.
+The dataset (and ``--out``) are locked for the whole run.
 """
 
 from __future__ import annotations
@@ -11,26 +14,27 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from styleprefs.card import write_card
 from styleprefs.errors import StyleprefsError
 from styleprefs.images import decode
-from styleprefs.inspect import read_manifest, shard_paths
-from styleprefs.io import write_json, write_parquet
+from styleprefs.inspect import FILTER_BACKUP, read_manifest, shard_paths
+from styleprefs.io import check_separate, remove_temp_files, write_json, write_parquet
+from styleprefs.lock import LOCK_NAME, folder_lock
 from styleprefs.progress import pair_progress
 from styleprefs.safety.report import TEXT_LISTS_BACKEND, safety_summary
 from styleprefs.safety.text import TextFilter
 from styleprefs.schema import DATASET_SCHEMA, QUARANTINE_SCHEMA
-from styleprefs.shards import write_shards
+from styleprefs.shards import read_table, write_shards
 
-TMP, OLD = ".filter-tmp", ".filter-old"
-MOVED = ("data", "quarantine.parquet")  # what the swap replaces; manifest.json goes last
+TMP, OLD = ".filter-tmp", FILTER_BACKUP
+STAGED = ("data", "quarantine.parquet", "rejects.parquet")  # what a swap may replace; manifest.json goes last
 
 
 @dataclass(frozen=True)
@@ -113,37 +117,58 @@ def filter_unsafe(dataset: Path, options: SafetyOptions = SafetyOptions(), *, ou
                   show_progress: bool = True) -> FilterReport:
     """Quarantine unsafe rows of ``dataset`` in place, or write the filtered copy to ``out``."""
     dataset = Path(dataset)
-    _recover(dataset)
+    read_manifest(dataset)  # before the lock: a folder that is no dataset is left untouched
+    if out is not None:
+        check_separate(Path(out), "DATASET", [dataset])
+    with folder_lock(dataset), folder_lock(Path(out)) if out is not None else nullcontext():
+        return _filter(dataset, options, Path(out) if out is not None else None, show_progress)
+
+
+def _filter(dataset: Path, options: SafetyOptions, out: Path | None, show_progress: bool) -> FilterReport:
+    _recover(dataset, fresh=False)
+    if out is not None:
+        _recover(out, fresh=True)
     manifest = read_manifest(dataset)
     settings = json.loads(json.dumps(asdict(options)))  # as the manifest stores it
     rows_before = manifest["counts"]["kept"]
-    if out is None and settings in manifest.get("safety", {}).get("runs", []):
+    if _already_filtered(manifest, settings, out):
         return FilterReport(dataset, rows_before, status="no-op")
     checkers = _Checkers(options)
-    target = Path(out) if out is not None else dataset
-    if out is not None:
-        _check_empty(target)
+    target = out or dataset
     judged = _judge_shards(dataset, manifest, checkers, show_progress)
     quarantined = [v for _, _, verdicts in judged for v in verdicts if v is not None]
     kept = rows_before - len(quarantined)
     new_manifest = _updated_manifest(manifest, checkers.backends, settings, quarantined, kept)
     staging = target / TMP
-    shutil.rmtree(staging, ignore_errors=True)
     tables = _kept_tables(judged)
     new_manifest["shards"] = write_shards(tables, kept, staging / "data", manifest["config"]["build"]["shard_size"])
     written = sum(s["rows"] for s in new_manifest["shards"])
     if written + len(quarantined) != rows_before:
         shutil.rmtree(staging)
         raise StyleprefsError(f"safety filter lost rows ({written} kept + {len(quarantined)} quarantined != {rows_before}); nothing was changed")
-    old_quarantine = pq.read_table(dataset / "quarantine.parquet", schema=QUARANTINE_SCHEMA)
+    old_quarantine = read_table(dataset / "quarantine.parquet", schema=QUARANTINE_SCHEMA)
     write_parquet(pa.concat_tables([old_quarantine, pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA)]),
                   staging / "quarantine.parquet")
     if out is not None:
         shutil.copy2(dataset / "rejects.parquet", staging / "rejects.parquet")
     write_json(new_manifest, staging / "manifest.json")
-    _swap_in(target)
-    write_card(target)
+    _swap_in(target, fresh=out is not None)
     return FilterReport(dataset, rows_before, quarantined)
+
+
+def _already_filtered(manifest: dict, settings: dict, out: Path | None) -> bool:
+    """In place: these settings already ran. With ``out``: it holds this filter's finished output,
+    else it must be empty."""
+    runs = manifest.get("safety", {}).get("runs", [])
+    if out is None:
+        return settings in runs
+    if (out / "manifest.json").is_file():
+        done = read_manifest(out)
+        if done["config"] == manifest["config"] and done.get("safety", {}).get("runs") == [*runs, settings]:
+            return True
+    if any(p.name != LOCK_NAME for p in out.iterdir()):
+        raise StyleprefsError(f"--out {out} is not empty; choose a new folder")
+    return False
 
 
 def _judge_shards(dataset: Path, manifest: dict, checkers: _Checkers, show_progress: bool) -> list[tuple]:
@@ -151,7 +176,7 @@ def _judge_shards(dataset: Path, manifest: dict, checkers: _Checkers, show_progr
     judged = []
     with pair_progress(manifest["counts"]["kept"], show_progress) as advance:
         for path in shard_paths(dataset, manifest):
-            table = pq.read_table(path, columns=["caption", "source", "jpg_0", "jpg_1"])
+            table = read_table(path, columns=["caption", "source", "jpg_0", "jpg_1"])
             scores, verdicts = checkers.judge(table)
             judged.append((path, scores, verdicts))
             advance(sum(v is None for v in verdicts), table.num_rows)
@@ -161,7 +186,7 @@ def _judge_shards(dataset: Path, manifest: dict, checkers: _Checkers, show_progr
 def _kept_tables(judged: list[tuple]) -> Iterator[pa.Table]:
     """Pass 2: each shard with its new score columns, unsafe rows removed; one shard in memory."""
     for path, scores, verdicts in judged:
-        table = pq.read_table(path, schema=DATASET_SCHEMA)
+        table = read_table(path, schema=DATASET_SCHEMA)
         for column, values in scores.items():
             table = table.set_column(table.schema.get_field_index(column), DATASET_SCHEMA.field(column),
                                      pa.array(values, pa.float64()))
@@ -183,35 +208,43 @@ def _record(table: pa.Table, i: int, category: str, matched: str, backend: str) 
             "category": category, "matched": matched, "backend": backend}
 
 
-def _check_empty(out: Path) -> None:
-    if out.exists() and any(p.name != TMP for p in out.iterdir()):
-        raise StyleprefsError(f"--out {out} is not empty; choose a new folder")
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def _swap_in(target: Path) -> None:
-    """Move the staged files into place; the manifest rename commits."""
+def _swap_in(target: Path, fresh: bool) -> None:
+    """Move the staged files into place (the replaced ones to the backup); the manifest rename commits."""
     staging, backup = target / TMP, target / OLD
-    backup.mkdir(exist_ok=True)
-    for name in MOVED:
+    backup.mkdir()
+    names = [name for name in STAGED if (staging / name).exists()]
+    for name in names:
         if (target / name).exists():
             os.replace(target / name, backup / name)
-    for name in (*MOVED, "rejects.parquet"):
-        if (staging / name).exists():
-            os.replace(staging / name, target / name)
+    for name in names:
+        os.replace(staging / name, target / name)
     os.replace(staging / "manifest.json", target / "manifest.json")
-    shutil.rmtree(backup)
-    shutil.rmtree(staging)
+    _recover(target, fresh)
 
 
-def _recover(dataset: Path) -> None:
-    """Undo a swap that did not reach its commit, or clear the leftovers of one that did."""
-    staging, backup = dataset / TMP, dataset / OLD
-    if (staging / "manifest.json").exists() and backup.exists():
-        for name in MOVED:
+def _recover(target: Path, fresh: bool) -> None:
+    """Finish a swap into ``target`` that committed (card, then cleanup), or undo one that did not.
+
+    ``fresh``: ``target`` was empty before (``--out``), so whatever was moved into it goes."""
+    staging, backup = target / TMP, target / OLD
+    remove_temp_files(target)
+    if backup.exists() and not (staging / "manifest.json").exists():
+        write_card(target)
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(backup)  # last: while it exists, the swap is not finished
+        return
+    if backup.exists() or (fresh and staging.exists()):
+        for name in STAGED:
+            if fresh or (backup / name).exists():
+                _remove(target / name)
             if (backup / name).exists():
-                if (dataset / name).is_dir():
-                    shutil.rmtree(dataset / name)
-                os.replace(backup / name, dataset / name)
-    shutil.rmtree(backup, ignore_errors=True)
+                os.replace(backup / name, target / name)
+        shutil.rmtree(backup, ignore_errors=True)
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

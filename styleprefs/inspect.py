@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,12 +11,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
-from styleprefs.errors import StyleprefsError
+from styleprefs.errors import StyleprefsError, one_line
 from styleprefs.images import decode
-from styleprefs.io import sha256_file
+from styleprefs.io import read_json, sha256_file
 from styleprefs.schema import DATASET_SCHEMA
+from styleprefs.shards import read_table
 
 _STAT_COLUMNS = ["style", "editor", "label_0", "source_preferred"]
+BUILD_STATE = ".build"  # a build's parts until its last step commits
+FILTER_BACKUP = ".filter-old"  # the replaced files while filter-unsafe swaps its output in
+_UNFINISHED = {BUILD_STATE: "styleprefs build", FILTER_BACKUP: "styleprefs filter-unsafe"}
 
 
 @dataclass
@@ -28,13 +31,23 @@ class InspectReport:
 
 
 def read_manifest(dataset: Path) -> dict:
+    """``manifest.json`` of a dataset folder, checked to be one (see ``read_finished_manifest``)."""
     path = Path(dataset) / "manifest.json"
     if not path.is_file():
         raise StyleprefsError(f"{dataset} has no manifest.json: it is not a finished styleprefs dataset (run `styleprefs build` to finish it)")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise StyleprefsError(f"{path} cannot be read: {exc}") from None
+    manifest = read_json(path)
+    if not {"config", "counts", "shards"} <= set(manifest):
+        raise StyleprefsError(f"{path} is not a styleprefs manifest (it lacks config, counts or shards)")
+    return manifest
+
+
+def read_finished_manifest(dataset: Path) -> dict:
+    """The manifest of a dataset whose last build or filter step committed."""
+    for marker, command in _UNFINISHED.items():
+        if (Path(dataset) / marker).exists():
+            raise StyleprefsError(f"{dataset} is not finished: `{command}` was interrupted (or is running) there; "
+                                  "run the same command again to finish it")
+    return read_manifest(dataset)
 
 
 def shard_paths(dataset: Path, manifest: dict) -> list[Path]:
@@ -42,24 +55,30 @@ def shard_paths(dataset: Path, manifest: dict) -> list[Path]:
 
 
 def inspect_dataset(dataset: Path) -> InspectReport:
-    manifest = read_manifest(dataset)
+    manifest = read_finished_manifest(dataset)
     problems: list[str] = []
     tables = []
+    rows = 0
     for shard, path in zip(manifest["shards"], shard_paths(dataset, manifest)):
         if not path.is_file():
             problems.append(f"shard {shard['path']} is missing")
             continue
         if sha256_file(path) != shard["sha256"]:
             problems.append(f"shard {shard['path']} does not match its sha256 in manifest.json")
-        schema_problems = _schema_problems(pq.read_schema(path), shard["path"])
+        try:
+            schema, n = pq.read_schema(path), pq.ParquetFile(path).metadata.num_rows
+        except (OSError, pa.ArrowException) as exc:
+            problems.append(f"shard {shard['path']} cannot be read: {one_line(exc)}")
+            continue
+        rows += n
+        schema_problems = _schema_problems(schema, shard["path"])
         problems += schema_problems
         if not schema_problems:
-            tables.append(pq.read_table(path, columns=_STAT_COLUMNS))
+            tables.append(read_table(path, columns=_STAT_COLUMNS))
     table = pa.concat_tables(tables) if tables else None
-    counts = dict(manifest["counts"])
-    counts["rows in shards"] = sum(pq.ParquetFile(p).metadata.num_rows for p in shard_paths(dataset, manifest) if p.is_file())
-    if counts["rows in shards"] != counts["kept"]:
-        problems.append(f"shards hold {counts['rows in shards']} rows but the manifest says {counts['kept']} were kept")
+    counts = {**manifest["counts"], "rows in shards": rows}
+    if rows != counts["kept"]:
+        problems.append(f"shards hold {rows} rows but the manifest says {counts['kept']} were kept")
     return InspectReport(counts, _style_stats(table) if table is not None else [], problems)
 
 
@@ -87,7 +106,9 @@ def _style_stats(table: pa.Table) -> list[dict]:
 
 def save_grid(dataset: Path, out: Path, rows: int = 8, cell: int = 256) -> None:
     """A PNG of ``rows`` pairs: rejected original | preferred edit, caption under each pair."""
-    manifest = read_manifest(dataset)
+    if rows < 1:
+        raise StyleprefsError(f"--rows must be at least 1, got {rows}")
+    manifest = read_finished_manifest(dataset)
     pairs = _first_rows(shard_paths(dataset, manifest), rows)
     if not pairs:
         raise StyleprefsError(f"{dataset} holds no rows to draw")
@@ -102,8 +123,11 @@ def save_grid(dataset: Path, out: Path, rows: int = 8, cell: int = 256) -> None:
             grid.paste(decode(row[f"jpg_{slot}"]).resize((cell, cell), Image.Resampling.BICUBIC), (x, y))
         text = "\n".join(textwrap.wrap(row["caption"], width=2 * cell // 7)[:3])
         draw.text((4, y + cell + 2), text, fill="black", font=font)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        grid.save(out)
+    except (OSError, ValueError) as exc:  # ValueError: PIL knows no format for the file extension
+        raise StyleprefsError(f"--grid {out} cannot be written: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def _first_rows(paths: list[Path], n: int) -> list[dict]:
@@ -111,6 +135,6 @@ def _first_rows(paths: list[Path], n: int) -> list[dict]:
     for path in paths:
         if len(rows) >= n:
             break
-        table = pq.read_table(path, columns=["caption", "jpg_0", "jpg_1", "label_0"])
+        table = read_table(path, columns=["caption", "jpg_0", "jpg_1", "label_0"])
         rows += table.slice(0, n - len(rows)).to_pylist()
     return rows

@@ -1,4 +1,4 @@
-"""Atomic writes (temp file in the same folder, then rename) and file hashing."""
+"""Atomic writes (temp file in the same folder, then rename), file hashing and output-folder guards."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from styleprefs.errors import StyleprefsError
 
 ROW_GROUP_ROWS = 100  # about 30 MB of Pick-a-Pic images per row group
 
@@ -28,6 +30,23 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_temp_files(folder: Path) -> None:
+    """Delete the temporary files ``atomic_path`` leaves in ``folder`` when a process is killed."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def check_separate(out: Path, flag: str, inputs: Iterable[Path]) -> None:
+    """Refuse an output folder that is, contains or is inside an input: writing it would destroy
+    the input (or, on a resume, feed the output back in)."""
+    target = Path(out).resolve()
+    for path in inputs:
+        resolved = Path(path).resolve()
+        if resolved == target or resolved in target.parents or target in resolved.parents:
+            raise StyleprefsError(f"--out {out} overlaps {flag} {path}: choose an --out folder that is "
+                                  f"neither inside nor around {flag}")
 
 
 def write_parquet(table: pa.Table, path: Path) -> None:
@@ -55,12 +74,13 @@ def sha256_file(path: Path) -> str:
 
 def read_json(path: Path) -> dict:
     """A JSON file's content, ``{}`` if it does not exist; one-line StyleprefsError if it cannot be read."""
-    from styleprefs.errors import StyleprefsError
-
     path = Path(path)
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError and UnicodeDecodeError
         raise StyleprefsError(f"{path} cannot be read: {exc}") from None
+    if not isinstance(data, dict):
+        raise StyleprefsError(f"{path} cannot be read: it holds a JSON {type(data).__name__}, not an object")
+    return data

@@ -23,7 +23,7 @@ from huggingface_hub.utils import get_session, validate_repo_id
 
 from styleprefs.card import check_config_name, human_size, render_card
 from styleprefs.errors import StyleprefsError
-from styleprefs.inspect import read_manifest, shard_paths
+from styleprefs.inspect import read_finished_manifest, shard_paths
 from styleprefs.io import sha256_file
 
 CARD_PATH = "README.md"
@@ -51,7 +51,7 @@ def plan_push(dataset: Path, repo_id: str, *, config_name: str | None = None, li
     """
     check_repo_id(repo_id)
     dataset = Path(dataset)
-    manifest = read_manifest(dataset)
+    manifest = read_finished_manifest(dataset)
     name = check_config_name(config_name or manifest["config"]["build"]["style"])
     _verify_shards(dataset, manifest)
     files = [(path, f"{name}/{path.name}") for path in shard_paths(dataset, manifest)]

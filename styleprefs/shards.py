@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from styleprefs.io import sha256_file, write_parquet
+from styleprefs.errors import StyleprefsError, one_line
+from styleprefs.io import remove_temp_files, sha256_file, write_parquet
 from styleprefs.schema import DATASET_SCHEMA
 
 
@@ -17,6 +19,7 @@ def write_shards(tables: Iterator[pa.Table], rows: int, data_dir: Path, shard_si
     count = max(1, math.ceil(rows / shard_size))
     names = [f"train-{i:05d}-of-{count:05d}.parquet" for i in range(count)]
     data_dir.mkdir(parents=True, exist_ok=True)
+    remove_temp_files(data_dir)
     for stale in data_dir.glob("*.parquet"):
         if stale.name not in names:
             stale.unlink()
@@ -39,3 +42,12 @@ def write_shards(tables: Iterator[pa.Table], rows: int, data_dir: Path, shard_si
     if remainder.num_rows or not shards:
         flush(remainder)
     return shards
+
+
+def read_table(path: Path, **kwargs) -> pa.Table:
+    """``pq.read_table(path, **kwargs)``; a damaged or missing dataset file is a one-line StyleprefsError."""
+    try:
+        return pq.read_table(path, **kwargs)
+    except (OSError, pa.ArrowException) as exc:
+        raise StyleprefsError(f"{path} cannot be read ({one_line(exc)}): the dataset is damaged; "
+                              "rebuild it with `styleprefs build ... --overwrite`") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -10,9 +11,14 @@ from typing import Any, get_type_hints
 import yaml
 from PIL import Image
 
-from styleprefs.errors import StyleprefsError
+from styleprefs.errors import StyleprefsError, one_line
 
 BUILTIN_DIR = Path(__file__).parent / "styles"
+MAX_FILE_BYTES = 1 << 20
+MAX_TEXT_CHARS = 2000  # templates, instructions, descriptions
+# (min, max) of numeric keys, by key name; a number without an entry only has to be finite.
+NUMBER_RANGES: dict[str, tuple[float, float]] = {
+    "num_inference_steps": (1, 1000), "guidance_scale": (0, 100), "image_guidance_scale": (0, 100)}
 
 
 @dataclass(frozen=True)
@@ -62,10 +68,7 @@ def builtin_styles() -> list[str]:
 def load_style(name_or_path: str | Path) -> StyleSpec:
     """Load a built-in style by name or a user's style from a YAML path."""
     path = _resolve(str(name_or_path))
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise StyleprefsError(f"style file {path} cannot be read: {_first_line(exc)}") from None
+    data = _read_yaml(path)
     if not isinstance(data, dict):
         raise StyleprefsError(f"style file {path} must be a YAML mapping of keys to values")
     example_pair = _pop_example_pair(data, path)
@@ -74,9 +77,33 @@ def load_style(name_or_path: str | Path) -> StyleSpec:
         spec = dataclasses.replace(
             spec, prompt_diffusion=dataclasses.replace(spec.prompt_diffusion, example_pair=example_pair))
     for template in (spec.clip_text, spec.prompt_diffusion.prompt):
-        if "{caption}" not in template:
-            raise StyleprefsError(f"style file {path}: template {template!r} must contain {{caption}}")
+        _check_template(template, f"style file {path}")
+    from styleprefs.editors.classic import effective_params  # deferred: the editors package imports this module
+
+    try:
+        effective_params(spec.classic.filter, spec.classic.params)
+    except ValueError as exc:
+        raise StyleprefsError(f"style file {path}: key 'classic': {exc}") from None
     return spec
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise StyleprefsError(f"style file {path} is larger than {MAX_FILE_BYTES >> 20} MiB")
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise StyleprefsError(f"style file {path} cannot be read: {one_line(exc)}") from None
+
+
+def _check_template(template: str, where: str) -> None:
+    """A template must hold ``{caption}`` and no other field."""
+    try:
+        template.format(caption="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise StyleprefsError(f"{where}: template {template!r} may hold no field but {{caption}} ({one_line(exc)})") from None
+    if "{caption}" not in template:
+        raise StyleprefsError(f"{where}: template {template!r} must contain {{caption}}")
 
 
 def _pop_example_pair(data: dict, path: Path) -> tuple[str, str] | None:
@@ -100,7 +127,7 @@ def _pop_example_pair(data: dict, path: Path) -> tuple[str, str] | None:
             with Image.open(image_path) as img:
                 img.verify()
         except (OSError, SyntaxError, ValueError) as exc:
-            reason = "does not exist" if not image_path.exists() else f"is not an image ({_first_line(exc)})"
+            reason = "does not exist" if not image_path.exists() else f"is not an image ({one_line(exc)})"
             raise StyleprefsError(f"{where}: {image_path} {reason}") from None
         resolved.append(str(image_path.resolve()))
     return resolved[0], resolved[1]
@@ -133,22 +160,29 @@ def _build(cls: type, data: dict, where: str) -> Any:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise StyleprefsError(f"{where}: missing required key {name!r}")
             continue
-        kwargs[name] = _coerce(hints[name], data[name], f"{where}: key {name!r}")
+        kwargs[name] = _coerce(hints[name], data[name], f"{where}: key {name!r}", name)
     return cls(**kwargs)
 
 
-def _coerce(hint: Any, value: Any, where: str) -> Any:
+def _coerce(hint: Any, value: Any, where: str, name: str) -> Any:
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise StyleprefsError(f"{where} must be a mapping")
         return _build(hint, value, where)
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
     expected = {"str": str, "int": int, "dict": dict}.get(getattr(hint, "__name__", ""), hint)
     if not isinstance(value, expected) or isinstance(value, bool):
-        raise StyleprefsError(f"{where} must be of type {expected.__name__}, got {value!r}")
+        raise StyleprefsError(f"{where} must be of type {expected.__name__}, got {_short(value)}")
+    if isinstance(value, (int, float)):
+        low, high = NUMBER_RANGES.get(name, (-math.inf, math.inf))
+        if not (math.isfinite(value) and low <= value <= high):
+            raise StyleprefsError(f"{where} must be a finite number between {low} and {high}, got {value!r}")
+    if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+        raise StyleprefsError(f"{where} is longer than {MAX_TEXT_CHARS} characters")
     return value
 
 
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -125,9 +125,18 @@ def test_params_fill_defaults(style: str) -> None:
 
 
 def test_params_override_and_coerce() -> None:
-    params = ClassicEditor("van_gogh", {"swirl": 1, "levels": "4"}).params()
+    params = ClassicEditor("van_gogh", {"swirl": 1, "levels": 4.0}).params()
     assert params["swirl"] == 1.0 and isinstance(params["swirl"], float)
     assert params["levels"] == 4 and isinstance(params["levels"], int)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"levels": "4"}, "must be a number"), ({"swirl": True}, "must be a number"),
+    ({"swirl": float("nan")}, "between 0 and 1"), ({"swirl_count": 10**12}, "between 0 and 100"),
+    ({"levels": 1}, "between 2 and 64"), ({"levels": 4.5}, "whole number")])
+def test_params_checked(bad: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ClassicEditor("van_gogh", bad)
 
 
 def test_params_change_output(image: Image.Image, edited: dict[str, Image.Image]) -> None:

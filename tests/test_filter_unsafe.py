@@ -71,7 +71,7 @@ def test_failure_while_staging_leaves_the_dataset_intact(unfiltered, monkeypatch
     with pytest.raises(OSError):
         filter_unsafe(unfiltered, show_progress=False)
     monkeypatch.undo()
-    fu._recover(unfiltered)
+    fu._recover(unfiltered, fresh=False)
     assert _snapshot(unfiltered) == snapshot
 
 
@@ -92,7 +92,7 @@ def test_crash_in_the_middle_of_the_swap_is_rolled_back(unfiltered, monkeypatch)
     report = filter_unsafe(unfiltered, show_progress=False)  # ... and the next run rolls it back first
     assert len(report.quarantined) == 2
     assert inspect_dataset(unfiltered).problems == []
-    fu._recover(unfiltered)
+    fu._recover(unfiltered, fresh=False)
     assert set(_snapshot(unfiltered)) == set(snapshot)
 
 
@@ -104,8 +104,9 @@ def test_out_writes_a_filtered_copy(unfiltered, tmp_path):
     assert inspect_dataset(copy).problems == []
     assert json.loads((copy / "manifest.json").read_text())["counts"]["kept"] == 18
     assert (copy / "rejects.parquet").exists() and (copy / "README.md").exists()
+    assert filter_unsafe(unfiltered, out=copy, show_progress=False).status == "no-op"  # the same run: done
     with pytest.raises(StyleprefsError, match="not empty"):
-        filter_unsafe(unfiltered, out=copy, show_progress=False)
+        filter_unsafe(unfiltered, SafetyOptions(text_threshold=0.9), out=copy, show_progress=False)
 
 
 def test_bad_inputs(unfiltered, tmp_path):

@@ -357,10 +357,19 @@ DEFAULT_PARAMS: dict[str, dict] = {
 }
 
 
-def effective_params(filter_name: str, params: dict | None = None) -> dict:
-    """``params`` over the filter's defaults, each value coerced to its default's type.
+# (min, max) of each parameter: beyond them a filter is meaningless or allocates without bound.
+PARAM_RANGES: dict[str, dict[str, tuple[float, float]]] = {
+    "van_gogh": {"saturation": (0, 5), "palette": (0, 1), "levels": (2, 64), "swirl": (0, 1), "swirl_count": (0, 100),
+                 "stroke_length": (0, 200), "stroke_width": (0, 100), "texture": (0, 5), "impasto": (0, 5)},
+    "sketch": {"line_radius": (0, 100), "darkness": (0.05, 10), "hatching": (0, 5), "paper": (0, 1)},
+    "winter": {"cold": (0, 2), "brightness": (-1, 1), "snow_cover": (0, 2), "snowflakes": (0, 20), "haze": (0, 1)},
+}
 
-    Raises ValueError naming the valid filters or parameters on an unknown name."""
+
+def effective_params(filter_name: str, params: dict | None = None) -> dict:
+    """``params`` over the filter's defaults, each checked against its default's type and its range.
+
+    Raises ValueError naming the valid filters or parameters on an unknown name, or the bad value."""
     if filter_name not in FILTERS:
         raise ValueError(f"unknown classic filter {filter_name!r}; valid filters: {sorted(FILTERS)}")
     defaults = DEFAULT_PARAMS[filter_name]
@@ -369,7 +378,19 @@ def effective_params(filter_name: str, params: dict | None = None) -> dict:
         raise ValueError(
             f"unknown params {unknown} for classic filter {filter_name!r}; valid params: {sorted(defaults)}"
         )
-    return {k: type(v)((params or {}).get(k, v)) for k, v in defaults.items()}
+    return {k: _checked(filter_name, k, (params or {}).get(k, v), type(v)) for k, v in defaults.items()}
+
+
+def _checked(filter_name: str, key: str, value: object, kind: type) -> int | float:
+    where = f"classic filter {filter_name!r} param {key!r}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where} must be a number, got {value!r}")
+    low, high = PARAM_RANGES[filter_name][key]
+    if not low <= value <= high:  # also refuses NaN
+        raise ValueError(f"{where} must be between {low} and {high}, got {value!r}")
+    if kind is int and value != int(value):
+        raise ValueError(f"{where} must be a whole number, got {value!r}")
+    return kind(value)
 
 
 class ClassicEditor:

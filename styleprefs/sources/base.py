@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Iterator, Protocol
 
 
@@ -51,3 +52,7 @@ class Source(Protocol):
     def __iter__(self) -> Iterator[SourcePair]: ...
 
     def describe(self) -> dict: ...
+
+    def local_paths(self) -> list[Path]:
+        """The local files and folders the rows are read from (none for the Hub or in-memory sources)."""
+        ...

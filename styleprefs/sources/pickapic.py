@@ -14,10 +14,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
+import pyarrow as pa
 import pyarrow.parquet as pq
+import pyarrow.types as pat
 
-from styleprefs.errors import StyleprefsError
-from styleprefs.schema import missing_columns
+from styleprefs.errors import StyleprefsError, one_line
+from styleprefs.schema import PICKAPIC_FIELDS, missing_columns
 from styleprefs.sources.base import SourcePair
 
 HUB_DEFAULT = "yuvalkirstain/pickapic_v2"
@@ -44,6 +46,10 @@ class PickapicSource:
         return {"source": self.name, "location": self.location, "split": self.split,
                 "format": self.kind, "files": [Path(f).name for f in self.files]}
 
+    def local_paths(self) -> list[Path]:
+        location = [Path(self.location)] if self.files and not glob.has_magic(self.location) else []
+        return location + [Path(f) for f in self.files]
+
     def __iter__(self) -> Iterator[SourcePair]:
         if self.kind == "parquet":
             rows, wds = _parquet_rows(self.files), False
@@ -57,7 +63,7 @@ class PickapicSource:
             except StopIteration:
                 return
             except Exception as exc:  # datasets raises many types for a file it cannot read
-                raise StyleprefsError(f"cannot read source {self.location}: {_one_line(exc)}") from None
+                raise StyleprefsError(f"cannot read source {self.location}: {one_line(exc)}") from None
             yield _wds_pair(row) if wds else _pickapic_pair(row, index)
             index += 1
 
@@ -71,12 +77,14 @@ class PickapicSource:
                 stream = datasets.load_dataset("webdataset", data_files=self.files, split="train", streaming=True)
         except Exception as exc:
             raise StyleprefsError(
-                f"cannot open source {self.location}: {_one_line(exc)} (for offline use pass a local Parquet/tar path or --source sample)"
+                f"cannot open source {self.location}: {one_line(exc)} (for offline use pass a local Parquet/tar path or --source sample)"
             ) from None
         # Keep images as encoded bytes: decoding is the build's job, and a corrupt image must reach it.
         for column, feature in (stream.features or {}).items():
             if isinstance(feature, datasets.Image):
                 stream = stream.cast_column(column, datasets.Image(decode=False))
+        if stream.features is not None and self.kind == "hub":
+            check_column_types(stream.features.arrow_schema, self.location)
         return stream
 
 
@@ -120,12 +128,41 @@ def _kind(files: list[str]) -> str:
 def _check_parquet(files: list[str]) -> None:
     for f in files:
         try:
-            names = pq.read_schema(f).names
+            schema = pq.read_schema(f)
         except Exception as exc:
-            raise StyleprefsError(f"cannot read Parquet file {f}: {_one_line(exc)}") from None
-        missing = missing_columns(names)
+            raise StyleprefsError(f"cannot read Parquet file {f}: {one_line(exc)}") from None
+        missing = missing_columns(schema.names)
         if missing:
             raise StyleprefsError(f"Parquet file {f} is not in Pick-a-Pic's schema: missing column(s) {', '.join(missing)}")
+        check_column_types(schema, f"Parquet file {f}")
+
+
+def _is_image(t: pa.DataType) -> bool:
+    """Encoded bytes, or ``datasets``' Image struct of bytes and path."""
+    if pat.is_struct(t):
+        index = t.get_field_index("bytes")
+        return index >= 0 and _is_image(t.field(index).type)
+    return pat.is_binary(t) or pat.is_large_binary(t)
+
+
+_COMPATIBLE = {  # Pick-a-Pic's type -> what a source may hold instead
+    pa.string(): lambda t: pat.is_string(t) or pat.is_large_string(t),
+    pa.binary(): _is_image,
+    pa.float64(): lambda t: pat.is_floating(t) or pat.is_integer(t),
+    pa.int64(): pat.is_integer,
+    pa.bool_(): pat.is_boolean,
+    pa.timestamp("ns"): pat.is_timestamp,
+}
+
+
+def check_column_types(schema: pa.Schema, where: str) -> None:
+    """Refuse, naming the column, a Pick-a-Pic column of the wrong type (a null column is missing data)."""
+    for field in PICKAPIC_FIELDS:
+        if field.name in schema.names:
+            actual = schema.field(field.name).type
+            if not (pat.is_null(actual) or _COMPATIBLE[field.type](actual)):
+                raise StyleprefsError(f"{where}: column {field.name!r} is {actual}, expected {field.type} "
+                                      "as in Pick-a-Pic's schema")
 
 
 def _pickapic_pair(row: dict[str, Any], index: int) -> SourcePair:
@@ -177,8 +214,3 @@ def _datetime(value: Any) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
     return None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

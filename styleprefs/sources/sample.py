@@ -191,6 +191,9 @@ class SampleSource:
     def describe(self) -> dict:
         return {"source": self.name, "size": self.size, "num_scenes": self.num_scenes}
 
+    def local_paths(self) -> list[Path]:
+        return []  # drawn in memory
+
 
 def make_pair(index: int, size: int = 512) -> SourcePair:
     """Scene ``index`` as a Pick-a-Pic pair: both images JPEG-encoded, labels drawn from the index."""
