@@ -118,6 +118,27 @@ def test_sft_then_rpo_from_the_sft_output_loads_in_diffusers_and_generates(datas
     assert images.shape == (1, 64, 64, 3) and np.isfinite(images).all() and images.std() > 0
 
 
+def test_rpo_chained_on_an_sft_checkpoint_without_model_and_the_checkpoint_evaluates(dataset: Path, tmp_path: Path,
+                                                                                     capsys) -> None:
+    """`train --stage rpo --init RUN/checkpoints/step-N` with no --model takes the base the SFT run recorded
+    (tiny, offline); `eval generate` and `eval implicit-acc` take the checkpoint as --model."""
+    sft, rpo = tmp_path / "sft", tmp_path / "rpo"
+    run_ok(train_args("sft", dataset, sft, learning_rate=1e-3, checkpoint_every=1), capsys)
+    checkpoint = list_checkpoints(sft)[0]
+    args = [a for a in train_args("rpo", dataset, rpo, init=checkpoint, clip_model="none") if a != "--model"]
+    args.remove("tiny")
+    _, err = run_ok(args, capsys)
+    assert f"base tiny, policy from {checkpoint}" in err
+    assert metrics(rpo)[0]["mse_w"] == metrics(rpo)[0]["ref_mse_w"]  # --init is the reference
+
+    run_ok(["eval", "generate", "--model", checkpoint, "--prompts", dataset, "--out", tmp_path / "gen",
+            "--images-per-prompt", "1", "--steps", "2", "--limit", "1", "--resolution", "64", "--device", "cpu"], capsys)
+    assert len(list((tmp_path / "gen").rglob("*.png"))) == 1
+    run_ok(["eval", "implicit-acc", "--model", checkpoint, "--ref", "tiny", "--data", dataset, "--draws", "1",
+            "--limit", "2", "--device", "cpu", "--out", tmp_path / "acc.json"], capsys)
+    assert 0 <= json.loads((tmp_path / "acc.json").read_text())["implicit_acc"] <= 1
+
+
 def test_tiny_sdxl_run_takes_steps(dataset: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "sdxl"
     run_ok(train_args("dpo", dataset, out, model="tiny-sdxl", learning_rate=1e-3), capsys)

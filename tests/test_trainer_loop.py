@@ -27,7 +27,7 @@ from styleprefs.errors import StyleprefsError
 from styleprefs.trainer import loop
 from styleprefs.trainer.checkpoint import list_checkpoints
 from styleprefs.trainer.config import TrainConfig, config_options
-from styleprefs.trainer.models import load_components, load_unet
+from styleprefs.trainer.models import load_components, load_unet, resolve_model
 from styleprefs.trainer.plots import plot_curves
 
 LOG2 = math.log(2)
@@ -394,3 +394,73 @@ def test_micro_batches_run_inside_accelerate_accumulate(dataset: Path, tmp_path:
                         lambda self, loss, **kw: syncs.append(self.sync_gradients) or backward(self, loss, **kw))
     _run(dataset, tmp_path / "run", gradient_accumulation_steps=3, max_steps=2)
     assert syncs == [False, False, True] * 2
+
+
+def test_init_without_model_takes_the_base_recorded_in_the_run_or_checkpoint(dataset: Path, tmp_path: Path) -> None:
+    _run(dataset, tmp_path / "sft", stage="sft", learning_rate=1e-3, checkpoint_every=1)
+    checkpoint = list_checkpoints(tmp_path / "sft")[0]
+    for init in (tmp_path / "sft", checkpoint):
+        assert TrainConfig(stage="rpo", data="d", out="o", init=str(init)).resolved().model == "tiny"
+    pipeline_folder = tmp_path / "pipeline"
+    shutil.copytree(tmp_path / "sft", pipeline_folder, ignore=shutil.ignore_patterns("train_config.yaml"))
+    assert TrainConfig(stage="rpo", data="d", out="o", init=str(pipeline_folder)).resolved().model == \
+           str(pipeline_folder)  # a pipeline folder without a record is its own base
+    assert TrainConfig(stage="rpo", data="d", out="o", init=str(tmp_path)).resolved().model == \
+           "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    rows = _run(dataset, tmp_path / "rpo", stage="rpo", model=None, init=str(checkpoint), max_steps=1)
+    assert rows[0]["ref_mse_w"] == rows[0]["mse_w"]  # reference = --init (the checkpoint), as the policy
+    assert yaml.safe_load((tmp_path / "rpo" / "train_config.yaml").read_text())["model"] == "tiny"
+
+
+def test_checkpoints_are_pipelines_with_the_trained_unet(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _run(dataset, out, checkpoint_every=1)
+    first, last = list_checkpoints(out)
+    assert _same(_unet_weights(last), _unet_weights(out))  # the final pipeline holds the last step's UNet
+    assert not _same(_unet_weights(first), _unet_weights(last))
+    pipe = StableDiffusionPipeline.from_pretrained(first)
+    assert _same(pipe.unet, _unet_weights(first)) and _same(pipe.vae, load_components("tiny").vae)
+
+
+def _base_with_safety_checker(folder: Path) -> Path:
+    """The tiny pipeline plus a tiny safety checker and a feature extractor."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    shutil.copytree(resolve_model("tiny"), folder)
+    small = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2}
+    config = CLIPConfig(text_config=small, vision_config=small | {"image_size": 32, "patch_size": 8},
+                        projection_dim=32)
+    StableDiffusionSafetyChecker(config).save_pretrained(folder / "safety_checker")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32).save_pretrained(folder / "feature_extractor")
+    index = json.loads((folder / "model_index.json").read_text())
+    index |= {"safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+              "feature_extractor": ["transformers", "CLIPImageProcessor"], "requires_safety_checker": True}
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+def test_saved_pipelines_keep_the_bases_safety_checker_and_feature_extractor(dataset: Path, tmp_path: Path) -> None:
+    base = _base_with_safety_checker(tmp_path / "base")
+    out = tmp_path / "run"
+    _run(dataset, out, stage="sft", model=str(base), max_steps=1, checkpoint_every=1)
+    for folder in (out, list_checkpoints(out)[0]):
+        pipe = StableDiffusionPipeline.from_pretrained(folder)
+        assert pipe.safety_checker is not None and pipe.feature_extractor is not None
+        assert _same(pipe.safety_checker, StableDiffusionPipeline.from_pretrained(base).safety_checker)
+
+
+def test_lora_checkpoint_loads_with_diffusers_load_lora_weights(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _run(dataset, out, lora_rank=4, learning_rate=1e-2, max_steps=1, checkpoint_every=1)
+    checkpoint = list_checkpoints(out)[0]
+    assert (checkpoint / "pytorch_lora_weights.safetensors").is_file()
+    assert (out / "pytorch_lora_weights.safetensors").is_file()
+    pipe = StableDiffusionPipeline.from_pretrained(resolve_model("tiny"))
+    pipe.load_lora_weights(checkpoint)
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    fused, merged = pipe.unet.state_dict(), _unet_weights(checkpoint)
+    assert fused.keys() == merged.keys() and not _same(merged, load_unet("tiny").state_dict())
+    assert all(torch.allclose(fused[k], merged[k], atol=1e-6) for k in fused)
+    assert _same(merged, _unet_weights(out))  # final pipeline: the same merged UNet

@@ -2,8 +2,11 @@
 
 A checkpoint is accelerate's ``save_state`` (model, optimizer, registered LR scheduler, grad
 scaler, RNG states) plus ``trainer_state.json`` (step, weights hash, resolved config, skipped-step
-count). It is written to a hidden ``.step-XXXXXX.partial`` folder and renamed when complete, so a
-crash never leaves a checkpoint that looks finished.
+count), and also a diffusers pipeline folder (:func:`write_pipeline`): the trained ``unet/``, for LoRA
+runs ``pytorch_lora_weights.safetensors``, and the base's other components as hard links. So
+``--init``, ``--model`` of ``eval generate`` and ``eval implicit-acc`` take a checkpoint as they take
+a finished run. It is written to a hidden ``.step-XXXXXX.partial`` folder and renamed when complete,
+so a crash never leaves a checkpoint that looks finished.
 """
 
 from __future__ import annotations
@@ -17,17 +20,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import Accelerator
-from diffusers import DiffusionPipeline, UNet2DConditionModel
+from diffusers import DiffusionPipeline, StableDiffusionPipeline, UNet2DConditionModel
+from safetensors.torch import save_file
 
 from styleprefs.errors import StyleprefsError
 from styleprefs.io import write_json
-from styleprefs.trainer.config import RESUMABLE_CHANGES, TrainConfig
+from styleprefs.trainer.config import RESUMABLE_CHANGES, STATE_FILE, TrainConfig
+from styleprefs.trainer.models import resolve_model
 
 CHECKPOINTS = "checkpoints"
-STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
-# Pipeline parts a training run does not carry over from the base (SD1.5's 1.2 GB safety checker).
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+# Pipeline parts validation grids do without (SD1.5's 1.2 GB safety checker); saved pipelines keep them.
 _DROPPED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
 
 
@@ -44,8 +50,10 @@ def list_checkpoints(out: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, step: int, nan_steps: int) -> Path:
-    """Save the training state after ``step`` optimizer steps; call on every process."""
+def save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, step: int, nan_steps: int,
+                    unet: UNet2DConditionModel) -> Path:
+    """Save the training state after ``step`` optimizer steps, and ``unet`` (unwrapped) with the base as a
+    pipeline; call on every process."""
     final = checkpoint_dir(Path(cfg.out), step)
     partial = final.with_name(f".{final.name}.partial")
     if accelerator.is_main_process:
@@ -56,6 +64,7 @@ def save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, step: int, nan_s
     if accelerator.is_main_process:
         write_json({"step": step, "nan_steps": nan_steps, "weights_hash": cfg.weights_hash(),
                     "config": dataclasses.asdict(cfg.resolved())}, partial / STATE_FILE)
+        write_pipeline(cfg.resolved().model, unet, partial)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
         prune_checkpoints(Path(cfg.out), cfg.checkpoints_total_limit)
@@ -94,17 +103,16 @@ def base_pipeline(model_path: str, **modules: Any) -> DiffusionPipeline:
     return DiffusionPipeline.from_pretrained(model_path, **dropped, **modules)
 
 
-def save_pipeline(model_path: str, unet: UNet2DConditionModel, out: Path) -> None:
-    """Write ``model_path``'s pipeline with ``unet`` into ``out`` (see :func:`base_pipeline`).
+def save_pipeline(base: str, unet: UNet2DConditionModel, out: Path) -> list[str]:
+    """Write :func:`write_pipeline` into ``out``; returns the components left out.
 
     Files are written beside ``out``'s other contents and moved in with ``model_index.json`` last,
     so a half-written pipeline never loads.
     """
-    pipe = base_pipeline(model_path, unet=unet)
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".pipeline-", dir=out))
     try:
-        pipe.save_pretrained(tmp, safe_serialization=True)
+        missing = write_pipeline(base, unet, tmp)
         for entry in sorted(tmp.iterdir(), key=lambda p: p.name == "model_index.json"):
             target = out / entry.name
             if target.is_dir():
@@ -112,3 +120,86 @@ def save_pipeline(model_path: str, unet: UNet2DConditionModel, out: Path) -> Non
             os.replace(entry, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return missing
+
+
+def write_pipeline(base: str, unet: UNet2DConditionModel, out: Path) -> list[str]:
+    """Make ``out`` a diffusers pipeline folder of ``base`` with ``unet`` (LoRA adapters merged) as ``unet/``.
+
+    A LoRA ``unet`` also gets its adapters as ``pytorch_lora_weights.safetensors``, loadable by diffusers'
+    ``load_lora_weights``. ``unet`` itself is not changed. Every other component of ``base`` (safety checker
+    and feature extractor included) is hard-linked, or copied across file systems. Components that ``base``
+    lists but does not hold locally (a Hub model's safety checker never downloaded) are set to null in
+    ``model_index.json``; returns their names.
+    """
+    root = _local_folder(base)
+    index = json.loads((root / "model_index.json").read_text(encoding="utf-8"))
+    missing = []
+    for name, value in index.items():
+        if name == "unet" or not (isinstance(value, list) and value and value[0]):
+            continue
+        if (root / name).is_dir():
+            _link_tree(root / name, out / name)
+        else:
+            index[name] = [None, None]
+            missing.append(name)
+    if "safety_checker" in missing and "requires_safety_checker" in index:
+        index["requires_safety_checker"] = False
+    (out / "unet").mkdir(parents=True, exist_ok=True)
+    unet.save_config(out / "unet")
+    save_file({k: v.detach().cpu().contiguous() for k, v in merged_state_dict(unet).items()},
+              out / "unet" / "diffusion_pytorch_model.safetensors")
+    if getattr(unet, "_hf_peft_config_loaded", False):
+        _save_lora(unet, out)
+    write_json(index, out / "model_index.json")
+    return missing
+
+
+def merged_state_dict(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
+    """``unet``'s weights with its active LoRA adapters merged in (as ``fuse_lora`` would), under the plain
+    UNet's names; ``unet`` is left as it is."""
+    from peft.tuners.lora import LoraLayer
+
+    state = {k: v for k, v in unet.state_dict().items() if ".base_layer." not in k and ".lora_" not in k}
+    for name, module in unet.named_modules():
+        if isinstance(module, LoraLayer):
+            layer = module.get_base_layer()
+            with torch.no_grad():
+                state[f"{name}.weight"] = layer.weight + sum(module.get_delta_weight(a) for a in module.active_adapters)
+            if layer.bias is not None:
+                state[f"{name}.bias"] = layer.bias
+    return state
+
+
+def _save_lora(unet: UNet2DConditionModel, out: Path) -> None:
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=layers, weight_name=LORA_WEIGHTS,
+                                              safe_serialization=True)
+
+
+def _local_folder(base: str) -> Path:
+    """``base`` as a local pipeline folder (a Hub id: its snapshot in the Hugging Face cache)."""
+    location = resolve_model(base)
+    if Path(location).is_dir():
+        return Path(location)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(location, local_files_only=True))
+    except (OSError, ValueError) as exc:
+        raise StyleprefsError(f"cannot find {base} in the Hugging Face cache: {str(exc).splitlines()[0]}") from None
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    for file in source.rglob("*"):
+        if not file.is_file():
+            continue
+        dest = target / file.relative_to(source)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(os.path.realpath(file), dest)
+        except OSError:  # another file system, or links not allowed
+            shutil.copy2(file, dest)

@@ -24,6 +24,9 @@ from styleprefs.errors import StyleprefsError
 Stage = Literal["sft", "dpo", "rpo", "orpo", "orrpo"]
 REFERENCE_STAGES = ("dpo", "rpo")  # stages with a frozen reference model
 RPO_STAGES = ("rpo", "orrpo")  # stages with the B x B CLIP-weighted matrix
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+CONFIG_FILE = "train_config.yaml"  # in a run folder: the resolved TrainConfig
+STATE_FILE = "trainer_state.json"  # in a checkpoint folder: step, weights hash, resolved config
 LrScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
 
 # Fields that do not change the trained weights: a resumed run may change them (and max_steps).
@@ -52,9 +55,10 @@ class TrainConfig:
     data: str = _required("Dataset folder written by `styleprefs build` (Pick-a-Pic-format Parquet).")
     out: str = _required("Run folder: final diffusers pipeline, train_config.yaml, metrics.jsonl, checkpoints/, "
                          "validation/, curves.png.")
-    model: str = _opt("stable-diffusion-v1-5/stable-diffusion-v1-5",
-                      "Base pipeline (Hub id, local folder, or tiny / tiny-sdxl): VAE, text encoders, scheduler, "
-                      "and the UNet unless --init is given.")
+    model: str | None = _opt(None, "Base pipeline (Hub id, local folder, or tiny / tiny-sdxl): VAE, text encoders, "
+                                   "scheduler, and the UNet unless --init is given. Default: the base recorded in "
+                                   "--init's run or checkpoint, else --init itself if it is a pipeline folder, else "
+                                   f"{DEFAULT_MODEL}.")
     init: str | None = _opt(None, "Initialise the trained UNet from this pipeline or UNet folder (e.g. an SFT run's "
                                   "output); it is also the reference unless --ref is given.")
     ref: str | None = _opt(None, "Reference UNet for dpo/rpo (pipeline or UNet folder). Default: --init, else the "
@@ -201,7 +205,8 @@ class TrainConfig:
     def resolved(self) -> TrainConfig:
         """A copy with defaults that depend on other fields filled in (learning rate, its scaling)."""
         scale_lr = self.lora_rank == 0 if self.scale_lr is None else self.scale_lr
-        return dataclasses.replace(self, learning_rate=self.base_learning_rate, scale_lr=scale_lr)
+        model = self.model or (recorded_base(self.init) if self.init else None) or DEFAULT_MODEL
+        return dataclasses.replace(self, learning_rate=self.base_learning_rate, scale_lr=scale_lr, model=model)
 
     def pairs_per_step(self, num_processes: int) -> int:
         return self.batch_size * self.gradient_accumulation_steps * num_processes
@@ -218,6 +223,20 @@ class TrainConfig:
         """sha256 of the fields that determine the trained weights (all but RESUMABLE_CHANGES)."""
         fields = {k: v for k, v in dataclasses.asdict(self.resolved()).items() if k not in RESUMABLE_CHANGES}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def recorded_base(source: str) -> str | None:
+    """The base model of ``source`` as a UNet source: the ``model`` a training run (its train_config.yaml) or one of
+    its checkpoints (trainer_state.json) recorded, else ``source`` itself if it is a pipeline folder, else None."""
+    path = Path(source).expanduser()
+    try:
+        if (path / CONFIG_FILE).is_file():
+            return (yaml.safe_load((path / CONFIG_FILE).read_text(encoding="utf-8")) or {}).get("model")
+        if (path / STATE_FILE).is_file():
+            return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))["config"].get("model")
+    except (OSError, ValueError, KeyError, AttributeError, yaml.YAMLError) as exc:
+        raise StyleprefsError(f"cannot read the base model recorded in {source}: {str(exc).splitlines()[0]}") from None
+    return str(path) if (path / "model_index.json").is_file() else None
 
 
 @dataclass(frozen=True)

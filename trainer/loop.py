@@ -46,7 +46,7 @@ from styleprefs.io import write_text
 from styleprefs.trainer.cache import PairBatches, build_cache, find_clip_cache
 from styleprefs.trainer.checkpoint import (base_pipeline, checkpoint_dir, list_checkpoints, load_checkpoint,
                                            save_checkpoint, save_pipeline)
-from styleprefs.trainer.config import REFERENCE_STAGES, RPO_STAGES, TrainConfig
+from styleprefs.trainer.config import CONFIG_FILE, REFERENCE_STAGES, RPO_STAGES, TrainConfig
 from styleprefs.trainer.losses import (combine_embeddings, dpo_loss, orpo_loss, orrpo_loss, per_sample_error,
                                        rpo_loss, rpo_weights, sft_loss)
 from styleprefs.trainer.metrics import preference_metrics
@@ -129,13 +129,13 @@ def train(cfg: TrainConfig, *, show_progress: bool = True) -> Path:
                 nan_steps += 1
                 _on_skipped(cfg, main, step - 1, nan_steps)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                save_checkpoint(accelerator, cfg, step, nan_steps)
+                save_checkpoint(accelerator, cfg, step, nan_steps, run.policy_module)
             if cfg.validation_prompts and cfg.validation_every and step % cfg.validation_every == 0 \
                     and step < cfg.max_steps:
                 _validate(cfg, accelerator, run.components, run.policy_module, step)
 
     if cfg.checkpoint_every and not checkpoint_dir(out, step).is_dir():
-        save_checkpoint(accelerator, cfg, step, nan_steps)
+        save_checkpoint(accelerator, cfg, step, nan_steps, run.policy_module)
     if cfg.validation_prompts:
         _validate(cfg, accelerator, run.components, run.policy_module, step)
     _check_in_sync(accelerator, run)
@@ -503,7 +503,7 @@ def _resume_point(cfg: TrainConfig, out: Path) -> Path | None:
 
 def _start_files(cfg: TrainConfig, out: Path, step: int) -> None:
     """Write train_config.yaml; on resume, drop metrics of steps after the checkpoint (they are redone)."""
-    write_text(cfg.to_yaml(), out / "train_config.yaml")
+    write_text(cfg.to_yaml(), out / CONFIG_FILE)
     metrics = out / METRICS
     if metrics.exists():
         kept = [line for line in metrics.read_text(encoding="utf-8").splitlines()
@@ -535,7 +535,8 @@ def _print_start(cfg: TrainConfig, accelerator: Accelerator, n_pairs: int, resum
     per_step = cfg.pairs_per_step(accelerator.num_processes)
     reference = {"sft": "none", "orpo": "none", "orrpo": "none"}.get(
         cfg.stage, _reference_source(cfg) or f"{cfg.init or cfg.model} (policy with LoRA adapters disabled)")
-    console.print(f"[bold]styleprefs train[/bold] stage {cfg.stage}: policy from {cfg.init or cfg.model}, "
+    console.print(f"[bold]styleprefs train[/bold] stage {cfg.stage}: base {cfg.model}, policy from "
+                  f"{cfg.init or cfg.model}, "
                   f"reference {reference}; {n_pairs} pairs, {cfg.batch_size} pairs x "
                   f"{accelerator.num_processes} processes x {cfg.gradient_accumulation_steps} accumulation = "
                   f"{per_step} pairs per step, {cfg.max_steps} steps"
@@ -609,10 +610,10 @@ def _validate(cfg: TrainConfig, accelerator: Accelerator, components: SDComponen
 
 
 def _finish(cfg: TrainConfig, out: Path, unet: UNet2DConditionModel) -> None:
-    """Save the final pipeline (LoRA merged into the UNet) and the curves."""
-    if cfg.lora_rank:
-        unet.fuse_lora()
-        unet.unload_lora()
-    save_pipeline(resolve_model(cfg.model), unet.eval(), out)
+    """Save the final pipeline (LoRA merged into the UNet, and beside it for LoRA runs) and the curves."""
+    missing = save_pipeline(cfg.model, unet.eval(), out)
+    if missing:
+        console.print(f"note: {cfg.model} lists {', '.join(missing)} but they are not stored locally, so the saved "
+                      f"pipeline has none")
     if (out / METRICS).exists() and not plot_curves(out / METRICS, out / "curves.png"):
         console.print("note: matplotlib is not installed, so no curves.png (metrics.jsonl has every step)")
