@@ -207,18 +207,17 @@ def main(argv: list[str] | None = None) -> None:
     global _debug
     _debug = os.environ.get("STYLEPREFS_DEBUG", "") not in ("", "0")
     try:
-        code = app(args=argv, standalone_mode=False)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
+        code = app(args=argv, standalone_mode=False)  # returns Ctrl-C as 130, typer.Exit as its code
     except (KeyboardInterrupt, typer.Abort):
-        print("interrupted; run the same command again to resume", file=sys.stderr)
-        sys.exit(130)
+        code = 130
     except Exception as exc:
         error = _usage_error(exc) or as_user_error(exc)
         if error is None or _debug:
             raise
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(2)
+    if code == 130:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
     if isinstance(code, int) and code:
         sys.exit(code)
 

@@ -24,7 +24,7 @@ import pyarrow as pa
 from styleprefs.card import write_card
 from styleprefs.errors import StyleprefsError
 from styleprefs.images import decode
-from styleprefs.inspect import FILTER_BACKUP, read_manifest, shard_paths
+from styleprefs.inspect import FILTER_BACKUP, read_finished_manifest, read_manifest, shard_paths
 from styleprefs.io import check_separate, remove_temp_files, write_json, write_parquet
 from styleprefs.lock import LOCK_NAME, folder_lock
 from styleprefs.progress import pair_progress
@@ -128,7 +128,7 @@ def _filter(dataset: Path, options: SafetyOptions, out: Path | None, show_progre
     _recover(dataset, fresh=False)
     if out is not None:
         _recover(out, fresh=True)
-    manifest = read_manifest(dataset)
+    manifest = read_finished_manifest(dataset)
     settings = json.loads(json.dumps(asdict(options)))  # as the manifest stores it
     rows_before = manifest["counts"]["kept"]
     if _already_filtered(manifest, settings, out):

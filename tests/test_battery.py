@@ -1,0 +1,756 @@
+"""A battery of bad inputs, damaged files, crashes and concurrent writers, against every command.
+
+Every failure must be one ``error:`` line on stderr with exit code 2 and no traceback, and must lose
+nothing already written. Crashes are injected at the N-th rename/unlink/rmtree of a build or filter,
+for every N, with every later call failing too (a dead process cleans nothing up); the rerun must
+give a folder equal to an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import pickapic_rows, write_pickapic_parquet
+from styleprefs.build import BuildConfig, build_dataset
+from styleprefs.cli.app import main
+from styleprefs.errors import StyleprefsError
+from styleprefs.filter_unsafe import SafetyOptions, filter_unsafe
+from styleprefs.inspect import inspect_dataset, read_finished_manifest
+from styleprefs.lock import folder_lock
+
+NUM_PAIRS, SHARD_SIZE = 7, 3
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers and fixtures
+
+
+def run(args: list[str], capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return exc.value.code, captured.out, captured.err
+
+
+def assert_error(result: tuple[int, str, str], expected: str = "") -> str:
+    code, out, err = result
+    lines = err.strip().splitlines()
+    assert code == 2, (code, out, err)
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in out + err
+    assert expected.lower() in lines[0].lower(), lines[0]
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file's bytes (the card's loading example names the folder it was written in: masked)."""
+    def content(path: Path) -> bytes:
+        data = path.read_bytes()
+        return re.sub(rb"path/to/[\w.-]+", b"path/to/FOLDER", data) if path.name == "README.md" else data
+
+    return {str(p.relative_to(folder)): content(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_finished_and_sound(dataset: Path) -> None:
+    """A folder that says it is a finished dataset really is one: shards match, card present, no temp files."""
+    manifest = read_finished_manifest(dataset)
+    assert inspect_dataset(dataset).problems == []
+    assert (dataset / "README.md").is_file()
+    assert not list(dataset.rglob("*.tmp"))
+    assert manifest["counts"]["kept"] == sum(s["rows"] for s in manifest["shards"])
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("battery")
+
+
+@pytest.fixture(scope="module")
+def source(root: Path) -> Path:
+    return write_pickapic_parquet(root / "src", n_files=1, rows_per_file=10)
+
+
+@pytest.fixture(scope="module")
+def config(source: Path) -> BuildConfig:
+    return BuildConfig(source=str(source), num_pairs=NUM_PAIRS, shard_size=SHARD_SIZE)
+
+
+@pytest.fixture(scope="module")
+def built(root: Path, config: BuildConfig) -> Path:
+    """A finished dataset; tests copy it before changing anything."""
+    build_dataset(config, root / "built", show_progress=False)
+    return root / "built"
+
+
+@pytest.fixture
+def dataset(built: Path, tmp_path: Path) -> Path:
+    shutil.copytree(built, tmp_path / "ds")
+    return tmp_path / "ds"
+
+
+@pytest.fixture(scope="module")
+def blocklist(root: Path) -> Path:
+    path = root / "block.txt"
+    path.write_text("ramen\n")
+    return path
+
+
+def build_args(source: Path, out: Path, *extra: str) -> list[str]:
+    return ["build", "--source", str(source), "--out", str(out), "--num-pairs", str(NUM_PAIRS),
+            "--shard-size", str(SHARD_SIZE), *extra]
+
+
+# ---------------------------------------------------------------------------------------------
+# usage errors: typer's own exceptions become one line
+
+
+USAGE = {
+    "no --out": (["build"], "missing option '--out'"),
+    "unknown option": (["build", "--out", "x", "--bogus"], "no such option: --bogus"),
+    "not an integer": (["build", "--out", "x", "--num-pairs", "many"], "--num-pairs"),
+    "option without value": (["build", "--out"], "--out"),
+    "unknown command": (["frobnicate"], "no such command"),
+    "inspect without dataset": (["inspect"], "missing argument"),
+    "filter without dataset": (["filter-unsafe"], "missing argument"),
+    "push without repo": (["push", "somewhere"], "missing argument"),
+    "cache bad resolution": (["cache", "d", "--resolution", "big"], "--resolution"),
+    "eval without subcommand args": (["eval", "report"], "missing argument"),
+    "eval generate without model": (["eval", "generate", "--prompts", "p", "--out", "o"], "--model"),
+    "train unknown option": (["train", "--bogus"], "no such option"),
+    "extra argument": (["inspect", "a", "b"], "unexpected extra argument"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(USAGE))
+def test_usage_error(case, capsys):
+    args, expected = USAGE[case]
+    line = assert_error(run(args, capsys), expected)
+    assert "--help" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# build: bad styles
+
+
+def _style(tmp_path: Path, body: str | bytes) -> str:
+    path = tmp_path / "style.yaml"
+    path.write_bytes(body if isinstance(body, bytes) else body.encode())
+    return str(path)
+
+
+BASE_STYLE = ("name: mine\nclip_text: '{{caption}}, snowy'\ninstruct_pix2pix: {{instruction: snow{ip2p}}}\n"
+              "prompt_diffusion: {{prompt: '{{caption}} in snow'}}\nclassic: {{filter: {filter}{params}}}\n")
+
+
+def _base(filter: str = "winter", params: str = "", ip2p: str = "") -> str:
+    return BASE_STYLE.format(filter=filter, params=f", params: {{{params}}}" if params else "", ip2p=ip2p)
+
+
+BAD_STYLES = {
+    "NaN parameter": (_base(params="haze: .nan"), "'haze' must be between 0 and 1"),
+    "infinite parameter": (_base(params="snowflakes: .inf"), "'snowflakes' must be between"),
+    "huge parameter": (_base("van_gogh", "swirl_count: 100000000000"), "'swirl_count' must be between 0 and 100"),
+    "string parameter": (_base(params="haze: lots"), "'haze' must be a number"),
+    "boolean parameter": (_base(params="haze: true"), "'haze' must be a number"),
+    "fractional integer": (_base("van_gogh", "levels: 3.5"), "whole number"),
+    "unknown parameter": (_base(params="wind: 1"), "unknown params"),
+    "unknown filter": (_base("cubism"), "unknown classic filter"),
+    "huge step count": (_base(ip2p=", num_inference_steps: 1000000000"), "num_inference_steps"),
+    "NaN guidance": (_base(ip2p=", guidance_scale: .nan"), "guidance_scale"),
+    "steps as text": (_base(ip2p=", num_inference_steps: many"), "must be of type int"),
+    "template with another field": (_base().replace("snowy", "{season}"), "no field but {caption}"),
+    "template without caption": (_base().replace("'{caption}, snowy'", "snowy"), "must contain {caption}"),
+    "not UTF-8": (b"name: \xff\xfe\n", "cannot be read"),
+    "YAML syntax": ("name: [unclosed\n", "cannot be read"),
+    "a list, not a mapping": ("- a\n- b\n", "must be a YAML mapping"),
+    "too long a text": (_base().replace("snowy", "x" * 5000), "longer than"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_STYLES))
+def test_bad_style(case, source, tmp_path, capsys):
+    body, expected = BAD_STYLES[case]
+    out = tmp_path / "out"
+    assert_error(run(build_args(source, out, "--style", _style(tmp_path, body)), capsys), expected)
+    assert not out.exists()  # refused before anything is written
+
+
+def test_huge_style_file_is_refused(source, tmp_path, capsys):
+    path = tmp_path / "huge.yaml"
+    path.write_text(_base() + "#" * (2 << 20))
+    assert_error(run(build_args(source, tmp_path / "out", "--style", str(path)), capsys), "larger than")
+
+
+def test_good_style_file_builds(source, tmp_path, capsys):
+    code, _, err = run(build_args(source, tmp_path / "out", "--style", _style(tmp_path, _base(params="haze: 0.5"))), capsys)
+    assert code == 0, err
+    assert_finished_and_sound(tmp_path / "out")
+
+
+# ---------------------------------------------------------------------------------------------
+# build: bad options and sources
+
+
+BAD_OPTIONS = {
+    "zero pairs": (["--num-pairs", "0"], "at least 1"),
+    "zero shard size": (["--shard-size", "0"], "at least 1"),
+    "negative seed": (["--seed", "-1"], "--seed must be between"),
+    "NaN gate threshold": (["--min-direction", "nan"], "--min-direction"),
+    "gate threshold above 1": (["--min-image", "2"], "--min-image"),
+    "zero editor steps": (["--editor", "instruct-pix2pix", "--editor-steps", "0"], "--editor-steps"),
+    "unknown editor": (["--editor", "magic"], "unknown editor"),
+    "unknown style": (["--style", "cubism"], "unknown style"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_OPTIONS))
+def test_bad_build_option(case, source, tmp_path, capsys):
+    extra, expected = BAD_OPTIONS[case]
+    assert_error(run(build_args(source, tmp_path / "out", *extra), capsys), expected)
+
+
+def _column_source(tmp_path: Path, column: str, values: list) -> Path:
+    rows = pickapic_rows(3)
+    table = pa.Table.from_pylist(rows)
+    table = table.set_column(table.schema.get_field_index(column), column, pa.array(values))
+    pq.write_table(table, tmp_path / "bad.parquet")
+    return tmp_path / "bad.parquet"
+
+
+BAD_COLUMNS = {
+    "int caption": ("caption", [1, 2, 3], "column 'caption' is int64"),
+    "string ranking_id": ("ranking_id", ["a", "b", "c"], "column 'ranking_id' is string"),
+    "paths instead of image bytes": ("jpg_0", ["a.jpg", "b.jpg", "c.jpg"], "column 'jpg_0' is string"),
+    "string labels": ("label_0", ["1", "0", "1"], "column 'label_0' is string"),
+    "float user_id": ("user_id", [1.5, 2.5, 3.5], "column 'user_id' is double"),
+    "string created_at": ("created_at", ["2023", "2023", "2023"], "column 'created_at' is string"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_COLUMNS))
+def test_source_column_types(case, tmp_path, capsys):
+    column, values, expected = BAD_COLUMNS[case]
+    src = _column_source(tmp_path, column, values)
+    assert_error(run(build_args(src, tmp_path / "out"), capsys), expected)
+    assert not (tmp_path / "out").exists()
+
+
+def test_image_struct_column_is_accepted(tmp_path, capsys):
+    """``datasets``' Image feature stores {bytes, path}: that is image bytes, not a path."""
+    rows = [{**r, "jpg_0": {"bytes": r["jpg_0"], "path": None}, "jpg_1": {"bytes": r["jpg_1"], "path": None}}
+            for r in pickapic_rows(3)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "struct.parquet")
+    code, _, err = run(build_args(tmp_path / "struct.parquet", tmp_path / "out"), capsys)
+    assert code == 0, err
+    assert_finished_and_sound(tmp_path / "out")
+
+
+def test_missing_and_junk_sources(tmp_path, capsys):
+    assert_error(run(build_args(tmp_path / "nowhere", tmp_path / "o1"), capsys), "does not exist")
+    (tmp_path / "junk.parquet").write_bytes(b"PAR1 not really")
+    assert_error(run(build_args(tmp_path / "junk.parquet", tmp_path / "o2"), capsys), "cannot read Parquet file")
+
+
+# ---------------------------------------------------------------------------------------------
+# build: --out guards and damaged outputs
+
+
+def test_out_around_its_own_source_is_refused(dataset, capsys):
+    """The issue's data loss: `build --source D/data --out D --overwrite` deleted its input."""
+    before = snapshot(dataset)
+    assert_error(run(build_args(dataset / "data", dataset, "--overwrite"), capsys), "overlaps --source")
+    assert snapshot(dataset) == before
+
+
+def test_out_inside_its_source_is_refused(source, capsys):
+    before = snapshot(source)
+    assert_error(run(build_args(source, source / "sub"), capsys), "overlaps --source")
+    assert snapshot(source) == before
+
+
+def test_out_equal_to_a_source_file_is_refused(source, capsys):
+    file = next(source.glob("*.parquet"))
+    assert_error(run(build_args(file, file), capsys), "overlaps --source")
+
+
+def test_out_is_a_file(source, tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    assert_error(run(build_args(source, tmp_path / "f" / "sub"), capsys), "not writable")
+
+
+def test_other_arguments_need_overwrite(dataset, source, capsys):
+    before = snapshot(dataset)
+    assert_error(run(build_args(source, dataset, "--seed", "5"), capsys), "--overwrite")
+    assert snapshot(dataset) == before
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe\x00", b"[1, 2]"])
+def test_build_over_a_corrupt_manifest(dataset, source, content, capsys):
+    (dataset / "manifest.json").write_bytes(content)
+    before = snapshot(dataset)
+    assert_error(run(build_args(source, dataset), capsys), "manifest.json cannot be read")
+    assert snapshot(dataset) == before
+
+
+def test_build_over_a_corrupt_state_file(dataset, source, capsys):
+    (dataset / ".build").mkdir()
+    (dataset / ".build" / "state.json").write_text("{trunc")
+    assert_error(run(build_args(source, dataset), capsys), "state.json cannot be read")
+    assert (dataset / "data").is_dir()
+
+
+def test_data_folder_that_is_not_a_build(source, tmp_path, capsys):
+    (tmp_path / "out" / "data").mkdir(parents=True)
+    (tmp_path / "out" / "data" / "mine.txt").write_text("keep me")
+    assert_error(run(build_args(source, tmp_path / "out"), capsys), "not a styleprefs build")
+    assert (tmp_path / "out" / "data" / "mine.txt").read_text() == "keep me"
+
+
+# ---------------------------------------------------------------------------------------------
+# inspect and push on damaged datasets
+
+
+def _truncate_first_shard(dataset: Path) -> None:
+    shard = sorted((dataset / "data").glob("*.parquet"))[0]
+    shard.write_bytes(shard.read_bytes()[:100])
+
+
+DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
+    "no manifest": (lambda d: (d / "manifest.json").unlink(), "no manifest.json"),
+    "manifest not JSON": (lambda d: (d / "manifest.json").write_text("{oops"), "manifest.json cannot be read"),
+    "manifest not UTF-8": (lambda d: (d / "manifest.json").write_bytes(b"\xff\xfe"), "manifest.json cannot be read"),
+    "manifest a list": (lambda d: (d / "manifest.json").write_text("[]"), "JSON list"),
+    "manifest without shards": (lambda d: (d / "manifest.json").write_text('{"config": {}}'), "not a styleprefs manifest"),
+    "unfinished build": (lambda d: (d / ".build").mkdir(), "not finished"),
+    "unfinished filter": (lambda d: (d / ".filter-old").mkdir(), "not finished"),
+}
+
+
+@pytest.mark.parametrize("command", ["inspect", "push", "filter-unsafe"])
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_damaged_dataset(command, case, dataset, capsys):
+    damage, expected = DAMAGE[case]
+    damage(dataset)
+    before = snapshot(dataset)
+    args = {"inspect": ["inspect", str(dataset)], "push": ["push", str(dataset), "me/data", "--dry-run"],
+            "filter-unsafe": ["filter-unsafe", str(dataset)]}[command]
+    if command == "filter-unsafe" and case == "unfinished filter":
+        assert run(args, capsys)[0] == 0  # filter-unsafe finishes (here: rolls back) its own interrupted run
+        return
+    assert_error(run(args, capsys), expected)
+    assert snapshot(dataset) == before
+
+
+def test_inspect_reports_a_truncated_shard(dataset, capsys):
+    _truncate_first_shard(dataset)
+    code, out, err = run(["inspect", str(dataset)], capsys)
+    assert code == 1 and "cannot be read" in out and "Traceback" not in err
+
+
+def test_grid_from_a_truncated_shard(dataset, tmp_path, capsys):
+    _truncate_first_shard(dataset)
+    assert_error(run(["inspect", str(dataset), "--grid", str(tmp_path / "g.png")], capsys), "cannot be read")
+
+
+def test_filter_on_a_truncated_shard(dataset, capsys):
+    _truncate_first_shard(dataset)
+    before = snapshot(dataset)
+    assert_error(run(["filter-unsafe", str(dataset)], capsys), "cannot be read")
+    assert snapshot(dataset) == before
+
+
+@pytest.mark.parametrize("grid, expected", [("file/g.png", "cannot be written"), ("g.unknownext", "cannot be written")])
+def test_unwritable_grid(dataset, tmp_path, grid, expected, capsys):
+    (tmp_path / "file").write_text("x")
+    assert_error(run(["inspect", str(dataset), "--grid", str(tmp_path / grid)], capsys), expected)
+
+
+def test_grid_of_zero_rows(dataset, tmp_path, capsys):
+    assert_error(run(["inspect", str(dataset), "--grid", str(tmp_path / "g.png"), "--rows", "0"], capsys), "--rows")
+
+
+def test_push_bad_repo_and_tampered_shard(dataset, capsys):
+    assert_error(run(["push", str(dataset), "not a repo", "--dry-run"], capsys))
+    shard = sorted((dataset / "data").glob("*.parquet"))[0]
+    shard.write_bytes(shard.read_bytes() + b"x")
+    assert_error(run(["push", str(dataset), "me/data", "--dry-run"], capsys), "sha256")
+
+
+# ---------------------------------------------------------------------------------------------
+# filter-unsafe: guards
+
+
+def test_filter_out_equal_to_dataset(dataset, capsys):
+    before = snapshot(dataset)
+    assert_error(run(["filter-unsafe", str(dataset), "--out", str(dataset)], capsys), "overlaps DATASET")
+    assert snapshot(dataset) == before
+
+
+def test_filter_out_inside_dataset(dataset, capsys):
+    assert_error(run(["filter-unsafe", str(dataset), "--out", str(dataset / "data" / "x")], capsys), "overlaps")
+    assert not (dataset / "data" / "x").exists()
+
+
+def test_filter_out_around_dataset(dataset, capsys):
+    assert_error(run(["filter-unsafe", str(dataset), "--out", str(dataset.parent)], capsys), "overlaps")
+
+
+def test_filter_out_not_empty(dataset, tmp_path, capsys):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "notes.txt").write_text("mine")
+    assert_error(run(["filter-unsafe", str(dataset), "--out", str(tmp_path / "o")], capsys), "not empty")
+    assert (tmp_path / "o" / "notes.txt").read_text() == "mine"
+
+
+def test_filter_missing_blocklist(dataset, tmp_path, capsys):
+    before = snapshot(dataset)
+    assert_error(run(["filter-unsafe", str(dataset), "--blocklist", str(tmp_path / "nope.txt")], capsys), "nope.txt")
+    assert snapshot(dataset) == before
+
+
+def test_filter_non_utf8_blocklist(dataset, tmp_path, capsys):
+    (tmp_path / "b.txt").write_bytes(b"\xff\xfeterm\n")
+    assert_error(run(["filter-unsafe", str(dataset), "--blocklist", str(tmp_path / "b.txt")], capsys))
+
+
+# ---------------------------------------------------------------------------------------------
+# eval report
+
+
+def test_eval_report_of_an_empty_folder(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    assert_error(run(["eval", "report", str(tmp_path / "run"), "--out", str(tmp_path / "r.md")], capsys), "empty")
+    assert not (tmp_path / "r.md").exists()
+
+
+def test_eval_report_of_a_missing_folder(tmp_path, capsys):
+    assert_error(run(["eval", "report", str(tmp_path / "nope"), "--out", str(tmp_path / "r.md")], capsys), "does not exist")
+
+
+# ---------------------------------------------------------------------------------------------
+# environment failures, Ctrl-C, --debug
+
+
+def test_disk_full_then_rerun(source, config, built, tmp_path, monkeypatch, capsys):
+    """ENOSPC while writing a shard: one line, and the rerun completes the same dataset."""
+    real = pq.write_table
+    calls = []
+
+    def full(table, where, *args, **kwargs):
+        calls.append(where)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(where))
+        return real(table, where, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "write_table", full)
+    assert_error(run(build_args(source, tmp_path / "out"), capsys), "No space left on device")
+    monkeypatch.undo()
+    assert run(build_args(source, tmp_path / "out"), capsys)[0] == 0
+    assert snapshot(tmp_path / "out") == snapshot(built)
+
+
+def _mount_tmpfs(where: Path, size: str) -> bool:
+    where.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                          capture_output=True).returncode == 0
+
+
+def test_disk_full_on_a_real_tmpfs(source, tmp_path, capsys):
+    small = tmp_path / "small"
+    if not _mount_tmpfs(small, "64k"):
+        pytest.skip("cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN)")
+    try:
+        assert_error(run(build_args(source, small / "out"), capsys), "No space left on device")
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)  # lazy: pyarrow may still hold a file open
+
+
+def test_read_only_output(dataset, source, capsys):
+    if os.geteuid() == 0:
+        pytest.skip("root writes through permissions")
+    os.chmod(dataset, 0o500)
+    try:
+        assert_error(run(build_args(source, dataset, "--overwrite"), capsys), "permission denied")
+    finally:
+        os.chmod(dataset, 0o700)
+
+
+def test_ctrl_c_prints_the_resume_hint(source, tmp_path, monkeypatch, capsys):
+    import styleprefs.build
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(styleprefs.build, "build_dataset", interrupted)
+    code, _, err = run(build_args(source, tmp_path / "out"), capsys)
+    assert code == 130 and err.strip() == "interrupted; run the same command again to resume"
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_debug_shows_the_traceback(how, source, tmp_path, monkeypatch):
+    args = build_args(source, tmp_path / "out", "--style", "cubism")
+    if how == "env":
+        monkeypatch.setenv("STYLEPREFS_DEBUG", "1")
+    with pytest.raises(StyleprefsError, match="unknown style"):
+        main(["--debug", *args] if how == "flag" else args)
+
+
+def test_a_bug_keeps_its_traceback(source, tmp_path, monkeypatch):
+    import styleprefs.build
+
+    def bug(*args, **kwargs):
+        raise ZeroDivisionError("a real bug")
+
+    monkeypatch.setattr(styleprefs.build, "build_dataset", bug)
+    with pytest.raises(ZeroDivisionError):
+        main(build_args(source, tmp_path / "out"))
+
+
+# ---------------------------------------------------------------------------------------------
+# concurrent writers
+
+
+HOLD = """
+import sys, time
+from styleprefs.lock import folder_lock
+with folder_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.fixture
+def holder(dataset: Path):
+    """Another process holding the dataset's lock."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(dataset)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.mark.parametrize("command", ["build", "build --overwrite", "filter-unsafe", "filter-unsafe --out"])
+def test_second_writer_is_refused(command, holder, dataset, source, tmp_path, capsys):
+    before = snapshot(dataset)
+    args = {"build": build_args(source, dataset), "build --overwrite": build_args(source, dataset, "--overwrite"),
+            "filter-unsafe": ["filter-unsafe", str(dataset)],
+            "filter-unsafe --out": ["filter-unsafe", str(dataset), "--out", str(tmp_path / "copy")]}[command]
+    assert_error(run(args, capsys), f"in use by another styleprefs process (pid {holder.pid})")
+    assert snapshot(dataset) == before
+
+
+def test_lock_is_released_when_the_holder_dies(holder, dataset, source, capsys):
+    holder.kill()
+    holder.wait()
+    assert run(build_args(source, dataset), capsys)[0] == 0
+
+
+def test_lock_in_one_process_two_threads(tmp_path):
+    import threading
+
+    errors: list[str] = []
+    with folder_lock(tmp_path / "f"):
+        thread = threading.Thread(target=lambda: _try_lock(tmp_path / "f", errors))
+        thread.start()
+        thread.join()
+    assert len(errors) == 1 and f"pid {os.getpid()}" in errors[0]
+    _try_lock(tmp_path / "f", errors)  # released
+    assert len(errors) == 1
+
+
+def _try_lock(folder: Path, errors: list[str]) -> None:
+    try:
+        with folder_lock(folder):
+            pass
+    except StyleprefsError as exc:
+        errors.append(str(exc))
+
+
+def test_two_concurrent_filters_never_lose_a_row(dataset, blocklist):
+    """The issue's data loss: two in-place filters at once. Now one runs, the other is refused."""
+    rows_before = read_finished_manifest(dataset)["counts"]["kept"]
+    cmd = [sys.executable, "-m", "styleprefs.cli", "filter-unsafe", str(dataset), "--blocklist", str(blocklist)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(), p.stderr.read()) for p in procs]
+    for code, err in results:
+        assert code == 0 or (code == 2 and "in use by another styleprefs process" in err and "Traceback" not in err), err
+    assert any(code == 0 for code, _ in results)
+    assert_finished_and_sound(dataset)
+    manifest = read_finished_manifest(dataset)
+    quarantined = pq.read_table(dataset / "quarantine.parquet").num_rows
+    assert manifest["counts"]["kept"] == rows_before - 1 and quarantined == manifest["counts"]["quarantined"]
+
+
+# ---------------------------------------------------------------------------------------------
+# crash injection: every rename/unlink/rmtree, then rerun
+
+
+class Crash(BaseException):
+    """A kill: not an Exception, so no handler of ours swallows it."""
+
+
+class Killer:
+    """Makes the N-th filesystem step (os.replace, os.unlink, os.rmdir, shutil.rmtree) crash, and every
+    later one too, as if the process had died there."""
+
+    NAMES = ("replace", "unlink", "rmdir")
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, at: int | None):
+        self.at, self.calls = at, 0
+        self.real = {name: getattr(os, name) for name in self.NAMES}
+        self.real_rmtree = shutil.rmtree
+        for name in self.NAMES:
+            monkeypatch.setattr(os, name, self._wrap(self.real[name]))
+        monkeypatch.setattr(shutil, "rmtree", self._wrap(self.real_rmtree))
+
+    def _wrap(self, real: Callable) -> Callable:
+        def step(*args, **kwargs):
+            self.calls += 1
+            if self.at is not None and self.calls >= self.at:
+                raise Crash(f"killed at step {self.at}")
+            return real(*args, **kwargs)
+
+        return step
+
+
+def _crash_every_step(monkeypatch: pytest.MonkeyPatch, prepare: Callable[[], Path], act: Callable[[Path], None],
+                      expected: dict[str, bytes], check_after_crash: Callable[[Path], None]) -> int:
+    """For N = 1, 2, ...: fresh folder, crash at step N, check, rerun, compare. Returns the steps tried."""
+    counter = Killer(monkeypatch, None)
+    act(prepare())
+    monkeypatch.undo()
+    total = counter.calls
+    assert total > 5
+    for at in range(1, total + 1):
+        folder = prepare()
+        Killer(monkeypatch, at)
+        with pytest.raises(Crash):
+            act(folder)
+        monkeypatch.undo()
+        check_after_crash(folder)
+        act(folder)
+        assert snapshot(folder) == expected, f"crash at step {at} of {total}"
+    return total
+
+
+def _unfinished_or_sound(folder: Path) -> None:
+    try:
+        read_finished_manifest(folder)
+    except StyleprefsError:
+        return  # says it is unfinished: fine, the rerun finishes it
+    assert_finished_and_sound(folder)
+
+
+def test_build_crash_at_every_step(config, built, tmp_path, monkeypatch):
+    outs = iter(range(10**6))
+    _crash_every_step(monkeypatch, lambda: tmp_path / f"o{next(outs)}",
+                      lambda out: build_dataset(config, out, show_progress=False), snapshot(built),
+                      _unfinished_or_sound)
+
+
+def test_build_overwrite_crash_at_every_step(config, built, tmp_path, monkeypatch):
+    """Replacing a dataset built with other arguments: killed anywhere, rerun, same result."""
+    from dataclasses import replace
+
+    other = tmp_path / "other"
+    build_dataset(replace(config, seed=3), other, show_progress=False)
+    outs = iter(range(10**6))
+
+    def prepare() -> Path:
+        out = tmp_path / f"o{next(outs)}"
+        shutil.copytree(other, out)
+        return out
+
+    _crash_every_step(monkeypatch, prepare,
+                      lambda out: build_dataset(config, out, overwrite=True, show_progress=False), snapshot(built),
+                      _unfinished_or_sound)
+
+
+@pytest.fixture(scope="module")
+def filtered(built: Path, blocklist: Path, root: Path) -> Path:
+    shutil.copytree(built, root / "filtered")
+    filter_unsafe(root / "filtered", SafetyOptions(blocklists=(str(blocklist),)), show_progress=False)
+    return root / "filtered"
+
+
+def test_filter_in_place_crash_at_every_step(built, filtered, blocklist, tmp_path, monkeypatch):
+    options = SafetyOptions(blocklists=(str(blocklist),))
+    outs = iter(range(10**6))
+
+    def prepare() -> Path:
+        out = tmp_path / f"d{next(outs)}"
+        shutil.copytree(built, out)
+        return out
+
+    def unfiltered_or_sound(folder: Path) -> None:
+        try:
+            read_finished_manifest(folder)
+        except StyleprefsError:
+            return
+        untouched = {k: v for k, v in snapshot(folder).items() if not k.startswith(".filter-tmp/")} == snapshot(built)
+        if not untouched:  # the dataset as it was (plus staging the next run clears), or a sound filtered one
+            assert_finished_and_sound(folder)
+
+    _crash_every_step(monkeypatch, prepare, lambda d: filter_unsafe(d, options, show_progress=False),
+                      snapshot(filtered), unfiltered_or_sound)
+
+
+def test_filter_out_crash_at_every_step(built, filtered, blocklist, tmp_path, monkeypatch):
+    """`filter-unsafe --out X` resumes after a kill anywhere (it used to say "X is not empty")."""
+    options = SafetyOptions(blocklists=(str(blocklist),))
+    expected = snapshot(filtered)
+    outs = iter(range(10**6))
+
+    def act(out: Path) -> None:
+        filter_unsafe(built, options, out=out, show_progress=False)
+
+    def unfinished_or_sound(out: Path) -> None:
+        if (out / "manifest.json").exists():
+            _unfinished_or_sound(out)
+
+    before = snapshot(built)
+    _crash_every_step(monkeypatch, lambda: tmp_path / f"o{next(outs)}", act, expected, unfinished_or_sound)
+    assert snapshot(built) == before  # the source dataset is never touched
+
+
+def test_filter_out_resumes_through_the_cli(built, filtered, blocklist, tmp_path, monkeypatch, capsys):
+    Killer(monkeypatch, 4)
+    with pytest.raises(Crash):
+        main(["filter-unsafe", str(built), "--out", str(tmp_path / "x"), "--blocklist", str(blocklist)])
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert run(["filter-unsafe", str(built), "--out", str(tmp_path / "x"), "--blocklist", str(blocklist)], capsys)[0] == 0
+    assert snapshot(tmp_path / "x") == snapshot(filtered)
+    code, out, _ = run(["filter-unsafe", str(built), "--out", str(tmp_path / "x"), "--blocklist", str(blocklist)], capsys)
+    assert code == 0 and "nothing to do" in out
+
+
+def test_kill_9_during_a_build_then_rerun(source, built, tmp_path):
+    """A real SIGKILL (no Python cleanup at all) while the build is finishing, then the same command."""
+    script = ("import os, signal, sys\n"
+              "import styleprefs.build as b\n"
+              "real = b.write_card\n"
+              "def die(*a, **k):\n"
+              "    os.kill(os.getpid(), signal.SIGKILL)\n"
+              "b.write_card = die\n"
+              "from styleprefs.cli.app import main\n"
+              "main(sys.argv[1:])\n")
+    args = build_args(source, tmp_path / "out")
+    assert subprocess.run([sys.executable, "-c", script, *args], capture_output=True).returncode == -9
+    _unfinished_or_sound(tmp_path / "out")
+    assert subprocess.run([sys.executable, "-m", "styleprefs.cli", *args], capture_output=True).returncode == 0
+    assert snapshot(tmp_path / "out") == snapshot(built)
