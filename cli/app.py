@@ -167,6 +167,8 @@ def cache(
     from styleprefs.trainer.cache import build_cache
 
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if batch_size < 1:
+        raise StyleprefsError(f"--batch-size must be at least 1, got {batch_size}")
     if dtype not in dtypes:
         raise StyleprefsError(f"--dtype must be one of {', '.join(dtypes)}, got {dtype!r}")
     folder = build_cache(dataset, model, resolution, clip_model=None if clip_model == "none" else clip_model,
@@ -228,4 +230,5 @@ def _usage_error(exc: Exception) -> StyleprefsError | None:
         return None
     ctx = getattr(exc, "ctx", None)
     where = f"`{ctx.command_path} --help`" if ctx is not None else "--help"
-    return StyleprefsError(f"{exc.format_message()} (see {where})")
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)  # click's errors have one
+    return StyleprefsError(f"{message} (see {where})")

@@ -429,6 +429,10 @@ def test_filter_non_utf8_blocklist(dataset, tmp_path, capsys):
 # eval report
 
 
+def test_cache_batch_size_zero(dataset, capsys):
+    assert_error(run(["cache", str(dataset), "--model", "tiny", "--batch-size", "0"], capsys), "--batch-size must be at least 1")
+
+
 def test_eval_report_of_an_empty_folder(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     assert_error(run(["eval", "report", str(tmp_path / "run"), "--out", str(tmp_path / "r.md")], capsys), "empty")
