@@ -75,7 +75,8 @@ def _bpe() -> tuple[dict[str, int], tuple[str, ...]]:
     return {t: i for i, t in enumerate(tokens)}, merges
 
 
-def _tokenizer(pad_token: str = EOS) -> CLIPTokenizer:
+def bpe_tokenizer(pad_token: str = EOS) -> CLIPTokenizer:
+    """The OpenAI CLIP tokenizer (77 tokens), built offline from open_clip's BPE merges."""
     vocab, merges = _bpe()
     return CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges],
                          pad_token=pad_token, model_max_length=MAX_LENGTH)
@@ -94,7 +95,7 @@ def clip_tokenizer(path: Path, *, pad_token: str = EOS) -> CLIPTokenizer:
 
     SD1.5 and SDXL's first tokenizer pad with <|endoftext|>; SDXL's tokenizer_2 pads with "!".
     """
-    tokenizer = _tokenizer(pad_token)
+    tokenizer = bpe_tokenizer(pad_token)
     tokenizer.save_pretrained(path)
     _ship_bpe_files(Path(path))
     return tokenizer
@@ -153,7 +154,7 @@ def _save(pipe: DiffusionPipeline, path: Path) -> Path:
 def _sd_components(seed: int, in_channels: int = 4) -> dict[str, Any]:
     return {"vae": _vae(seed), "unet": _unet(seed, in_channels),
             "text_encoder": _seeded(seed, lambda: CLIPTextModel(_text_config(CROSS_ATTENTION_DIM))),
-            "tokenizer": _tokenizer(),
+            "tokenizer": bpe_tokenizer(),
             "safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
 
@@ -173,8 +174,8 @@ def _build_tiny_sdxl(path: Path, seed: int) -> Path:
         vae=_vae(seed, scaling_factor=0.13025, force_upcast=True),
         text_encoder=_seeded(seed, lambda: CLIPTextModel(_text_config(hidden_1))),
         text_encoder_2=text_encoder_2,
-        tokenizer=_tokenizer(),
-        tokenizer_2=_tokenizer(pad_token="!"),
+        tokenizer=bpe_tokenizer(),
+        tokenizer_2=bpe_tokenizer(pad_token="!"),
         unet=_sdxl_unet(seed, hidden_1 + hidden_2, pooled_dim),
         scheduler=EulerDiscreteScheduler(**SD_BETAS, timestep_spacing="leading"),
         force_zeros_for_empty_prompt=True, add_watermarker=False)
@@ -221,7 +222,7 @@ def build_tiny_clip(path: Path, seed: int = 0) -> Path:
     model = _seeded(seed, lambda: CLIPModel(config))
     model.save_pretrained(path, safe_serialization=True)
     image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPProcessor(image_processor=image_processor, tokenizer=_tokenizer()).save_pretrained(path)
+    CLIPProcessor(image_processor=image_processor, tokenizer=bpe_tokenizer()).save_pretrained(path)
     _ship_bpe_files(path)
     return path
 
@@ -248,7 +249,7 @@ def ensure_tiny(name: str, cache_dir: Path | None = None) -> Path:
     """
     if name not in BUILDERS:
         raise ValueError(f"unknown tiny model {name!r}; choose from {', '.join(BUILDERS)}")
-    target = Path(cache_dir or default_cache_dir()) / f"{name}-{VERSION}"
+    target = Path(cache_dir or default_cache_dir()) / f"{name}-{_version(name)}"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -259,6 +260,13 @@ def ensure_tiny(name: str, cache_dir: Path | None = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _version(name: str) -> str:
+    """Tiny models change with this module; mini ones with their shipped weights."""
+    from styleprefs.mini import ship
+
+    return ship.version() if name in MINI_NAMES else VERSION
 
 
 def resolve(name_or_path: str) -> str:
@@ -419,3 +427,18 @@ BUILDERS.update({
     "tiny-aesthetic": build_tiny_aesthetic,
     "tiny-hpsv2": build_tiny_hpsv2,
 })
+
+
+# The trained mini world (styleprefs.mini): unpacked from the package's weights, not built at random.
+MINI_NAMES = ("mini", "mini-clip")
+
+
+def _assemble_mini(name: str) -> Callable[[Path], Path]:
+    def build(path: Path) -> Path:
+        from styleprefs.mini import ship
+
+        return ship.assemble(name, Path(path))
+    return build
+
+
+BUILDERS.update({name: _assemble_mini(name) for name in MINI_NAMES})

@@ -22,6 +22,8 @@ quality 95 (the dataset's own encoding, ``styleprefs.images``) before its featur
 
 ``features="random"``: the same network with seeded random weights and batch-norm statistics set from
 seeded noise, for offline smoke tests. Its numbers are labelled "not comparable to published FID".
+``features="mini"``: the L2-normalised image embeddings of the trained ``mini-clip`` (64-d), for the
+miniature world (``styleprefs.mini``): "mini FID", comparable only within it.
 
 FID = ||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) in float64; the trace of the square root is
 computed as the sum of square roots of the eigenvalues of the symmetric PSD matrix
@@ -61,6 +63,8 @@ FEATURE_DIM = 2048
 RESIZE_MODES = ("clean", "pytorch-fid")
 MIN_RELIABLE_N = FEATURE_DIM
 NOT_COMPARABLE = "random Inception features: NOT comparable to published FID/KID (smoke test only)"
+MINI_NOTE = "mini FID: mini-clip features, comparable only within styleprefs' miniature world, never with published FID"
+FEATURES = ("fid", "random", "mini")
 RESULT_FILE = "style_fid.json"
 
 
@@ -434,8 +438,8 @@ def style_fid(data: str | Path, generated: str | Path, *, inception: str | Path 
     from styleprefs.editors.loading import resolve_device
     from styleprefs.io import write_json
 
-    if features not in ("fid", "random"):
-        raise StyleprefsError(f"--features must be fid or random, got {features!r}")
+    if features not in FEATURES:
+        raise StyleprefsError(f"--features must be one of {', '.join(FEATURES)}, got {features!r}")
     if resize not in RESIZE_MODES:
         raise StyleprefsError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
     if unequal not in ("subsample", "error"):
@@ -457,21 +461,15 @@ def style_fid(data: str | Path, generated: str | Path, *, inception: str | Path 
         warnings.append(f"N = {n} < {MIN_RELIABLE_N}: covariances are rank-deficient and FID is biased upward at "
                         "small N; compare FIDs only at equal N and prefer KID at this size")
     dev = resolve_device(device)
-    if features == "random":
-        model, extractor = random_fid_inception(seed), {"name": "random", "seed": seed, "comparable": False}
-        warnings.insert(0, NOT_COMPARABLE)
-    else:
-        weights = find_weights(inception)
-        model = load_fid_inception(weights)
-        extractor = {"name": "FID Inception (TF 2015-12-05), pytorch-fid port", "weights": str(weights),
-                     "comparable": True}
+    embed, extractor = _extractor(features, inception, resize, seed, batch_size, dev)
+    if not extractor["comparable"]:
+        warnings.insert(0, NOT_COMPARABLE if features == "random" else MINI_NOTE)
     feats = []
     with _progress(2 * n, show_progress) as advance:
         for image_set in (reference, candidate):
             positions = _subset(image_set.count, n, seed)
             images = (as_dataset_encoding(img, raw) if match_encoding else img for img, raw in image_set.load(positions))
-            feats.append(inception_features(images, model, resize=resize, batch_size=batch_size, device=dev,
-                                            advance=advance))
+            feats.append(embed(images, advance))
     fid = fid_from_features(*feats)
     kid_mean, kid_std = kid_from_features(*feats, num_subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
     result = {
@@ -486,6 +484,34 @@ def style_fid(data: str | Path, generated: str | Path, *, inception: str | Path 
     }
     write_json(result, Path(out) if out else Path(generated) / RESULT_FILE)
     return result
+
+
+def _extractor(features: str, inception: str | Path | None, resize: str, seed: int, batch_size: int,
+               device: torch.device) -> tuple[Callable[[Iterable[Image.Image], Callable[[int], None]], np.ndarray], dict]:
+    """(images, advance) -> float64 features, and how they are made."""
+    if features == "mini":
+        from styleprefs.eval.rewards import load_clip
+
+        clip = load_clip("mini-clip", "mini FID", device)
+
+        def embed_mini(images: Iterable[Image.Image], advance: Callable[[int], None]) -> np.ndarray:
+            images = list(images)
+            advance(len(images))
+            return clip.image_embeddings(images, batch_size).double().numpy()
+
+        return embed_mini, {"name": "mini-clip image embeddings (mini FID)", "comparable": False}
+    if features == "random":
+        model, extractor = random_fid_inception(seed), {"name": "random", "seed": seed, "comparable": False}
+    else:
+        weights = find_weights(inception)
+        model = load_fid_inception(weights)
+        extractor = {"name": "FID Inception (TF 2015-12-05), pytorch-fid port", "weights": str(weights),
+                     "comparable": True}
+
+    def embed_inception(images: Iterable[Image.Image], advance: Callable[[int], None]) -> np.ndarray:
+        return inception_features(images, model, resize=resize, batch_size=batch_size, device=device, advance=advance)
+
+    return embed_inception, extractor
 
 
 def _subset(count: int, n: int, seed: int) -> list[int]:

@@ -24,8 +24,11 @@ from styleprefs.errors import StyleprefsError
 from styleprefs.io import read_json
 
 SCORER_LABELS = {"pickscore": "PickScore", "hpsv2": "HPSv2", "aesthetic": "Aesthetic", "clip": "CLIP",
-                 "imagereward": "ImageReward"}
+                 "imagereward": "ImageReward", "winter": "Winter score", "van_gogh": "Van Gogh score",
+                 "sketch": "Sketch score"}
 LOWER_IS_BETTER = {"Style FID", "KID"}
+RANDOM_FID = "random (untrained) Inception features"
+MINI_FID = "mini-clip features (mini FID, comparable only within the miniature world)"
 
 
 def collect(run: Path) -> dict:
@@ -40,7 +43,7 @@ def collect(run: Path) -> dict:
     if fid:
         metrics["Style FID"], metrics["KID"] = fid["fid"], fid["kid"]
         if not fid.get("comparable_to_published", True):
-            notes.append("random-features FID")
+            notes.append(MINI_FID if str(fid.get("features", {}).get("name", "")).startswith("mini") else RANDOM_FID)
         if fid.get("n", 0) < 2048:
             notes.append(f"FID at N = {fid.get('n')}")
     for scorer, values in read_json(run / REWARDS_FILE).items():
@@ -199,11 +202,12 @@ def make_report(runs: Sequence[str | Path], out: str | Path, *, names: Sequence[
                      for c in columns]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     footnotes = []
-    if any(c["random_fid"] for c in collected.values()):
-        footnotes.append("\\* FID/KID from random (untrained) Inception features: not comparable to published FID.")
+    kinds = {note for c in collected.values() for note in c["notes"] if note in (RANDOM_FID, MINI_FID)}
+    if kinds:
+        footnotes.append(f"\\* FID/KID from {' and '.join(sorted(kinds))}: not comparable to published FID.")
     for label, c in collected.items():
         for note in c["notes"]:
-            if note != "random-features FID":
+            if note not in (RANDOM_FID, MINI_FID):
                 footnotes.append(f"{label}: {note}.")
     for label, results in wins.items():
         for column, r in results.items():

@@ -29,6 +29,10 @@ imagereward ``THUDM/ImageReward``                  needs the optional ``image-re
                                                    ``bert-base-uncased`` from the Hub; pins timm 0.6.13 and
                                                    fairscale 0.4.13, breaks on transformers 5). Not available
                                                    offline; the loader says so. score = (r - 0.16717) / 1.03334.
+winter,    ``openai/clip-vit-large-patch14``       style score: zero-shot P(image shows the prompt in the style) =
+van_gogh,                                          softmax at the checkpoint's logit scale over cos(image, prompt)
+sketch                                             and cos(image, the style's CLIP text of the prompt); in [0, 1].
+                                                   ``--scorer winter=mini-clip`` offline.
 ========== ======================================= =============================================================
 
 Local formats: pickscore and clip take a transformers CLIP folder (config.json + weights, with the
@@ -58,13 +62,15 @@ from PIL import Image
 
 from styleprefs.errors import StyleprefsError
 
-SCORERS = ("pickscore", "hpsv2", "aesthetic", "clip", "imagereward")
+STYLE_SCORERS = ("winter", "van_gogh", "sketch")  # zero-shot style probability, one per built-in style
+SCORERS = ("pickscore", "hpsv2", "aesthetic", "clip", "imagereward", *STYLE_SCORERS)
 DEFAULT_SOURCES = {
     "pickscore": "yuvalkirstain/PickScore_v1",
     "hpsv2": "xswu/HPSv2",
     "aesthetic": "sac+logos+ava1-l14-linearMSE.pth",
     "clip": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
     "imagereward": "THUDM/ImageReward",
+    **{style: "openai/clip-vit-large-patch14" for style in STYLE_SCORERS},
 }
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 AESTHETIC_CLIP = "openai/clip-vit-large-patch14"
@@ -85,6 +91,8 @@ HOW_TO_PROVIDE = {
     "aesthetic": f"download {AESTHETIC_FILE} from github.com/christophschuhmann/improved-aesthetic-predictor and "
                  "pass --scorer aesthetic=PATH.pth, and openai/clip-vit-large-patch14 as --aesthetic-clip DIR",
     "clip": "download laion/CLIP-ViT-H-14-laion2B-s32B-b79K (transformers format) and pass --scorer clip=DIR",
+    **{style: "download openai/clip-vit-large-patch14 (transformers format) and pass --scorer "
+              f"{style}=DIR, or --scorer {style}=mini-clip offline" for style in STYLE_SCORERS},
     "imagereward": "install the optional package (pip install image-reward) on a machine with network, download "
                    "THUDM/ImageReward (ImageReward.pt, med_config.json) and bert-base-uncased, and pass "
                    "--scorer imagereward=PATH/ImageReward.pt",
@@ -254,6 +262,27 @@ class ClipScore(Scorer):
         img = self.clip.image_embeddings(images, batch_size)
         txt = self.clip.text_embeddings(prompts, batch_size)
         return (img * txt).sum(-1).double().numpy()
+
+
+class StyleScore(Scorer):
+    """Zero-shot probability that an image shows its prompt in a style rather than as it is: CLIP's softmax
+    over (prompt, the style's CLIP text of the prompt) at the checkpoint's logit scale. In [0, 1]."""
+
+    def __init__(self, style: str, source: str | None = None, device: torch.device | str = "cpu"):
+        from styleprefs.style import load_style
+
+        self.name, self.style = style, load_style(style)
+        self.source = source or DEFAULT_SOURCES[style]
+        self.clip = load_clip(self.source, f"{style} score", device, scorer=style)
+
+    def describe(self) -> dict:
+        return {"model": self.source, "preprocessing": f"processor's shortest side {self.clip.size}, centre crop",
+                "scale": f"P({self.style.clip_text!r} | image) against the plain prompt, in [0, 1]"}
+
+    def score(self, prompts, images, batch_size=8):
+        from styleprefs.eval.zero_shot import style_probability
+
+        return style_probability(self.clip, images, prompts, self.style)
 
 
 class PickScore(Scorer):
@@ -496,6 +525,8 @@ def load_scorer(name: str, source: str | None = None, *, device: str | None = No
         return HPSv2Score(source, hpsv2_version, hpsv2_arch, dev)
     if name == "imagereward":
         return ImageRewardScore(source, dev)
+    if name in STYLE_SCORERS:
+        return StyleScore(name, source, dev)
     raise StyleprefsError(f"unknown scorer {name!r}; choose from {', '.join(SCORERS)}")
 
 

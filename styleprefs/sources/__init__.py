@@ -10,7 +10,7 @@ def open_source(spec: str, split: str | None = None) -> Source:
     if spec == "sample":
         from styleprefs.sources.sample import SampleSource
 
-        return SampleSource()
+        return SampleSource(split=split)
     if spec == "pickapic":
         return PickapicSource(HUB_DEFAULT, split)
     return PickapicSource(spec, split)

@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Sequence, TypeVar
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
+from styleprefs.errors import StyleprefsError
 from styleprefs.sources.base import SourcePair
 
 RGB = tuple[int, int, int]
@@ -173,23 +174,41 @@ def _feistel(x: int) -> int:
 # ------------------------------------------------------------------------------------- the source
 
 
+# The held-out split: scenes whose (house colour, time of day) pairing is one of these. Every colour and
+# every time of day occurs in the train split, never these pairings, so the test split measures composition.
+HELD_OUT = frozenset({("red", "night"), ("blue", "sunset"), ("yellow", "overcast"), ("white", "day"),
+                      ("pink", "night")})
+SPLITS = ("train", "test")
+
+
+def split_of(scene: Scene) -> str:
+    return "test" if (scene.house, scene.sky.name) in HELD_OUT else "train"
+
+
 class SampleSource:
-    """``num_scenes`` pairs of ``size`` px images, drawn lazily while iterating; needs no network."""
+    """``num_scenes`` pairs of ``size`` px images, drawn lazily while iterating; needs no network.
+
+    ``split`` None takes scenes 0, 1, 2, ...; "train" or "test" only the scenes of that split (see HELD_OUT)."""
 
     name = "sample"
 
-    def __init__(self, size: int = 512, num_scenes: int = 2000):
+    def __init__(self, size: int = 512, num_scenes: int = 2000, split: str | None = None):
         if size < 32 or num_scenes < 0:
             raise ValueError(f"sample source needs size >= 32 and num_scenes >= 0, got {size}, {num_scenes}")
+        if split not in (None, *SPLITS):
+            raise StyleprefsError(f"--split {split} does not exist in the sample source; use {' or '.join(SPLITS)}")
         self.size = size
         self.num_scenes = num_scenes
+        self.split = split
 
     def __iter__(self) -> Iterator[SourcePair]:
-        for index in range(self.num_scenes):
+        indices = (i for i in range(SCENE_COUNT) if self.split is None or split_of(scene_for(i)) == self.split)
+        for _, index in zip(range(self.num_scenes), indices):
             yield make_pair(index, self.size)
 
     def describe(self) -> dict:
-        return {"source": self.name, "size": self.size, "num_scenes": self.num_scenes}
+        split = {"split": self.split} if self.split else {}
+        return {"source": self.name, "size": self.size, "num_scenes": self.num_scenes, **split}
 
     def local_paths(self) -> list[Path]:
         return []  # drawn in memory

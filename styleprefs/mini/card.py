@@ -1,0 +1,89 @@
+"""The mini models' card: data, steps, loss curves, quality figures and the command that trained them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from styleprefs.io import write_text
+from styleprefs.mini import world
+from styleprefs.mini.quality import render_table
+from styleprefs.mini.ship import WEIGHTS
+
+
+def plot_curves(curves: dict[str, list[float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3))
+    for ax, (name, values) in zip(np.atleast_1d(axes), curves.items()):
+        window = max(1, len(values) // 50)
+        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+        ax.plot(smooth)
+        ax.set_title(f"{name} loss")
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def write_card(figures: dict, folder: Path | None = None) -> Path:
+    """Write ``README.md`` (and ``loss_curves.png``) into ``folder`` (default: the shipped weights)."""
+    folder = Path(folder or WEIGHTS)
+    record = json.loads((folder / "training.json").read_text(encoding="utf-8"))
+    plot_curves(record["curves"], folder / "loss_curves.png")
+    cfg = record["config"]
+    minutes = {k: f"{v / 60:.1f}" for k, v in record["seconds"].items()}
+    held_out = ", ".join(f"{c} house at {t}" for c, t in sorted(world.HELD_OUT))
+    final = {k: float(np.mean(v[-100:])) for k, v in record["curves"].items()}
+    text = f"""# mini and mini-clip
+
+Small models trained from scratch on styleprefs' bundled sample scenes, so that offline runs show
+behaviour and not only plumbing. `mini` is a Stable Diffusion 1.5-layout pipeline at 64 px
+(AutoencoderKL with 16x16 latents, UNet2DConditionModel, CLIP text encoder with the CLIP BPE tokenizer,
+DDIM scheduler); `mini-clip` a CLIPModel whose text tower is also `mini`'s text encoder. They know
+nothing outside the sample world: houses in five colours, four times of day, five grounds, trees,
+animals and a few objects. mini FID (FID on `mini-clip` features) is comparable only within this
+miniature, never with published FID.
+
+## Data
+- {cfg['scenes']} training scenes of the `sample` source, each drawn once (one of 16 layouts) at
+  128, 256 or 512 px, then resized to 64 px (bicubic, as the trainer's cache does).
+- Each scene also has one classic edit (winter 50%, Van Gogh 25%, sketch 25%), captioned with the
+  style's CLIP text (e.g. "..., in winter, covered in snow"). `mini-clip` and the VAE see originals and
+  edits; `mini`'s UNet sees originals only, so the base model draws the world in summer.
+- Held out (never in training): {held_out}. Each colour and each time of day is seen, never these pairs.
+
+## Training
+| model | steps | batch | lr | final loss (mean of last 100) | minutes |
+|---|---|---|---|---|---|
+| mini-clip | {cfg['clip_steps']} | {cfg['clip_batch']} scenes + their edits | {cfg['clip_lr']} | {final.get('clip', float('nan')):.4f} | {minutes.get('clip', '-')} |
+| VAE | {cfg['vae_steps']} | {cfg['vae_batch']} | {cfg['vae_lr']} | {final.get('vae', float('nan')):.4f} | {minutes.get('vae', '-')} |
+| UNet (EMA {cfg['ema_decay']}) | {cfg['unet_steps']} | {cfg['unet_batch']} | {cfg['unet_lr']} | {final.get('unet', float('nan')):.4f} | {minutes.get('unet', '-')} |
+
+AdamW, warm-up {cfg['warmup']} steps then cosine decay, gradient clipping at 1, {cfg['threads']} CPU threads,
+torch {record['torch']}. Total {record['total_seconds'] / 60:.1f} minutes (data {minutes.get('data', '-')}).
+Seed {cfg['seed']}; every draw comes from it, so the same command on the same thread count gives the
+same weights.
+
+![loss curves](loss_curves.png)
+
+Command:
+
+    {record.get('command') or 'python -m styleprefs.mini train --out DIR'}
+    python -m styleprefs.mini pack DIR      # float16 copies + SHA256SUMS into styleprefs/mini/weights
+
+## Quality on held-out scenes
+`python bench/mini_quality.py --scenes {figures['scenes']} --card` ({figures['steps']} DDIM steps, guidance
+{figures['guidance']}, one image per held-out caption):
+
+{render_table(figures)}
+"""
+    path = folder / "README.md"
+    write_text(text, path)
+    return path

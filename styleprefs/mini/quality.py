@@ -1,0 +1,119 @@
+"""The mini models' quality figures, measured on held-out scenes (see ``styleprefs.mini.world``).
+
+- ``mini-clip`` zero-shot on real held-out images: house colour, time of day, winter edit vs original;
+- ``mini`` generations from held-out captions, read by ``mini-clip``: colour, time and both, against chance;
+- mini FID (``mini-clip`` image features) of the generations against real images of other held-out scenes,
+  next to the FID between two disjoint real sets: the floor.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from styleprefs.eval.fid import fid_from_features
+from styleprefs.eval.rewards import HFClip, load_clip
+from styleprefs.eval.zero_shot import closest_text, style_probability
+from styleprefs.mini import world
+from styleprefs.sources.sample import Scene, render_scene, scene_for
+from styleprefs.style import load_style
+
+GUIDANCE = 7.5  # eval generate's default for SD1.5-layout models
+
+
+def held_out(count: int, offset: int = 0) -> list[int]:
+    """Held-out scene indices ``offset .. offset + count`` of a fixed order."""
+    return world.split_indices(held_out=True, count=offset + count, seed=1)[offset:]
+
+
+def real_images(indices: list[int], variant: int = 0, size: int = 128) -> list[Image.Image]:
+    return [world.to_resolution(render_scene(i, variant, size)) for i in indices]
+
+
+def winter_images(indices: list[int]) -> list[Image.Image]:
+    """Each scene's classic winter edit, drawn at the mixed source sizes the models were trained on."""
+    return [Image.fromarray(world.render_item(world.Item(item.index, 0, item.size, "winter"))[1])
+            for item in world.draw_items(indices, seed=1)]
+
+
+def attribute_accuracy(clip: HFClip, images: list[Image.Image], scenes: list[Scene], attribute: str) -> float:
+    values = world.COLORS if attribute == "color" else world.TIMES
+    truth = [s.house if attribute == "color" else s.sky.name for s in scenes]
+    candidates = [[world.swap_attribute(s.caption, s, attribute, v) for v in values] for s in scenes]
+    predicted = closest_text(clip, images, candidates)
+    return float(np.mean([values[p] == t for p, t in zip(predicted, truth)]))
+
+
+def generate(model: str, captions: list[str], steps: int, guidance: float = GUIDANCE, seed: int = 0,
+             batch_size: int = 50) -> list[Image.Image]:
+    """One image per caption, image i seeded with ``seed + i``."""
+    from diffusers import StableDiffusionPipeline
+
+    from styleprefs.tiny import resolve
+
+    pipe = StableDiffusionPipeline.from_pretrained(resolve(model))
+    pipe.set_progress_bar_config(disable=True)
+    images = []
+    for start in range(0, len(captions), batch_size):
+        chunk = captions[start:start + batch_size]
+        generators = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
+        images += pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, generator=generators).images
+    return images
+
+
+def measure(model: str = "mini", clip_source: str = "mini-clip", *, scenes: int = 200, steps: int = 25,
+            guidance: float = GUIDANCE) -> dict:
+    clip = load_clip(clip_source, "mini-clip")
+    first, second = held_out(scenes), held_out(scenes, offset=scenes)
+    scene_list = [scene_for(i) for i in first]
+    captions = [s.caption for s in scene_list]
+    real, other_real = real_images(first), real_images(second, variant=1)
+    winter = winter_images(first)
+    p_winter = style_probability(clip, real + winter, captions * 2, load_style("winter"))
+    generated = generate(model, captions, steps, guidance)
+    color = attribute_accuracy(clip, generated, scene_list, "color")
+    time = attribute_accuracy(clip, generated, scene_list, "time")
+    both = _joint_accuracy(clip, generated, scene_list)
+    features = [clip.image_embeddings(images).double().numpy() for images in (real, other_real, generated)]
+    return {
+        "scenes": scenes, "steps": steps, "guidance": guidance,
+        "clip_color_accuracy": attribute_accuracy(clip, real, scene_list, "color"),
+        "clip_time_accuracy": attribute_accuracy(clip, real, scene_list, "time"),
+        "clip_winter_accuracy": float(np.mean((p_winter > 0.5) == np.repeat([False, True], scenes))),
+        "generated_color_accuracy": color, "color_chance": 1 / len(world.COLORS),
+        "generated_time_accuracy": time, "time_chance": 1 / len(world.TIMES),
+        "generated_both_accuracy": both, "both_chance": 1 / (len(world.COLORS) * len(world.TIMES)),
+        "generated_winter_probability": float(style_probability(clip, generated, captions, load_style("winter")).mean()),
+        "mini_fid_generated": fid_from_features(features[2], features[1]),
+        "mini_fid_real_floor": fid_from_features(features[0], features[1]),
+    }
+
+
+def _joint_accuracy(clip: HFClip, images: list[Image.Image], scenes: list[Scene]) -> float:
+    """Colour and time read together: the closest of the 20 captions with both swapped."""
+    pairs = [(c, t) for c in world.COLORS for t in world.TIMES]
+    candidates = [[world.swap_attribute(world.swap_attribute(s.caption, s, "color", c), s, "time", t)
+                   for c, t in pairs] for s in scenes]
+    predicted = closest_text(clip, images, candidates)
+    return float(np.mean([pairs[p] == (s.house, s.sky.name) for p, s in zip(predicted, scenes)]))
+
+
+def render_table(figures: dict) -> str:
+    rows = [
+        ("mini-clip zero-shot, real held-out: house colour", figures["clip_color_accuracy"], 0.9),
+        ("mini-clip zero-shot, real held-out: time of day", figures["clip_time_accuracy"], 0.9),
+        ("mini-clip zero-shot, real held-out: winter edit vs original", figures["clip_winter_accuracy"], 0.95),
+        ("mini generations read by mini-clip: house colour", figures["generated_color_accuracy"],
+         3 * figures["color_chance"]),
+        ("mini generations read by mini-clip: time of day", figures["generated_time_accuracy"],
+         3 * figures["time_chance"]),
+        ("mini generations read by mini-clip: both", figures["generated_both_accuracy"], 3 * figures["both_chance"]),
+    ]
+    lines = ["| measure | value | goal |", "|---|---|---|"]
+    lines += [f"| {name} | {value:.3f} | >= {goal:.2f} |" for name, value, goal in rows]
+    lines += [f"| mini FID, generations vs real (held-out captions) | {figures['mini_fid_generated']:.4f} | |",
+              f"| mini FID, two disjoint real sets (floor) | {figures['mini_fid_real_floor']:.4f} | |",
+              f"| winter probability of generations (base draws summer) | "
+              f"{figures['generated_winter_probability']:.3f} | |"]
+    return "\n".join(lines)

@@ -1,0 +1,269 @@
+"""Train the mini world's models from scratch: ``mini-clip`` first, then ``mini``'s VAE and UNet.
+
+``mini-clip`` learns scenes and their styled twins (winter, Van Gogh, sketch) against captions and the
+styles' CLIP texts. ``mini``'s text encoder is ``mini-clip``'s text tower, frozen, as SD1.5's is
+OpenAI CLIP's. Its VAE learns originals and edits, and its UNet learns originals only: the base
+draws the sample world as it is, in summer, so a Winter dataset is a real shift for it.
+Every draw comes from the seed; each finished model is saved at once and reused by a rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextModel, CLIPTokenizer
+
+from styleprefs.mini import models, world
+from styleprefs.sources.sample import scene_for
+from styleprefs.style import load_style
+from styleprefs.tiny import bpe_tokenizer
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class MiniConfig:
+    seed: int = 0
+    scenes: int = 16000
+    clip_steps: int = 1500
+    clip_batch: int = 64  # scenes per batch; each comes with its styled twin
+    clip_lr: float = 1e-3
+    vae_steps: int = 1500
+    vae_batch: int = 16
+    vae_lr: float = 5e-4
+    vae_kl: float = 1e-6
+    unet_steps: int = 3500
+    unet_batch: int = 32
+    unet_lr: float = 4e-4
+    uncond_prob: float = 0.1
+    ema_decay: float = 0.999
+    warmup: int = 100
+    threads: int = 2
+    curves: dict = field(default_factory=dict)
+
+    @classmethod
+    def quick(cls, seed: int = 0) -> MiniConfig:
+        """A few steps of each model: for tests of the script, not for use."""
+        return cls(seed=seed, scenes=64, clip_steps=3, clip_batch=8, vae_steps=3, vae_batch=4, unet_steps=3,
+                   unet_batch=4, warmup=1)
+
+
+class Pool:
+    """The training scenes: captions, styled captions and 64 px originals and edits."""
+
+    def __init__(self, cfg: MiniConfig):
+        indices = world.split_indices(held_out=False, count=cfg.scenes, seed=cfg.seed)
+        items = world.draw_items(indices, cfg.seed)
+        self.originals, self.edits = world.render_items(items)
+        self.captions = [scene_for(i).caption for i in indices]
+        styles = {name: load_style(name) for name in world.STYLES}
+        self.styled = [styles[item.style].styled_caption(c) for item, c in zip(items, self.captions)]
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+def to_unit(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def clip_pixels(images: np.ndarray) -> torch.Tensor:
+    """uint8 64 px images normalised as CLIPImageProcessor does (no resize needed at 64 px)."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0)
+    return (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+
+
+def cosine_lr(step: int, steps: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def _loop(name: str, steps: int, lr: float, warmup: int, params, step_fn: Callable[[int], torch.Tensor],
+          curve: list) -> None:
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, steps, warmup))
+    with _progress() as progress:
+        task = progress.add_task(name, total=steps, loss=float("nan"))
+        for step in range(steps):
+            loss = step_fn(step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            curve.append(loss.item())
+            progress.update(task, advance=1, loss=float(np.mean(curve[-50:])))
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn())
+
+
+def train_clip(cfg: MiniConfig, pool: Pool, tokenizer: CLIPTokenizer) -> CLIPModel:
+    torch.manual_seed(cfg.seed)
+    model = models.new_clip()
+    model.train()
+    rng = np.random.default_rng([cfg.seed, 1])
+
+    def step(_: int) -> torch.Tensor:
+        pick = rng.choice(len(pool), cfg.clip_batch, replace=False)
+        images = np.concatenate([pool.originals[pick], pool.edits[pick]])
+        flip = rng.random(len(images)) < 0.5
+        images[flip] = images[flip, :, ::-1]
+        texts = [pool.captions[i] for i in pick] + [pool.styled[i] for i in pick]
+        tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        return model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
+                     pixel_values=clip_pixels(images), return_loss=True).loss
+
+    _loop("mini-clip", cfg.clip_steps, cfg.clip_lr, cfg.warmup, list(model.parameters()), step,
+          cfg.curves.setdefault("clip", []))
+    return model.eval()
+
+
+def train_vae(cfg: MiniConfig, pool: Pool) -> AutoencoderKL:
+    torch.manual_seed(cfg.seed)
+    vae = models.new_vae()
+    vae.train()
+    rng = np.random.default_rng([cfg.seed, 2])
+    images = np.concatenate([pool.originals, pool.edits])
+
+    def step(_: int) -> torch.Tensor:
+        x = to_unit(images[rng.choice(len(images), cfg.vae_batch, replace=False)])
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        return F.mse_loss(recon, x) + F.l1_loss(recon, x) + cfg.vae_kl * posterior.kl().mean()
+
+    _loop("mini vae", cfg.vae_steps, cfg.vae_lr, cfg.warmup, list(vae.parameters()), step,
+          cfg.curves.setdefault("vae", []))
+    vae.eval()
+    with torch.no_grad():
+        sample = to_unit(images[rng.choice(len(images), min(len(images), 1024), replace=False)])
+        latents = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in sample.split(128)])
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    return vae
+
+
+@torch.no_grad()
+def encode_texts(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, texts: list[str]) -> torch.Tensor:
+    """SD's conditioning: the last hidden state of the 77-token padded prompt."""
+    out = []
+    for start in range(0, len(texts), 256):
+        ids = tokenizer(texts[start:start + 256], padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids
+        out.append(text_encoder(ids)[0])
+    return torch.cat(out)
+
+
+def train_unet(cfg: MiniConfig, pool: Pool, vae: AutoencoderKL, text_encoder: CLIPTextModel,
+               tokenizer: CLIPTokenizer) -> UNet2DConditionModel:
+    with torch.no_grad():
+        posteriors = [vae.encode(to_unit(pool.originals[s:s + 256])).latent_dist for s in range(0, len(pool), 256)]
+    mean, std = torch.cat([p.mean for p in posteriors]), torch.cat([p.std for p in posteriors])
+    texts = encode_texts(text_encoder, tokenizer, pool.captions + [""])
+    captions, empty = texts[:-1], texts[-1:]
+    torch.manual_seed(cfg.seed)
+    unet, ema = models.new_unet(), models.new_unet()
+    ema.load_state_dict(unet.state_dict())
+    unet.train()
+    scheduler = models.train_scheduler()
+    generator = torch.Generator().manual_seed(cfg.seed)
+    rng = np.random.default_rng([cfg.seed, 3])
+    scale = vae.config.scaling_factor
+
+    def step(index: int) -> torch.Tensor:
+        if index:
+            _ema_update(ema, unet, min(cfg.ema_decay, (1 + index) / (10 + index)))
+        pick = torch.from_numpy(rng.choice(len(pool), cfg.unet_batch, replace=False))
+        z = (mean[pick] + std[pick] * torch.randn(mean[pick].shape, generator=generator)) * scale
+        cond = torch.where(torch.from_numpy(rng.random(len(pick)) < cfg.uncond_prob).view(-1, 1, 1),
+                           empty, captions[pick])
+        noise = torch.randn(z.shape, generator=generator)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(pick),), generator=generator)
+        return F.mse_loss(unet(scheduler.add_noise(z, noise, t), t, cond).sample, noise)
+
+    _loop("mini unet", cfg.unet_steps, cfg.unet_lr, cfg.warmup, list(unet.parameters()), step,
+          cfg.curves.setdefault("unet", []))
+    _ema_update(ema, unet, min(cfg.ema_decay, (1 + cfg.unet_steps) / (10 + cfg.unet_steps)))
+    return ema.eval()
+
+
+@torch.no_grad()
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p, 1.0 - decay)
+
+
+def save_clip(model: CLIPModel, tokenizer: CLIPTokenizer, path: Path) -> None:
+    model.save_pretrained(path, safe_serialization=True)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": models.IMAGE_SIZE}, image_mean=list(CLIP_MEAN),
+                                         image_std=list(CLIP_STD),
+                                         crop_size={"height": models.IMAGE_SIZE, "width": models.IMAGE_SIZE})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
+
+
+def text_encoder_of(clip: CLIPModel) -> CLIPTextModel:
+    encoder = CLIPTextModel(clip.config.text_config)
+    encoder.load_state_dict(clip.text_model.state_dict())
+    return encoder.eval()
+
+
+def save_pipeline(vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder: CLIPTextModel,
+                  tokenizer: CLIPTokenizer, path: Path) -> None:
+    pipe = StableDiffusionPipeline(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   scheduler=models.sampling_scheduler(), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(path, safe_serialization=True)
+
+
+def train_mini(cfg: MiniConfig, out: Path, command: str = "") -> dict:
+    """Train ``mini-clip`` and ``mini`` into ``out``; returns the training record (also ``out/training.json``)."""
+    torch.set_num_threads(cfg.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    seconds: dict[str, float] = {}
+    tokenizer = bpe_tokenizer()
+    with _timed(seconds, "data"):
+        pool = Pool(cfg)
+    clip_dir, mini_dir = out / "mini-clip", out / "mini"
+    if not (clip_dir / "model.safetensors").is_file():
+        with _timed(seconds, "clip"):
+            save_clip(train_clip(cfg, pool, tokenizer), tokenizer, clip_dir)
+    clip = CLIPModel.from_pretrained(clip_dir)
+    text_encoder = text_encoder_of(clip)
+    if not (mini_dir / "vae" / "config.json").is_file():
+        with _timed(seconds, "vae"):
+            train_vae(cfg, pool).save_pretrained(mini_dir / "vae", safe_serialization=True)
+    vae = AutoencoderKL.from_pretrained(mini_dir / "vae")
+    with _timed(seconds, "unet"):
+        unet = train_unet(cfg, pool, vae, text_encoder, tokenizer)
+    save_pipeline(vae, unet, text_encoder, tokenizer, mini_dir)
+    record = {"config": {k: v for k, v in asdict(cfg).items() if k != "curves"}, "seconds": seconds,
+              "total_seconds": time.time() - started, "curves": cfg.curves,
+              "held_out": sorted(world.HELD_OUT), "torch": torch.__version__, "command": command}
+    (out / "training.json").write_text(json.dumps(record) + "\n", encoding="utf-8")
+    return record
+
+
+class _timed:
+    def __init__(self, seconds: dict, name: str):
+        self.seconds, self.name = seconds, name
+
+    def __enter__(self) -> None:
+        self.start = time.time()
+
+    def __exit__(self, *exc) -> None:
+        self.seconds[self.name] = round(time.time() - self.start, 1)
