@@ -97,12 +97,14 @@ class _Part:
 class _Job:
     """A build's resolved inputs: style, source, editor and the identity recorded in the manifest."""
 
-    def __init__(self, cfg: BuildConfig, device: str | None = None, dtype: str | None = None):
+    def __init__(self, cfg: BuildConfig, device: str | None = None, dtype: str | None = None,
+                 editor_options: dict | None = None):
         _check_config(cfg)
         self.cfg = cfg
         self.style: StyleSpec = load_style(cfg.style)
         self.source: Source = open_source(cfg.source, cfg.split)
         options = {"steps": cfg.editor_steps} if cfg.editor_steps and cfg.editor != "classic" else {}
+        options |= editor_options or {}
         self.editor: Editor = load_editor(cfg.editor, self.style, model=cfg.editor_model, device=device,
                                           dtype=dtype, **options)
         self.text_filter = TextFilter() if cfg.safety else None
@@ -137,15 +139,17 @@ def _load_gate(clip_model: str, device: str | None, dtype: str | None):
 
 
 def build_dataset(cfg: BuildConfig, out: Path, *, batch_size: int = 8, overwrite: bool = False,
-                  show_progress: bool = True, device: str | None = None, dtype: str | None = None) -> BuildResult:
+                  show_progress: bool = True, device: str | None = None, dtype: str | None = None,
+                  editor_options: dict | None = None) -> BuildResult:
     """Build (or resume, or confirm) the dataset described by ``cfg`` in ``out``.
 
     ``device`` and ``dtype`` (neural editors and the CLIP gate; None = CUDA with fp16 if available)
-    and ``batch_size`` do not enter the dataset's identity. The ``classic`` editor's shards are
+    and ``batch_size`` do not enter the dataset's identity; ``editor_options`` (further editor options, e.g. the
+    improve editor's guidance) do, through the editor's params. The ``classic`` editor's shards are
     byte-identical whatever the batch size; batched diffusion is not bitwise batch-invariant, so a
     neural editor's are reproducible for the same batch size and hardware.
     """
-    job = _Job(cfg, device, dtype)
+    job = _Job(cfg, device, dtype, editor_options)
     out = Path(out)
     check_separate(out, "--source", job.source.local_paths())
     procs = processes()

@@ -33,6 +33,7 @@ from styleprefs.trainer.models import resolve_model
 CHECKPOINTS = "checkpoints"
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+IP2P_PIPELINE = "StableDiffusionInstructPix2PixPipeline"
 # Pipeline parts validation grids do without (SD1.5's 1.2 GB safety checker); saved pipelines keep them.
 _DROPPED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
 
@@ -126,6 +127,9 @@ def save_pipeline(base: str, unet: UNet2DConditionModel, out: Path) -> list[str]
 def write_pipeline(base: str, unet: UNet2DConditionModel, out: Path) -> list[str]:
     """Make ``out`` a diffusers pipeline folder of ``base`` with ``unet`` (LoRA adapters merged) as ``unet/``.
 
+    A ``unet`` that takes an image latent beside the noise (``--stage improve``) makes it an InstructPix2Pix
+    pipeline folder (``model_index.json`` names ``StableDiffusionInstructPix2PixPipeline``).
+
     A LoRA ``unet`` also gets its adapters as ``pytorch_lora_weights.safetensors``, loadable by diffusers'
     ``load_lora_weights``. ``unet`` itself is not changed. Every other component of ``base`` (safety checker
     and feature extractor included) is hard-linked, or copied across file systems. Components that ``base``
@@ -143,6 +147,8 @@ def write_pipeline(base: str, unet: UNet2DConditionModel, out: Path) -> list[str
         else:
             index[name] = [None, None]
             missing.append(name)
+    if unet.config.in_channels == 2 * unet.config.out_channels:  # noise + image latent: an improvement model
+        index["_class_name"] = IP2P_PIPELINE
     if "safety_checker" in missing and "requires_safety_checker" in index:
         index["requires_safety_checker"] = False
     (out / "unet").mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,9 @@ import yaml
 
 from styleprefs.errors import StyleprefsError
 
-Stage = Literal["sft", "dpo", "rpo", "orpo", "orrpo"]
+Stage = Literal["sft", "dpo", "rpo", "orpo", "orrpo", "improve", "iterative", "spin"]
 REFERENCE_STAGES = ("dpo", "rpo")  # stages with a frozen reference model
+ITERATIVE_STAGES = ("iterative", "spin")  # stages that alternate generating pairs and DPO training (trainer/iterative.py)
 RPO_STAGES = ("rpo", "orrpo")  # stages with the B x B CLIP-weighted matrix
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 CONFIG_FILE = "train_config.yaml"  # in a run folder: the resolved TrainConfig
@@ -51,7 +52,10 @@ class TrainConfig:
     """Everything that determines a training run (see DESIGN.md, "Trainer" and "Losses")."""
 
     stage: Stage = _required("Training objective: sft, dpo (Diffusion-DPO), rpo (Diffusion-RPO), orpo or orrpo "
-                             "(reference-free ORPO, plain or over the RPO matrix).")
+                             "(reference-free ORPO, plain or over the RPO matrix); improve (the improvement model of "
+                             "'Iterative DPO with an improvement model': an InstructPix2Pix-shaped UNet); iterative "
+                             "(online DPO on pairs the --improver makes from the current model's images) or spin "
+                             "(SPIN-Diffusion: the dataset's winners against the current model's images).")
     data: str = _required("Dataset folder written by `styleprefs build` (Pick-a-Pic-format Parquet).")
     out: str = _required("Run folder: final diffusers pipeline, train_config.yaml, metrics.jsonl, checkpoints/, "
                          "validation/, curves.png.")
@@ -131,6 +135,27 @@ class TrainConfig:
     max_nan_steps: int = _opt(10, "Stop with an error after this many steps skipped for a non-finite loss or "
                                   "gradient.")
     use_cache: bool = _opt(True, "Cache VAE latents, text and CLIP embeddings once per dataset and model.")
+    reconstruct_prob: float = _opt(1 / 3, "improve: share of pairs trained on the reconstruction task (x given its "
+                                          "own latent and no prompt, x the winner or the loser at random). The "
+                                          "paper mixes three tasks per batch without stating the shares: equal "
+                                          "thirds by default.")
+    unconditional_prob: float = _opt(1 / 3, "improve: share of pairs trained unconditionally (no image, no prompt; x "
+                                            "the winner or the loser). The rest (1 - reconstruct - unconditional) "
+                                            "learns the winner given the loser's latent and the prompt.")
+    improver: str | None = _opt(None, "iterative: the improvement model (a `--stage improve` run or checkpoint, an "
+                                      "InstructPix2Pix-format pipeline folder) that turns the current model's "
+                                      "images into winners.")
+    iterations: int = _opt(3, "iterative/spin: rounds of (generate pairs, DPO-train); the paper runs 3.")
+    online_pairs: int = _opt(38400, "iterative/spin: pairs generated per iteration from the dataset's prompts "
+                                    "(the paper: 38,400); prompts are reused, with new seeds, when there are fewer.")
+    iteration_reference: Literal["base", "previous"] | None = _opt(
+        None, "iterative/spin: DPO reference of each iteration: base (--ref, else --model) or previous (the model "
+              "the iteration starts from). Default: base for iterative (the paper's SD1.5), previous for spin.")
+    text_guidance: float = _opt(3.5, "iterative: the improver's text guidance s_T in e = e(0,0) + s_I (e(x,0) - "
+                                     "e(0,0)) + s_T (e(x,c) - e(x,0)) (the paper: 3.5).")
+    image_guidance: float = _opt(3.0, "iterative: the improver's image guidance s_I (the paper: 3.0).")
+    sample_steps: int = _opt(50, "iterative/spin: denoising steps when generating the current model's images (CFG "
+                                 "7.5) and when improving them.")
 
     @classmethod
     def from_yaml_and_overrides(cls, path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -167,7 +192,8 @@ class TrainConfig:
             value = getattr(self, f.name)
             if choices and value is not None and value not in choices:
                 raise StyleprefsError(f"--{_flag(f.name)} must be one of {', '.join(choices)}, got {value!r}")
-        positive = ("batch_size", "gradient_accumulation_steps", "max_steps", "resolution", "max_nan_steps")
+        positive = ("batch_size", "gradient_accumulation_steps", "max_steps", "resolution", "max_nan_steps",
+                    "iterations", "online_pairs", "sample_steps")
         for name in positive:
             if getattr(self, name) < 1:
                 raise StyleprefsError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
@@ -190,10 +216,28 @@ class TrainConfig:
         if self.stage in RPO_STAGES and self.clip_model is None and not self.use_cache:
             raise StyleprefsError(f"--stage {self.stage} needs CLIP embeddings: with --clip-model none they come "
                                   f"from the cache, which --no-use-cache turns off; give --clip-model")
+        self._validate_online()
         if self.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
             raise StyleprefsError("--optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes, or use adamw")
         if self.report_to == "wandb" and importlib.util.find_spec("wandb") is None:
             raise StyleprefsError("--report-to wandb needs wandb: pip install wandb, or use tensorboard or none")
+
+    def _validate_online(self) -> None:
+        """The improve, iterative and spin options."""
+        for name in ("reconstruct_prob", "unconditional_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise StyleprefsError(f"--{_flag(name)} must be in [0, 1], got {getattr(self, name)}")
+        if self.reconstruct_prob + self.unconditional_prob > 1 + 1e-9:
+            raise StyleprefsError(f"--reconstruct-prob + --unconditional-prob must be at most 1, got "
+                                  f"{self.reconstruct_prob + self.unconditional_prob:g}")
+        for name in ("text_guidance", "image_guidance"):
+            if getattr(self, name) < 0:
+                raise StyleprefsError(f"--{_flag(name)} must not be negative, got {getattr(self, name)}")
+        if self.stage == "iterative" and self.improver is None:
+            raise StyleprefsError("--stage iterative needs --improver (a `styleprefs train --stage improve` output)")
+        if self.stage == "improve" and self.validation_prompts:
+            raise StyleprefsError("--stage improve draws no validation grids (its model edits images): drop "
+                                  "--validation-prompts")
 
     @property
     def base_learning_rate(self) -> float:

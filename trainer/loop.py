@@ -46,7 +46,8 @@ from styleprefs.io import write_text
 from styleprefs.trainer.cache import PairBatches, build_cache, find_clip_cache
 from styleprefs.trainer.checkpoint import (base_pipeline, checkpoint_dir, list_checkpoints, load_checkpoint,
                                            save_checkpoint, save_pipeline)
-from styleprefs.trainer.config import CONFIG_FILE, REFERENCE_STAGES, RPO_STAGES, TrainConfig
+from styleprefs.trainer.config import CONFIG_FILE, ITERATIVE_STAGES, REFERENCE_STAGES, RPO_STAGES, TrainConfig
+from styleprefs.trainer.improve import add_image_channels, check_improver_base, draw_tasks, improve_inputs, task_metrics
 from styleprefs.trainer.losses import (combine_embeddings, dpo_loss, orpo_loss, orrpo_loss, per_sample_error,
                                        rpo_loss, rpo_weights, sft_loss)
 from styleprefs.trainer.metrics import preference_metrics
@@ -96,8 +97,13 @@ def train(cfg: TrainConfig, *, show_progress: bool = True) -> Path:
     """Train ``cfg.stage`` and write the run folder ``cfg.out`` (see TrainConfig.out); returns it.
 
     With several DDP processes, the run ends by checking that every process holds the same weights
-    (:func:`weight_divergence`), and stops with a StyleprefsError if not.
+    (:func:`weight_divergence`), and stops with a StyleprefsError if not. The iterative and spin stages
+    run this loop once per iteration (:mod:`styleprefs.trainer.iterative`).
     """
+    if cfg.stage in ITERATIVE_STAGES:
+        from styleprefs.trainer.iterative import train_iterations  # it calls this function
+
+        return train_iterations(cfg, show_progress=show_progress)
     cfg = cfg.resolved()
     out = Path(cfg.out)
     # A process may train several times (quickstart: sft, then rpo) with other precisions; accelerate
@@ -179,6 +185,8 @@ def _setup(cfg: TrainConfig, accelerator: Accelerator, show_progress: bool) -> _
                         show_progress=show_progress and accelerator.is_main_process, ties=cfg.ties, seed=cfg.seed)
         components = load_components(cfg.model, dtype=weight_dtype, device=device,
                                      include_unet=_reference_source(cfg) == cfg.model)
+        if cfg.stage == "improve":
+            check_improver_base(components.kind)
         pairs = PairBatches(cfg.data, cfg.model, cfg.resolution, clip_model=clip_model, components=components,
                             ties=cfg.ties, seed=cfg.seed, random_flip=cfg.random_flip, use_cache=cfg.use_cache,
                             cached_clip=cached_clip)
@@ -286,6 +294,8 @@ def load_models(cfg: TrainConfig, components: SDComponents, weight_dtype: torch.
     without ``ref``, whose reference is the policy with its adapters disabled (the UNet it started from).
     """
     policy = load_unet(cfg.init or cfg.model)
+    if cfg.stage == "improve":
+        policy = add_image_channels(policy)
     policy.train()
     if cfg.gradient_checkpointing:
         policy.enable_gradient_checkpointing()
@@ -354,6 +364,8 @@ def _micro_step(cfg: TrainConfig, run: _Run, micro: int) -> tuple[Tensor, dict[s
     draws = draw_pairs(cfg.seed, micro, slots, tuple(batch["latent_mean"].shape[1:]),
                        components.noise_scheduler.config.num_train_timesteps, cfg.caption_dropout)
     draws = PairDraws(*(t.to(accelerator.device) for t in dataclasses.astuple(draws)))
+    if cfg.stage == "improve":
+        return _improve_step(cfg, run, batch, draws, micro, slots)
     inputs, target = _model_inputs(batch, draws, components)
     if cfg.stage == "sft":  # its loss uses the winners only
         err_w = _errors(run.policy, _winners(inputs), _winners(target), accelerator)
@@ -369,6 +381,17 @@ def _micro_step(cfg: TrainConfig, run: _Run, micro: int) -> tuple[Tensor, dict[s
     if ref_w is not None:
         errors |= {"ref_err_w": ref_w, "ref_err_l": ref_l}
     return loss, {k: v.detach() for k, v in errors.items()}
+
+
+def _improve_step(cfg: TrainConfig, run: _Run, batch: dict[str, Tensor], draws: PairDraws, micro: int,
+                  slots: list[int]) -> tuple[Tensor, dict[str, Tensor]]:
+    """The improvement model's multi-task loss (plain denoising error) on one micro-batch."""
+    tasks, use_loser = (t.to(run.accelerator.device) for t in
+                        draw_tasks(cfg.seed, micro, slots, cfg.reconstruct_prob, cfg.unconditional_prob))
+    inputs, target = improve_inputs(batch, draws.timesteps, draws.noise, (draws.posterior_w, draws.posterior_l),
+                                    tasks, use_loser, run.components)
+    errors = _errors(run.policy, inputs, target, run.accelerator)
+    return sft_loss(errors), {"err_w": errors.detach(), "task": tasks}
 
 
 def _model_inputs(batch: dict[str, Tensor], draws: PairDraws, components: SDComponents
@@ -466,6 +489,8 @@ def _step_metrics(cfg: TrainConfig, accelerator: Accelerator, records: list[tupl
     errors = {k: accelerator.gather(torch.cat([e[k] for _, e in records]).float()) for k in records[0][1]}
     if cfg.stage == "sft":
         metrics = {"mse_w": errors["err_w"].mean().item()}
+    elif cfg.stage == "improve":
+        metrics = {"mse_w": errors["err_w"].mean().item(), **task_metrics(errors["err_w"], errors["task"])}
     elif cfg.stage in REFERENCE_STAGES:
         metrics = preference_metrics(errors["err_w"], errors["err_l"], errors["ref_err_w"], errors["ref_err_l"],
                                      cfg.beta)
@@ -533,7 +558,7 @@ def learning_rate_lines(cfg: TrainConfig, num_processes: int) -> list[str]:
 
 def _print_start(cfg: TrainConfig, accelerator: Accelerator, n_pairs: int, resume_from: Path | None) -> None:
     per_step = cfg.pairs_per_step(accelerator.num_processes)
-    reference = {"sft": "none", "orpo": "none", "orrpo": "none"}.get(
+    reference = {"sft": "none", "orpo": "none", "orrpo": "none", "improve": "none"}.get(
         cfg.stage, _reference_source(cfg) or f"{cfg.init or cfg.model} (policy with LoRA adapters disabled)")
     console.print(f"[bold]styleprefs train[/bold] stage {cfg.stage}: base {cfg.model}, policy from "
                   f"{cfg.init or cfg.model}, "
@@ -547,6 +572,10 @@ def _print_start(cfg: TrainConfig, accelerator: Accelerator, n_pairs: int, resum
         console.print(f"beta {cfg.beta:g} on Diffusion-DPO's official scale: logit = -(beta/2) * "
                       f"((e_theta(w) - e_ref(w)) - (e_theta(l) - e_ref(l))), e = per-element mean squared error; "
                       f"the paper's beta*T on summed errors = beta / (2*C*H*W)")
+    elif cfg.stage == "improve":
+        console.print(f"tasks per pair: improve (winner | loser, prompt) "
+                      f"{1 - cfg.reconstruct_prob - cfg.unconditional_prob:.3g}, reconstruct (x | x) "
+                      f"{cfg.reconstruct_prob:.3g}, unconditional {cfg.unconditional_prob:.3g}")
     elif cfg.stage in ("orpo", "orrpo"):
         console.print(f"orpo_beta {cfg.orpo_beta:g}, lambda {cfg.lam:g}: loss = mean e(w) + lambda * "
                       f"mean -log sigmoid(orpo_beta * (e(l) - e(w))), e = per-element mean squared error")

@@ -16,7 +16,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 from styleprefs.errors import StyleprefsError
 from styleprefs.tiny import ensure_tiny
 
-TINY_MODELS = ("tiny", "tiny-sdxl", "tiny-clip")
+TINY_MODELS = ("tiny", "tiny-sdxl", "tiny-clip", "mini")  # built or unpacked offline (styleprefs.tiny)
 REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 SDXL_COMPONENTS = ("text_encoder_2", "tokenizer_2")
 T = TypeVar("T")

@@ -16,7 +16,7 @@ from styleprefs.editors.base import Editor
 from styleprefs.errors import StyleprefsError
 from styleprefs.style import StyleSpec
 
-EDITORS = ("classic", "instruct-pix2pix", "prompt-diffusion")
+EDITORS = ("classic", "instruct-pix2pix", "prompt-diffusion", "improve")
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,9 @@ def load_editor(name: str, style: StyleSpec, *, model: str | None = None, device
     ``model`` (Hub id, local folder or ``tiny``), ``device`` and ``dtype`` (``auto``/None = CUDA and fp16
     if available, else CPU and fp32) configure the neural editors, which also take ``steps`` (overrides
     the style's step count), ``resolution`` (working size of the long side, default 512; tiny models 64) and, for
-    ``prompt-diffusion``, ``recipe`` (``pair`` or ``map``) and ``negative_prompt``. ``classic``
-    ignores them all. A neural editor's pipeline loads once per process.
+    ``prompt-diffusion``, ``recipe`` (``pair`` or ``map``) and ``negative_prompt``; ``improve`` (an improvement
+    model from ``styleprefs train --stage improve``, ``model`` required) takes ``text_guidance`` and
+    ``image_guidance`` and ignores the style. ``classic`` ignores them all. A neural editor's pipeline loads once per process.
     """
     if name == "classic":
         from styleprefs.editors.classic import ClassicEditor
@@ -52,6 +53,11 @@ def load_editor(name: str, style: StyleSpec, *, model: str | None = None, device
 
         _check_options(name, options, {"steps", "resolution", "recipe", "negative_prompt"})
         return PromptDiffusionEditor(style, model=model, device=device, dtype=dtype, **options)
+    if name == "improve":
+        from styleprefs.editors.improve import ImproveEditor
+
+        _check_options(name, options, {"steps", "resolution", "text_guidance", "image_guidance"})
+        return ImproveEditor(model=model, device=device, dtype=dtype, **options)
     raise StyleprefsError(f"unknown editor {name!r}: use one of {', '.join(EDITORS)}")
 
 
