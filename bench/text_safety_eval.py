@@ -1,17 +1,21 @@
 """Recall, false-positive rate and throughput of the offline text safety filter.
 
-    .venv/bin/python bench/text_safety_eval.py [--prompts tests/data/safety_prompts.tsv] [--errors]
+    .venv/bin/python bench/text_safety_eval.py [--prompts TSV ...] [--errors]
         [--extra-safe FILE]   # more captions assumed safe (one per line, or the first column of a TSV)
 
+By default three labelled sets are scored, each on its own: the tuning set (safety_prompts.tsv), the fresh
+set (safety_prompts_fresh.tsv, 363 prompts written for issue 13 before the compositional layer) and the holdout
+set (safety_prompts_holdout.tsv, 110 prompts written at the same time and never used to change the lists).
 Recall is over unsafe rows (flagged at all; "right category" is reported beside it), the false-positive rate
 over safe rows, both per category (for safe rows the category is the one the prompt is a near miss for).
 Throughput is measured twice on one core: captions repeated (the per-word caches are warm, as on a real
 corpus where most words recur) and every caption made unseen by adding made-up words (cold caches).
 
-The labelled set's scores are in-distribution: the lists were improved against it. Three blind rounds of
-prompts written after the lists (now the file's last sections) scored, before any list change:
-recall 0.64 / 0.68 / 0.67 and false-positive rate 0.11 / 0.08 / 0.08 (about 0.03 without a few badly worded
-safe prompts). Expect roughly two thirds recall on phrasings the lists have never seen; keep the image check.
+The tuning set's scores are in-distribution: the lists were improved against it. So are the fresh set's since
+the compositional layer was tuned on it: before, recall 0.336 (sexual 0.94, violence 0.21, minors 0.20, hate
+0.25, self-harm 0.33), FPR 0.007; after, recall 0.953, FPR 0. The holdout set is the honest figure: recall
+0.40 before and 0.80 after (violence 0.71, hate 0.50), FPR 0 both times; PartiPrompts false positives stayed
+at 1 of 1632. Expect about four fifths recall on phrasings the lists have never seen; keep the image check.
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ from rich.table import Table
 
 from styleprefs.safety.text import TextFilter, TextVerdict
 
-DEFAULT_PROMPTS = Path(__file__).resolve().parents[1] / "tests" / "data" / "safety_prompts.tsv"
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
+DEFAULT_PROMPTS = DATA / "safety_prompts.tsv"
+FRESH_PROMPTS = DATA / "safety_prompts_fresh.tsv"
+HOLDOUT_PROMPTS = DATA / "safety_prompts_holdout.tsv"
 RECALL_TARGET = 0.95
 FPR_TARGET = 0.03
 _ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
@@ -127,9 +134,9 @@ def read_extra(path: Path) -> list[str]:
     return [line.split("\t")[0] for line in lines if line.strip()]
 
 
-def report(outcomes: list[Outcome], console: Console) -> bool:
+def report(outcomes: list[Outcome], console: Console, name: str = "labelled prompts") -> bool:
     recall, fpr = rates(outcomes, unsafe=True), rates(outcomes, unsafe=False)
-    table = Table(title="text safety filter: labelled prompts")
+    table = Table(title=f"text safety filter: {name}")
     for column in ("category", "unsafe n", "recall", "right category", "safe n", "false positives", "FPR"):
         table.add_column(column, justify="left" if column == "category" else "right")
     empty = Rates(0, 0, 0)
@@ -155,7 +162,7 @@ def print_errors(outcomes: list[Outcome], console: Console) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=Path, default=DEFAULT_PROMPTS)
+    parser.add_argument("--prompts", type=Path, nargs="+", default=[DEFAULT_PROMPTS, FRESH_PROMPTS, HOLDOUT_PROMPTS])
     parser.add_argument("--extra-safe", type=Path, help="captions assumed safe; flagged ones are listed")
     parser.add_argument("--errors", action="store_true", help="list misses, false positives, wrong categories")
     args = parser.parse_args()
@@ -164,11 +171,11 @@ def main() -> None:
     start = time.perf_counter()
     text_filter = TextFilter()
     console.print(f"lists loaded in {time.perf_counter() - start:.3f} s")
-    rows = load_prompts(args.prompts)
-    outcomes = run(text_filter, rows)
-    report(outcomes, console)
-    if args.errors:
-        print_errors(outcomes, console)
+    for path in args.prompts:
+        outcomes = run(text_filter, load_prompts(path))
+        report(outcomes, console, path.name)
+        if args.errors:
+            print_errors(outcomes, console)
     if args.extra_safe:
         extra = read_extra(args.extra_safe)
         flagged = [(c, v) for c, v in zip(extra, text_filter.check_many(extra)) if v.unsafe]
@@ -176,7 +183,7 @@ def main() -> None:
         for caption, verdict in flagged:
             console.print(f"  {verdict.category} ({verdict.term}): {caption}", markup=False)
 
-    console.print(throughput_table(text_filter, [r.prompt for r in rows]))
+    console.print(throughput_table(text_filter, [r.prompt for r in load_prompts(args.prompts[0])]))
 
 
 if __name__ == "__main__":

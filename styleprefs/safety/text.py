@@ -2,9 +2,12 @@
 
 What counts as unsafe is data, not code: each file in ``lists/`` starts with its policy. Verdict categories
 are ``minors``, ``sexual``, ``hate``, ``self_harm``, ``violence`` and any category a user blocklist adds
-(``custom`` by default). Two more lists are signals, not categories: ``minor_context`` (child, teen, 12yo)
-and ``suggestive`` (sexy, lingerie, bikini); a minor term together with a sexual or suggestive term gives
-the ``minors`` verdict.
+(``custom`` by default). The other lists are signals, not categories (see ``SIGNALS``): harmless alone, a
+caption with terms from both sides of a rule in ``COMBINATIONS`` gets that rule's verdict. So a minor term
+(child, teen, 12yo) with a sexual, suggestive, injury or abuse term gives ``minors``; a harm subject (man,
+dog, skull) with an injury or cruelty cue (beaten, crushed, set on fire) gives ``violence``; a self reference
+(herself, own) with an injury cue or a means of harm gives ``self_harm``; a protected group with a
+dehumanising cue gives ``hate``. Direct hits of a category rank below the minors rules and above the others.
 
 Matching is whole-word on the normalised caption, so "Sussex", "cocktail" and "therapist" never hit.
 Evasions handled: case, fullwidth and styled letters (NFKD compatibility folding, which includes NFKC's),
@@ -31,6 +34,30 @@ MINORS = "minors"
 SEXUAL = "sexual"
 MINOR_CONTEXT = "minor_context"
 SUGGESTIVE = "suggestive"
+INJURY = "injury"
+ABUSE = "abuse"
+SIGNALS = frozenset({MINOR_CONTEXT, SUGGESTIVE, INJURY, ABUSE, "harm_subject", "self_reference", "harm_means",
+                     "hate_target", "contempt"})
+
+
+class Combination(NamedTuple):
+    """A caption with a term from ``subject`` and one from any of ``cues`` gets the verdict ``category``."""
+
+    category: str
+    subject: str
+    cues: tuple[str, ...]
+
+
+MINOR_COMBINATIONS = (
+    Combination(MINORS, MINOR_CONTEXT, (SEXUAL, SUGGESTIVE)),
+    Combination(MINORS, MINOR_CONTEXT, (INJURY, ABUSE, "violence", "self_harm")),
+)
+CUE_COMBINATIONS = (
+    Combination("self_harm", "self_reference", (INJURY, "harm_means")),
+    Combination("violence", "harm_subject", (INJURY,)),
+    Combination("hate", "hate_target", ("contempt",)),
+)
+COMBINATIONS = MINOR_COMBINATIONS + CUE_COMBINATIONS
 CUSTOM = "custom"
 _ALLOW = "<allow>"  # not a valid category name, so no user list can collide with it
 # Verdict priority when a caption hits several categories; user categories come after these.
@@ -84,8 +111,7 @@ _CATEGORY_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 @dataclass(frozen=True)
 class TextVerdict:
-    """``term`` is the list entry that matched; for the minors combination rule it is
-    ``"<minor term> + <sexual or suggestive term>"``."""
+    """``term`` is the list entry that matched; for a combination rule it is ``"<subject term> + <cue term>"``."""
 
     unsafe: bool
     category: str | None
@@ -341,13 +367,17 @@ class TextFilter:
     def _decide(self, found: dict[str, str]) -> TextVerdict:
         if MINORS in found:
             return TextVerdict(True, MINORS, found[MINORS])
-        sexual = found.get(SEXUAL) or found.get(SUGGESTIVE)
-        if MINOR_CONTEXT in found and sexual:
-            return TextVerdict(True, MINORS, f"{found[MINOR_CONTEXT]} + {sexual}")
-        for category in self._order:
-            if category in found:
-                return TextVerdict(True, category, found[category])
-        return SAFE
+        direct = next((TextVerdict(True, c, found[c]) for c in self._order if c in found), None)
+        return _combined(found, MINOR_COMBINATIONS) or direct or _combined(found, CUE_COMBINATIONS) or SAFE
+
+
+def _combined(found: dict[str, str], rules: Sequence[Combination]) -> TextVerdict | None:
+    """The verdict of the first rule whose subject and one of whose cues are both in ``found``."""
+    for rule in rules:
+        cue = next((found[c] for c in rule.cues if c in found), None)
+        if rule.subject in found and cue:
+            return TextVerdict(True, rule.category, f"{found[rule.subject]} + {cue}")
+    return None
 
 
 def _default_blocklists() -> list[Path]:
@@ -355,7 +385,7 @@ def _default_blocklists() -> list[Path]:
 
 
 def _category_order(categories: Iterable[str]) -> tuple[str, ...]:
-    seen = dict.fromkeys(c for c in categories if c not in (MINORS, MINOR_CONTEXT, SUGGESTIVE))
+    seen = dict.fromkeys(c for c in categories if c != MINORS and c not in SIGNALS)
     return tuple(sorted(seen, key=lambda c: PRIORITY.index(c) if c in PRIORITY else len(PRIORITY)))
 
 
