@@ -40,7 +40,8 @@ from transformers import CLIPModel, CLIPProcessor
 from styleprefs.errors import StyleprefsError
 from styleprefs.images import decode
 from styleprefs.inspect import read_manifest
-from styleprefs.io import atomic_path, write_json
+from styleprefs.io import atomic_path, read_json, write_json
+from styleprefs.lock import folder_lock
 from styleprefs.parallel import thread_map
 from styleprefs.progress import RateColumn
 from styleprefs.tiny import ensure_tiny
@@ -142,7 +143,7 @@ def _find_cache(dataset: Path | str, key: dict) -> Path | None:
     if key["clip_model"] is not None:
         return None
     for info in sorted((_cache_root(dataset) / ".cache").glob("*/cache.json")):
-        found = json.loads(info.read_text())["key"]
+        found = read_json(info)["key"]
         if {**found, "clip_model": None} == key and _is_complete(info.parent, found):
             return info.parent
     return None
@@ -154,7 +155,7 @@ def find_clip_cache(dataset: Path | str, model: str, resolution: int, *, ties: s
     key = cache_key(dataset, model, resolution, None, ties=ties, seed=seed)
     found = []
     for info in sorted((_cache_root(dataset) / ".cache").glob("*/cache.json")):
-        stored = json.loads(info.read_text())["key"]
+        stored = read_json(info)["key"]
         if stored["clip_model"] is not None and {**stored, "clip_model": None} == key \
                 and _is_complete(info.parent, stored):
             found.append(info.parent)
@@ -172,7 +173,7 @@ def _is_complete(path: Path, key: dict) -> bool:
     info_path = path / "cache.json"
     if not info_path.is_file():
         return False
-    info = json.loads(info_path.read_text())
+    info = read_json(info_path)
     return info["key"] == key and all((path / s["path"]).is_file() for s in info["shards"])
 
 
@@ -292,28 +293,28 @@ def build_cache(dataset: Path | str, model: str, resolution: int, *, clip_model:
     out = _dir_for(dataset, key)
     if _is_complete(out, key):
         return out
-    pairs, stats = read_pairs(dataset, ties=ties, seed=seed)
-    if not pairs:
-        raise StyleprefsError(
-            f"dataset {dataset} has no pairs to cache ({stats['read']} read, {stats['ties_dropped']} ties dropped)")
-    shards = [{"path": f"pairs-{start:07d}-{min(start + shard_pairs, len(pairs)):07d}.safetensors", "start": start,
-               "count": min(shard_pairs, len(pairs) - start)} for start in range(0, len(pairs), shard_pairs)]
-    todo = [s for s in shards if not (out / s["path"]).is_file()]
-    c = load_components(model, dtype=dtype, device=device, include_unet=False)
-    clip = ClipEncoder.load(clip_model, device, dtype) if clip_model else None
-    out.mkdir(parents=True, exist_ok=True)
-    _save(_storage({k: v[0] for k, v in _encode_text(c, [""]).items()}), out / "empty.safetensors")
-    with _progress(len(pairs), len(pairs) - sum(s["count"] for s in todo), show_progress) as advance:
-        for shard in todo:
-            chunk, parts = pairs[shard["start"] : shard["start"] + shard["count"]], []
-            for i in range(0, len(chunk), batch_size):
-                parts.append(_encode_for_cache(c, clip, chunk[i : i + batch_size], resolution, batch_size))
-                advance(len(parts[-1]["index"]))
-            _save(_storage({name: torch.cat([p[name] for p in parts]) for name in parts[0]}), out / shard["path"])
-    _remove_strays(out, {s["path"] for s in shards})
-    write_json({"key": key, "kind": c.kind, "count": len(pairs), "shards": shards, "empty": "empty.safetensors",
-                "stats": stats, "storage": STORAGE}, out / "cache.json")
-    return out
+    with folder_lock(out):  # a second builder of the same cache gets a one-line error
+        pairs, stats = read_pairs(dataset, ties=ties, seed=seed)
+        if not pairs:
+            raise StyleprefsError(
+                f"dataset {dataset} has no pairs to cache ({stats['read']} read, {stats['ties_dropped']} ties dropped)")
+        shards = [{"path": f"pairs-{start:07d}-{min(start + shard_pairs, len(pairs)):07d}.safetensors", "start": start,
+                   "count": min(shard_pairs, len(pairs) - start)} for start in range(0, len(pairs), shard_pairs)]
+        todo = [s for s in shards if not (out / s["path"]).is_file()]
+        c = load_components(model, dtype=dtype, device=device, include_unet=False)
+        clip = ClipEncoder.load(clip_model, device, dtype) if clip_model else None
+        _save(_storage({k: v[0] for k, v in _encode_text(c, [""]).items()}), out / "empty.safetensors")
+        with _progress(len(pairs), len(pairs) - sum(s["count"] for s in todo), show_progress) as advance:
+            for shard in todo:
+                chunk, parts = pairs[shard["start"] : shard["start"] + shard["count"]], []
+                for i in range(0, len(chunk), batch_size):
+                    parts.append(_encode_for_cache(c, clip, chunk[i : i + batch_size], resolution, batch_size))
+                    advance(len(parts[-1]["index"]))
+                _save(_storage({name: torch.cat([p[name] for p in parts]) for name in parts[0]}), out / shard["path"])
+        _remove_strays(out, {s["path"] for s in shards})
+        write_json({"key": key, "kind": c.kind, "count": len(pairs), "shards": shards, "empty": "empty.safetensors",
+                    "stats": stats, "storage": STORAGE}, out / "cache.json")
+        return out
 
 
 def _save(tensors: dict[str, Tensor], path: Path) -> None:
@@ -345,7 +346,7 @@ class _CachedPairs:
     """Rows of a finished cache, read by memory-mapped slices of its shards."""
 
     def __init__(self, path: Path, seed: int, resolution: int, random_flip: bool):
-        info = json.loads((path / "cache.json").read_text())
+        info = read_json(path / "cache.json")
         self.path, self.seed, self.resolution, self.random_flip = path, seed, resolution, random_flip
         self.kind, self.count, self.stats, self.shards = info["kind"], info["count"], info["stats"], info["shards"]
         self.starts = [s["start"] for s in self.shards]

@@ -2,7 +2,8 @@
 
 A checkpoint is accelerate's ``save_state`` (model, optimizer, registered LR scheduler, grad
 scaler, RNG states) plus ``trainer_state.json`` (step, weights hash, resolved config, skipped-step
-count), and also a diffusers pipeline folder (:func:`write_pipeline`): the trained ``unet/``, for LoRA
+count, and the inputs as :func:`run_inputs` finds them, so a resume compares places and contents, not
+spellings), and also a diffusers pipeline folder (:func:`write_pipeline`): the trained ``unet/``, for LoRA
 runs ``pytorch_lora_weights.safetensors``, and the base's other components as hard links. So
 ``--init``, ``--model`` of ``eval generate`` and ``eval implicit-acc`` take a checkpoint as they take
 a finished run. It is written to a hidden ``.step-XXXXXX.partial`` folder and renamed when complete,
@@ -26,7 +27,7 @@ from diffusers import DiffusionPipeline, StableDiffusionPipeline, UNet2DConditio
 from safetensors.torch import save_file
 
 from styleprefs.errors import StyleprefsError
-from styleprefs.io import write_json
+from styleprefs.io import read_json, sha256_file, write_json
 from styleprefs.trainer.config import RESUMABLE_CHANGES, STATE_FILE, TrainConfig
 from styleprefs.trainer.models import resolve_model
 
@@ -36,6 +37,8 @@ LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 IP2P_PIPELINE = "StableDiffusionInstructPix2PixPipeline"
 # Pipeline parts validation grids do without (SD1.5's 1.2 GB safety checker); saved pipelines keep them.
 _DROPPED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
+_INPUT_FIELDS = ("data", "init", "ref", "model")
+_STATE_KEYS = frozenset({"step", "nan_steps", "weights_hash", "config"})
 
 
 def checkpoint_dir(out: Path, step: int) -> Path:
@@ -64,7 +67,8 @@ def save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, step: int, nan_s
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json({"step": step, "nan_steps": nan_steps, "weights_hash": cfg.weights_hash(),
-                    "config": dataclasses.asdict(cfg.resolved())}, partial / STATE_FILE)
+                    "config": dataclasses.asdict(cfg.resolved()), "inputs": run_inputs(cfg.resolved())},
+                   partial / STATE_FILE)
         write_pipeline(cfg.resolved().model, unet, partial)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
@@ -83,15 +87,47 @@ def prune_checkpoints(out: Path, limit: int | None) -> None:
 
 def load_checkpoint(accelerator: Accelerator, cfg: TrainConfig, path: Path) -> dict:
     """Restore the state saved at ``path`` after checking it was trained with ``cfg``; returns trainer_state.json."""
-    state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
-    if state["weights_hash"] != cfg.weights_hash():
-        now = dataclasses.asdict(cfg.resolved())
-        changed = [f"{k} ({state['config'].get(k)!r} -> {now[k]!r})" for k in now
-                   if k not in RESUMABLE_CHANGES and json.loads(json.dumps(now[k])) != state["config"].get(k)]
+    state = read_json(path / STATE_FILE)
+    if not _STATE_KEYS <= state.keys():
+        raise StyleprefsError(f"{path / STATE_FILE} cannot be read: it lacks {', '.join(sorted(_STATE_KEYS - state.keys()))}"
+                              f"; delete {path} to resume from an earlier checkpoint")
+    changed = [] if state["weights_hash"] == cfg.weights_hash() else changed_options(cfg, state)
+    if changed:
         raise StyleprefsError(f"cannot resume from {path}: it was trained with other options: {', '.join(changed)}; "
                               f"use the same options or a new --out")
     accelerator.load_state(str(path))
     return state
+
+
+def run_inputs(cfg: TrainConfig) -> dict[str, str | None]:
+    """The inputs as a resume compares them: local paths resolved (Hub ids as given) and the sha256 of the
+    dataset's manifest.json, so "./d" and "d", or a dataset moved elsewhere, count as the same."""
+    manifest = Path(cfg.data) / "manifest.json"
+    return {**{k: _resolved(getattr(cfg, k)) for k in _INPUT_FIELDS},
+            "data_manifest": sha256_file(manifest) if manifest.is_file() else None}
+
+
+def changed_options(cfg: TrainConfig, state: dict) -> list[str]:
+    """The options that differ from the checkpoint's, as "name (old -> new)": not RESUMABLE_CHANGES, not --out
+    (the run folder may move), and not an input that :func:`run_inputs` finds the same."""
+    now, recorded = dataclasses.asdict(cfg.resolved()), state["config"]
+    inputs, recorded_inputs = run_inputs(cfg.resolved()), state.get("inputs", {})
+    return [f"{k} ({recorded.get(k)!r} -> {now[k]!r})" for k in now
+            if k not in RESUMABLE_CHANGES and k != "out" and json.loads(json.dumps(now[k])) != recorded.get(k)
+            and not _same_input(k, inputs, recorded_inputs)]
+
+
+def _same_input(field: str, now: dict[str, str | None], recorded: dict[str, str | None]) -> bool:
+    if field not in _INPUT_FIELDS or field not in recorded:
+        return False
+    same_manifest = field == "data" and now["data_manifest"] is not None \
+        and now["data_manifest"] == recorded.get("data_manifest")
+    return now[field] == recorded[field] or same_manifest
+
+
+def _resolved(source: str | None) -> str | None:
+    path = Path(source).expanduser() if source else None
+    return str(path.resolve()) if path is not None and path.exists() else source
 
 
 def base_pipeline(model_path: str, **modules: Any) -> DiffusionPipeline:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
+from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedType, set_seed
 from diffusers import UNet2DConditionModel
 from diffusers.optimization import get_scheduler
@@ -42,7 +42,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor
 
 from styleprefs.errors import StyleprefsError
-from styleprefs.io import write_text
+from styleprefs.io import check_separate, write_text
+from styleprefs.lock import folder_lock
 from styleprefs.trainer.cache import PairBatches, build_cache, find_clip_cache
 from styleprefs.trainer.checkpoint import (base_pipeline, checkpoint_dir, list_checkpoints, load_checkpoint,
                                            save_checkpoint, save_pipeline)
@@ -106,6 +107,20 @@ def train(cfg: TrainConfig, *, show_progress: bool = True) -> Path:
         return train_iterations(cfg, show_progress=show_progress)
     cfg = cfg.resolved()
     out = Path(cfg.out)
+    _check_separate(cfg, out)
+    with folder_lock(out) if PartialState().is_main_process else contextlib.nullcontext():
+        return _train(cfg, out, show_progress)
+
+
+def _check_separate(cfg: TrainConfig, out: Path) -> None:
+    """Refuse an --out that is, holds or sits inside a local --data, --init or --ref."""
+    for flag, source in (("--data", cfg.data), ("--init", cfg.init), ("--ref", cfg.ref)):
+        if source and Path(source).expanduser().exists():
+            check_separate(out, flag, [Path(source).expanduser()])
+
+
+def _train(cfg: TrainConfig, out: Path, show_progress: bool) -> Path:
+    """The run of :func:`train`, under the run folder's lock (taken by the main process only)."""
     # A process may train several times (quickstart: sft, then rpo) with other precisions; accelerate
     # keeps its settings in a process-wide singleton, so forget them (the process group stays).
     AcceleratorState._reset_state(reset_partial_state=False)
