@@ -443,6 +443,108 @@ def test_eval_report_of_a_missing_folder(tmp_path, capsys):
     assert_error(run(["eval", "report", str(tmp_path / "nope"), "--out", str(tmp_path / "r.md")], capsys), "does not exist")
 
 
+def test_eval_report_of_a_folder_without_metrics(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("no metrics here\n")
+    assert_error(run(["eval", "report", str(tmp_path / "run"), "--out", str(tmp_path / "r.md")], capsys),
+                 "no metrics found")
+    assert not (tmp_path / "r.md").exists()
+
+
+@pytest.mark.parametrize(("content", "expected"), [(b"", "is empty (0 bytes)"), (b"\x89PNG junk", "cannot be decoded")])
+def test_bad_image_in_an_eval_folder(content, expected, tmp_path):
+    from styleprefs.eval.fid import generated_images
+    from styleprefs.images import read_image
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "00000-00.png").write_bytes(content)
+    images = generated_images(tmp_path / "images")
+    for load in (lambda: list(images.load([0])), lambda: read_image(tmp_path / "images" / "00000-00.png")):
+        with pytest.raises(StyleprefsError, match=re.escape(expected)) as exc:
+            load()
+        assert "00000-00.png" in str(exc.value) and "\n" not in str(exc.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# train and cache: --out guards, damaged trainer state, resume by place and content
+
+
+def train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--stage", "sft", "--data", str(data), "--out", str(out), "--model", "tiny", "--resolution", "32",
+            "--max-steps", "1", *extra]
+
+
+def test_train_out_inside_its_data_is_refused(dataset, capsys):
+    before = snapshot(dataset)
+    assert_error(run(train_args(dataset, dataset / "run"), capsys), "overlaps --data")
+    assert snapshot(dataset) == before
+
+
+def test_train_out_around_its_data_is_refused(dataset, capsys):
+    assert_error(run(train_args(dataset, dataset.parent), capsys), "overlaps --data")
+
+
+def test_train_out_equal_to_its_init_is_refused(dataset, tmp_path, capsys):
+    (tmp_path / "sft").mkdir()
+    assert_error(run(train_args(dataset, tmp_path / "sft", "--init", str(tmp_path / "sft")), capsys), "overlaps --init")
+
+
+def test_train_out_inside_its_ref_is_refused(dataset, tmp_path, capsys):
+    (tmp_path / "ref").mkdir()
+    args = train_args(dataset, tmp_path / "ref" / "run", "--ref", str(tmp_path / "ref"))
+    assert_error(run(args, capsys), "overlaps --ref")
+
+
+def _train_config(data: str, out: str):
+    from styleprefs.trainer.config import TrainConfig
+
+    return TrainConfig(stage="sft", data=data, out=out, model="tiny", resolution=32)
+
+
+def _state(cfg, **changes) -> dict:
+    import dataclasses
+
+    from styleprefs.trainer.checkpoint import run_inputs
+
+    return {"step": 1, "nan_steps": 0, "weights_hash": cfg.weights_hash(), "config": dataclasses.asdict(cfg.resolved()),
+            "inputs": run_inputs(cfg.resolved()), **changes}
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ("{not json", "trainer_state.json cannot be read"),
+    ('["a list"]', "not an object"),
+    ('{"step": 1}', "lacks config, nan_steps, weights_hash"),
+])
+def test_resume_from_a_damaged_trainer_state(content, expected, dataset, tmp_path):
+    from styleprefs.trainer.checkpoint import load_checkpoint
+
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-000001"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(content)
+    with pytest.raises(StyleprefsError, match=re.escape(expected)):
+        load_checkpoint(None, _train_config(str(dataset), str(tmp_path / "run")), checkpoint)
+
+
+def test_resume_compares_places_not_spellings(dataset, tmp_path, monkeypatch):
+    from styleprefs.trainer.checkpoint import changed_options
+
+    monkeypatch.chdir(dataset.parent)
+    saved = _train_config(dataset.name, "run")
+    assert changed_options(_train_config(f"./{dataset.name}", "./run"), _state(saved)) == []
+    assert changed_options(_train_config(str(dataset), str(tmp_path / "moved-run")), _state(saved)) == []
+
+
+def test_resume_follows_a_moved_dataset_by_its_manifest(dataset, tmp_path):
+    from styleprefs.trainer.checkpoint import changed_options
+
+    state = _state(_train_config(str(dataset), "run"))
+    moved = tmp_path / "elsewhere" / "data"
+    shutil.copytree(dataset, moved)
+    assert changed_options(_train_config(str(moved), "run"), state) == []
+    (moved / "manifest.json").write_text((moved / "manifest.json").read_text().replace("{", '{"x": 1, ', 1))
+    assert [c.split(" ")[0] for c in changed_options(_train_config(str(moved), "run"), state)] == ["data"]
+
+
 # ---------------------------------------------------------------------------------------------
 # environment failures, Ctrl-C, --debug
 
@@ -555,6 +657,45 @@ def test_second_writer_is_refused(command, holder, dataset, source, tmp_path, ca
             "filter-unsafe --out": ["filter-unsafe", str(dataset), "--out", str(tmp_path / "copy")]}[command]
     assert_error(run(args, capsys), f"in use by another styleprefs process (pid {holder.pid})")
     assert snapshot(dataset) == before
+
+
+@pytest.fixture
+def folder_holder(tmp_path: Path):
+    """Start another process holding the lock of a folder; returns a function folder -> its pid."""
+    procs = []
+
+    def hold(folder: Path) -> int:
+        proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "locked"
+        return proc.pid
+
+    yield hold
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def test_second_train_on_the_same_out_is_refused(folder_holder, dataset, tmp_path, capsys):
+    pid = folder_holder(tmp_path / "run")
+    assert_error(run(train_args(dataset, tmp_path / "run"), capsys), f"in use by another styleprefs process (pid {pid})")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".styleprefs.lock"]
+
+
+def test_second_cache_builder_is_refused(folder_holder, dataset, capsys):
+    from styleprefs.trainer.cache import _dir_for, cache_key
+
+    pid = folder_holder(_dir_for(dataset, cache_key(dataset, "tiny", 32, None)))
+    args = ["cache", str(dataset), "--model", "tiny", "--resolution", "32", "--clip-model", "none"]
+    assert_error(run(args, capsys), f"pid {pid}")
+
+
+def test_second_eval_generate_is_refused(folder_holder, tmp_path, capsys):
+    pid = folder_holder(tmp_path / "gen")
+    (tmp_path / "prompts.txt").write_text("a red cube\n")
+    args = ["eval", "generate", "--model", "tiny", "--prompts", str(tmp_path / "prompts.txt"), "--out", str(tmp_path / "gen")]
+    assert_error(run(args, capsys), f"pid {pid}")
+    assert sorted(p.name for p in (tmp_path / "gen").iterdir()) == [".styleprefs.lock"]
 
 
 def test_lock_is_released_when_the_holder_dies(holder, dataset, source, capsys):

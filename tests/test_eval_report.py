@@ -170,5 +170,6 @@ def test_report_without_results_and_bad_runs(tmp_path: Path) -> None:
     with pytest.raises(StyleprefsError, match="does not exist"):
         make_report([tmp_path / "missing"], tmp_path / "r.md")
     (tmp_path / "empty").mkdir()
-    result = make_report([tmp_path / "empty"], tmp_path / "r.md")
-    assert result["columns"] == [] and "No results found" in (tmp_path / "r.md").read_text()
+    with pytest.raises(StyleprefsError, match="no metrics found"):
+        make_report([tmp_path / "empty"], tmp_path / "r.md")
+    assert not (tmp_path / "r.md").exists()

@@ -417,10 +417,10 @@ def generated_images(folder: str | Path) -> ImageSet:
         paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
 
     def load(positions: Sequence[int]) -> Iterator[tuple[Image.Image, bytes | None]]:
+        from styleprefs.images import read_image
+
         for p in sorted(positions):
-            raw = paths[p].read_bytes()
-            with Image.open(io.BytesIO(raw)) as img:
-                yield img.convert("RGB"), raw
+            yield read_image(paths[p])
 
     return ImageSet(f"generated images in {folder}", len(paths), load)
 

@@ -33,6 +33,7 @@ from PIL import Image
 from styleprefs.errors import StyleprefsError
 from styleprefs.eval.prompts import PromptItem, describe, load_prompts
 from styleprefs.io import atomic_path, read_json, write_json
+from styleprefs.lock import LOCK_NAME, folder_lock
 
 INDEX = "index.jsonl"
 SETTINGS = "generate.json"
@@ -134,37 +135,38 @@ def generate(model: str, prompts: str, out: Path | str, *, images_per_prompt: in
         raise StyleprefsError("--images-per-prompt, --steps and --batch-size must be at least 1")
     items = load_prompts(prompts, limit=limit)
     out = Path(out)
-    dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev)
-    pipe = load_pipeline(model, dev, torch_dtype)
-    kind = pipeline_kind(pipe)
-    default_size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    size = resolution or default_size
-    settings = {
-        "model": model, "pipeline": type(pipe).__name__, "kind": kind, "scheduler": type(pipe.scheduler).__name__,
-        "prompts": describe(prompts), "prompt_list_sha256": _prompt_list_hash(items), "n_prompts": len(items),
-        "images_per_prompt": images_per_prompt, "seed": seed, "steps": steps,
-        "guidance": float(guidance if guidance is not None else DEFAULT_GUIDANCE[kind]),
-        "height": size, "width": size, "negative_prompt": negative_prompt, "dtype": dtype_name(torch_dtype),
-        "safety_checker": "off", "seeding": "image_seed(seed, prompt, index) = sha256, 63 bits; noise drawn on CPU",
-    }
-    _prepare(out, settings, overwrite)
-    done_keys = {(r.prompt_id, r.index) for r in read_index(out)} if (out / INDEX).is_file() else set()
-    todo = [(pid, item, i) for pid, item in enumerate(items) for i in range(images_per_prompt)
-            if (pid, i) not in done_keys]
-    _end_with_newline(out / INDEX)  # a line cut short by a crash must not swallow the next one
-    with _progress(len(todo), len(items) * images_per_prompt - len(todo), show_progress) as advance, \
-            open(out / INDEX, "a", encoding="utf-8") as index:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            images = _sample(pipe, [item.prompt for _, item, _ in batch],
-                             [image_seed(seed, item.prompt, i) for _, item, i in batch], settings)
-            for (pid, item, i), image in zip(batch, images):
-                record = _save_image(out, pid, item, i, image_seed(seed, item.prompt, i), image)
-                index.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
-                index.flush()
-            advance(len(batch))
-    return {**settings, "done": len(todo), "skipped": len(done_keys), "total": len(items) * images_per_prompt}
+    with folder_lock(out):  # a second writer of the same folder gets a one-line error
+        dev = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, dev)
+        pipe = load_pipeline(model, dev, torch_dtype)
+        kind = pipeline_kind(pipe)
+        default_size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        size = resolution or default_size
+        settings = {
+            "model": model, "pipeline": type(pipe).__name__, "kind": kind, "scheduler": type(pipe.scheduler).__name__,
+            "prompts": describe(prompts), "prompt_list_sha256": _prompt_list_hash(items), "n_prompts": len(items),
+            "images_per_prompt": images_per_prompt, "seed": seed, "steps": steps,
+            "guidance": float(guidance if guidance is not None else DEFAULT_GUIDANCE[kind]),
+            "height": size, "width": size, "negative_prompt": negative_prompt, "dtype": dtype_name(torch_dtype),
+            "safety_checker": "off", "seeding": "image_seed(seed, prompt, index) = sha256, 63 bits; noise drawn on CPU",
+        }
+        _prepare(out, settings, overwrite)
+        done_keys = {(r.prompt_id, r.index) for r in read_index(out)} if (out / INDEX).is_file() else set()
+        todo = [(pid, item, i) for pid, item in enumerate(items) for i in range(images_per_prompt)
+                if (pid, i) not in done_keys]
+        _end_with_newline(out / INDEX)  # a line cut short by a crash must not swallow the next one
+        with _progress(len(todo), len(items) * images_per_prompt - len(todo), show_progress) as advance, \
+                open(out / INDEX, "a", encoding="utf-8") as index:
+            for start in range(0, len(todo), batch_size):
+                batch = todo[start:start + batch_size]
+                images = _sample(pipe, [item.prompt for _, item, _ in batch],
+                                 [image_seed(seed, item.prompt, i) for _, item, i in batch], settings)
+                for (pid, item, i), image in zip(batch, images):
+                    record = _save_image(out, pid, item, i, image_seed(seed, item.prompt, i), image)
+                    index.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
+                    index.flush()
+                advance(len(batch))
+        return {**settings, "done": len(todo), "skipped": len(done_keys), "total": len(items) * images_per_prompt}
 
 
 def _sample(pipe, prompts: list[str], seeds: list[int], settings: dict) -> list[Image.Image]:
@@ -200,7 +202,7 @@ def _prepare(out: Path, settings: dict, overwrite: bool) -> None:
             diffs = ", ".join(f"{k} {existing.get(k)!r} -> {settings.get(k)!r}" for k in changed[:3])
             raise StyleprefsError(f"{out} holds images generated with other settings ({diffs}); "
                                   "use another --out or pass --overwrite")
-    elif out.exists() and any(out.iterdir()) and not (out / INDEX).exists():
+    elif any(p.name != LOCK_NAME for p in out.iterdir()) and not (out / INDEX).exists():  # out exists: it is locked
         raise StyleprefsError(f"{out} exists and is not a generation folder; choose an empty or new --out")
     try:
         (out / IMAGES).mkdir(parents=True, exist_ok=True)

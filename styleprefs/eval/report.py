@@ -190,17 +190,17 @@ def make_report(runs: Sequence[str | Path], out: str | Path, *, names: Sequence[
     order = ["Style FID", "KID", *SCORER_LABELS.values(), "Vendi", "Implicit acc"]
     columns = [c for c in order if any(c in row for row in table.values())]
     columns += sorted({c for row in table.values() for c in row if c not in columns})
-    lines = ["# Evaluation report", "", f"Runs: {', '.join(f'`{r}`' for r in runs)}", ""]
     if not columns:
-        lines.append("No results found in these folders (run `styleprefs eval style-fid/rewards/vendi` first).")
-    else:
-        heads = [c + (" ↓" if c in LOWER_IS_BETTER else " ↑") for c in columns]
-        lines += ["| Method | " + " | ".join(heads) + " |", "|---|" + "---|" * len(columns)]
-        for label in labels:
-            star = "*" if collected[label]["random_fid"] else ""
-            cells = [_fmt(table[label].get(c), c) + (star if c in LOWER_IS_BETTER and c in table[label] else "")
-                     for c in columns]
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        raise StyleprefsError(f"no metrics found in {', '.join(str(r) for r in runs)}: run `styleprefs eval "
+                              "style-fid`, `rewards` or `vendi` on them first")
+    lines = ["# Evaluation report", "", f"Runs: {', '.join(f'`{r}`' for r in runs)}", ""]
+    heads = [c + (" ↓" if c in LOWER_IS_BETTER else " ↑") for c in columns]
+    lines += ["| Method | " + " | ".join(heads) + " |", "|---|" + "---|" * len(columns)]
+    for label in labels:
+        star = "*" if collected[label]["random_fid"] else ""
+        cells = [_fmt(table[label].get(c), c) + (star if c in LOWER_IS_BETTER and c in table[label] else "")
+                 for c in columns]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     footnotes = []
     kinds = {note for c in collected.values() for note in c["notes"] if note in (RANDOM_FID, MINI_FID)}
     if kinds:

@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from styleprefs.errors import StyleprefsError
+from styleprefs.images import read_image
 
 STYLE_SCORERS = ("winter", "van_gogh", "sketch")  # zero-shot style probability, one per built-in style
 SCORERS = ("pickscore", "hpsv2", "aesthetic", "clip", "imagereward", *STYLE_SCORERS)
@@ -576,10 +577,7 @@ def score_folder(folder: str | Path, scorers: Sequence[str], *, batch_size: int 
     with _progress(len(records) * len(loaded), show_progress) as advance:
         for start in range(0, len(records), chunk):
             part = records[start:start + chunk]
-            images = []
-            for record in part:
-                with Image.open(folder / record.path) as img:
-                    images.append(img.convert("RGB"))
+            images = [read_image(folder / record.path)[0] for record in part]
             prompts = [r.prompt for r in part]
             for name, scorer in loaded:
                 columns[name][start:start + len(part)] = score_images(scorer, prompts, images, batch_size)
