@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from styleprefs.cli.eval_command import eval_app
+from styleprefs.cli.experiment_command import experiment_app
 from styleprefs.cli.train_command import train
 from styleprefs.errors import StyleprefsError, as_user_error
 
@@ -178,15 +179,16 @@ def cache(
 
 app.command()(train)
 app.add_typer(eval_app, name="eval")
+app.add_typer(experiment_app, name="experiment")
 
 
 @app.command()
 def quickstart(
     out: Path = typer.Option(Path("out/quickstart"), help="Folder for the dataset, runs, generations and report."),
     style: str = typer.Option("winter", help="Built-in style or style .yaml."),
-    inception: Optional[str] = typer.Option(None, help="FID Inception weights (pt_inception-2015-12-05-6726825d.pth); default: untrained features, labelled as such."),
+    inception: Optional[str] = typer.Option(None, help="FID Inception weights (pt_inception-2015-12-05-6726825d.pth); default: mini FID (mini-clip features), labelled as such."),
 ) -> None:
-    """The whole pipeline offline on tiny models: build, filter, cache, SFT, RPO, generate, evaluate, report."""
+    """The whole pipeline offline on the trained mini models: build, filter, cache, SFT, RPO, generate, evaluate, report."""
     from styleprefs.quickstart import quickstart as run
 
     run(out, style=style, inception=inception, console=console)

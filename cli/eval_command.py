@@ -70,8 +70,9 @@ def style_fid(
     generated: Path = typer.Option(..., "--generated", help="Folder written by `eval generate` (or any image folder)."),
     inception: Optional[Path] = typer.Option(None, help="FID Inception weights (pytorch-fid pt_inception-2015-12-05-6726825d.pth) "
                                              "[default: $TORCH_HOME/hub/checkpoints/]."),
-    features: str = typer.Option("fid", help="fid (the TF Inception weights) or random (seeded untrained network: smoke "
-                                 "tests only, NOT comparable to published FID)."),
+    features: str = typer.Option("fid", help="fid (the TF Inception weights), mini (mini-clip features: mini FID, "
+                                 "comparable only within the miniature world) or random (seeded untrained network: "
+                                 "smoke tests only). Only fid is comparable to published FID."),
     resize: str = typer.Option("clean", help="clean (clean-fid: PIL bicubic in float) or pytorch-fid (bilinear)."),
     match_encoding: bool = typer.Option(True, help="Re-encode non-JPEG images as JPEG q95, like the dataset's images."),
     unequal: str = typer.Option("subsample", help="Unequal counts: subsample (random subset of the larger set, reported) or error."),
@@ -88,7 +89,7 @@ def style_fid(
     result = run(data, generated, inception=inception, features=features, resize=resize, match_encoding=match_encoding,
                  unequal=unequal, seed=seed, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
                  batch_size=batch_size, device=device, out=out)
-    label = "" if result["comparable_to_published"] else "  [random features: NOT comparable to published FID]"
+    label = "" if result["comparable_to_published"] else f"  [{features} features: NOT comparable to published FID]"
     _print(f"style FID {result['fid']:.3f}  KID {result['kid']:.5f} ± {result['kid_std']:.5f}  "
            f"(N = {result['n']} per set){label}")
     _print(f"features: {result['features']['name']}; resize: {result['resize']}; encoding: {result['encoding']}")

@@ -16,9 +16,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 @app.command()
 def train(out: Path = typer.Option(..., help="folder for mini/, mini-clip/ and training.json"),
           seed: int = typer.Option(0, help="every draw of data and training comes from it"),
-          quick: bool = typer.Option(False, help="a few steps of each model, to try the script")) -> None:
-    """Train mini-clip, then mini's VAE and UNet, from scratch on the sample scenes."""
+          quick: bool = typer.Option(False, help="a few steps of each model, to try the script"),
+          threads: int = typer.Option(2, help="CPU threads; the same seed and thread count give the same weights")
+          ) -> None:
+    """Train mini-clip, then mini's VAE and UNet, from scratch on the sample scenes (a rerun resumes)."""
     cfg = MiniConfig.quick(seed) if quick else MiniConfig(seed=seed)
+    cfg.threads = threads
     record = train_mini(cfg, out, command="python -m styleprefs.mini " + shlex.join(sys.argv[1:]))
     typer.echo(f"trained in {record['total_seconds'] / 60:.1f} min: {out / 'mini'}, {out / 'mini-clip'}")
 
