@@ -45,9 +45,10 @@ def build(
     clip_model: str = typer.Option("openai/clip-vit-large-patch14", help="CLIP of the quality gate ('tiny' offline)."),
     min_direction: float = typer.Option(0.2, help="Gate: minimum CLIP directional similarity."),
     min_image: float = typer.Option(0.7, help="Gate: minimum CLIP image similarity."),
+    min_text: float = typer.Option(0.2, help="Gate: minimum CLIP image-text similarity (edit vs styled caption, original vs caption)."),
     max_tries: int = typer.Option(3, help="Gate: tries per row, each with the next seed, before rejecting it."),
     device: str = typer.Option("auto", help="Device of neural editors and the gate: auto, cpu, cuda, cuda:1 ..."),
-    dtype: str = typer.Option("auto", help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16."),
+    dtype: str = typer.Option("auto", help="Neural editors: auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16 (the gate is fp32)."),
     num_pairs: int = typer.Option(10000, help="Pairs to keep in the dataset."),
     seed: int = typer.Option(0, help="Seed; each row's randomness comes from (seed, row key)."),
     split: Optional[str] = typer.Option(None, help="Source split (Hub default: train)."),
@@ -63,7 +64,8 @@ def build(
     cfg = BuildConfig(style=style, source=source, editor=editor, num_pairs=num_pairs, seed=seed, split=split,
                       unique_captions=unique_captions, shard_size=shard_size, safety=safety,
                       editor_model=editor_model, editor_steps=editor_steps, quality_gate=quality_gate,
-                      clip_model=clip_model, min_direction=min_direction, min_image=min_image, max_tries=max_tries)
+                      clip_model=clip_model, min_direction=min_direction, min_image=min_image, min_text=min_text,
+                      max_tries=max_tries)
     result = build_dataset(cfg, out, batch_size=batch_size, overwrite=overwrite, device=device, dtype=dtype)
     if result.status == "complete":
         console.print(f"{out} is already complete with these arguments; nothing to do.")
@@ -135,6 +137,7 @@ def push(
     license: Optional[str] = typer.Option(None, help="Hub license id for the card (e.g. cc-by-nc-4.0, openrail++, other). No default."),
     private: bool = typer.Option(False, help="Create the repo private (no effect if it exists)."),
     revision: Optional[str] = typer.Option(None, help="Branch to commit to (created if missing); default main."),
+    default_config: Optional[str] = typer.Option(None, help="Config that clients passing no config name load; default: the first pushed."),
     token: Optional[str] = typer.Option(None, help="Hub token; default HF_TOKEN or the saved login. Never printed."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be uploaded where; needs no network."),
 ) -> None:
@@ -142,7 +145,8 @@ def push(
     from styleprefs.publish import format_plan, plan_push
     from styleprefs.publish import push as push_plan
 
-    plan = plan_push(dataset, repo_id, config_name=config_name, license=license, private=private, revision=revision)
+    plan = plan_push(dataset, repo_id, config_name=config_name, license=license, private=private, revision=revision,
+                     default_config=default_config)
     if dry_run:
         for line in format_plan(plan):
             console.print(line, markup=False, highlight=False)

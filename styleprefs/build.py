@@ -67,6 +67,7 @@ class BuildConfig:
     clip_model: str = "openai/clip-vit-large-patch14"
     min_direction: float = 0.2
     min_image: float = 0.7
+    min_text: float = 0.2  # each image against its caption (edit vs styled caption, original vs caption)
     max_tries: int = 3  # edits that fail the gate are retried with the next seed
 
 
@@ -109,7 +110,7 @@ class _Job:
                                           dtype=dtype, **options)
         self.text_filter = TextFilter() if cfg.safety else None
         gate_on = cfg.quality_gate if cfg.quality_gate is not None else cfg.editor != "classic"
-        self.gate = _load_gate(cfg.clip_model, device, dtype) if gate_on else None
+        self.gate = _load_gate(cfg, device) if gate_on else None
         identity = {
             "format_version": FORMAT_VERSION,
             "build": {**asdict(cfg), "style": self.style.name, "quality_gate": gate_on},
@@ -125,17 +126,19 @@ def _check_config(cfg: BuildConfig) -> None:
         raise StyleprefsError("--num-pairs, --shard-size and --max-tries must be at least 1")
     if not 0 <= cfg.seed <= MAX_SEED:
         raise StyleprefsError(f"--seed must be between 0 and {MAX_SEED}, got {cfg.seed}")
-    for flag, value in (("--min-direction", cfg.min_direction), ("--min-image", cfg.min_image)):
+    for flag, value in (("--min-direction", cfg.min_direction), ("--min-image", cfg.min_image),
+                        ("--min-text", cfg.min_text)):
         if not -1.0 <= value <= 1.0:  # also refuses NaN
             raise StyleprefsError(f"{flag} is a cosine similarity between -1 and 1, got {value}")
     if cfg.editor_steps is not None and not 1 <= cfg.editor_steps <= 1000:
         raise StyleprefsError(f"--editor-steps must be between 1 and 1000, got {cfg.editor_steps}")
 
 
-def _load_gate(clip_model: str, device: str | None, dtype: str | None):
-    from styleprefs.quality import ClipGate  # deferred: it imports torch and transformers
+def _load_gate(cfg: BuildConfig, device: str | None):
+    """The CLIP gate, in fp32 whatever the editor's dtype (as InstructPix2Pix's filter computes it)."""
+    from styleprefs.quality import ClipGate, Thresholds  # deferred: it imports torch and transformers
 
-    return ClipGate(clip_model, device=device, dtype=dtype)
+    return ClipGate(cfg.clip_model, device=device, thresholds=Thresholds(cfg.min_direction, cfg.min_image, cfg.min_text))
 
 
 def build_dataset(cfg: BuildConfig, out: Path, *, batch_size: int = 8, overwrite: bool = False,
@@ -143,7 +146,8 @@ def build_dataset(cfg: BuildConfig, out: Path, *, batch_size: int = 8, overwrite
                   editor_options: dict | None = None) -> BuildResult:
     """Build (or resume, or confirm) the dataset described by ``cfg`` in ``out``.
 
-    ``device`` and ``dtype`` (neural editors and the CLIP gate; None = CUDA with fp16 if available)
+    ``device`` (neural editors and the CLIP gate) and ``dtype`` (neural editors; None = CUDA with fp16 if
+    available; the gate always computes in fp32)
     and ``batch_size`` do not enter the dataset's identity; ``editor_options`` (further editor options, e.g. the
     improve editor's guidance) do, through the editor's params. The ``classic`` editor's shards are
     byte-identical whatever the batch size; batched diffusion is not bitwise batch-invariant, so a
@@ -350,11 +354,12 @@ def _edit_batch(job: _Job, batch: list) -> tuple[list[dict], list[tuple[int, dic
     params = job.editor.params()
 
     def finish(item) -> dict:
-        (_, pair, (plan, image, data)), (edit, seed, nsfw, direction, similarity) = item
+        (_, pair, (plan, image, data)), (edit, seed, nsfw, scores) = item
         return make_row(pair, replace(plan, edit_seed=seed), source_name=job.source.name,
                         original_jpeg=as_jpeg(data, image), edited_jpeg=encode_jpeg(edit), style=job.style.name,
                         editor_name=job.editor.name, editor_model=job.editor.model_id, edit_params=params,
-                        clip_direction=direction, clip_image=similarity, editor_nsfw=nsfw)
+                        clip_direction=scores and scores.direction, clip_image=scores and scores.image,
+                        clip_text=scores and (scores.text_edit, scores.text_original), editor_nsfw=nsfw)
 
     kept = thread_map(finish, [(row, edit) for row, edit in zip(batch, edits) if not isinstance(edit, str)])
     rejected = [(position, {"source": f"{job.source.name}:{pair.key}", "caption": pair.caption, "reason": edit})
@@ -363,7 +368,7 @@ def _edit_batch(job: _Job, batch: list) -> tuple[list[dict], list[tuple[int, dic
 
 
 def _gated_edits(job: _Job, batch: list) -> list:
-    """Per row (image, seed, nsfw flag, clip direction, clip image similarity), or the reason it failed the gate."""
+    """Per row (image, seed, nsfw flag, gate scores or None), or the reason it failed the gate."""
     results: list = [None] * len(batch)
     pending = list(range(len(batch)))
     tries = job.cfg.max_tries if job.gate else 1
@@ -374,15 +379,13 @@ def _gated_edits(job: _Job, batch: list) -> list:
         seeds = [(prepared[0].edit_seed + attempt) % (2**63 - 1) for _, _, prepared in rows]  # "the next seed"
         edited = edit_with_flags(job.editor, originals, captions, seeds)
         scores = (job.gate.score(originals, edited.images, captions, [job.style.styled_caption(c) for c in captions])
-                  if job.gate else [(None, None)] * len(rows))
+                  if job.gate else [None] * len(rows))
         still = []
         for k, i in enumerate(pending):
-            direction, similarity = scores[k]
-            if job.gate is None or job.gate.passes(direction, similarity, job.cfg.min_direction, job.cfg.min_image):
-                results[i] = (edited.images[k], seeds[k], edited.nsfw[k], direction, similarity)
+            if scores[k] is None or job.gate.passes(scores[k]):
+                results[i] = (edited.images[k], seeds[k], edited.nsfw[k], scores[k])
             else:
-                results[i] = (f"quality gate: clip direction {direction:.3f} (min {job.cfg.min_direction}), "
-                              f"clip image {similarity:.3f} (min {job.cfg.min_image}) after {tries} tries")
+                results[i] = f"quality gate: {scores[k].describe()} ({job.gate.thresholds.describe()}) after {tries} tries"
                 still.append(i)
         pending = still
         if not pending:

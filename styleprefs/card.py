@@ -1,7 +1,8 @@
 """The dataset card: ``README.md`` rendered from ``data_cards/style_dataset.md`` and a dataset's manifest.
 
 One card can describe several configs (one per style) in one repo. Its YAML holds one ``configs`` entry
-and one ``dataset_info`` entry per config; its body holds one section per config between
+and one ``dataset_info`` entry per config, exactly one config marked ``default: true`` (the one a client
+that passes no config name loads: the first pushed, unless ``default_config`` names another); its body holds one section per config between
 ``<!-- styleprefs-config: NAME -->`` markers. Rendering with ``existing_card`` (the card already in
 the repo) keeps the other configs' YAML entries and body sections and replaces only this config's.
 
@@ -52,13 +53,16 @@ COLUMN_MEANINGS = {
     "label_1": "1.0 if `jpg_1` is preferred (the edit), else 0.0",
     "image_0_uid": "id of `jpg_0` (the source's id for an original image)",
     "image_1_uid": "id of `jpg_1`",
+    "image_0_url": "the source's URL of `jpg_0` when it is an original image with a known URL, else null",
+    "image_1_url": "the source's URL of `jpg_1` when it is an original image with a known URL, else null",
     "best_image_uid": "id of the preferred image (the edit)",
     "model_0": "what made `jpg_0`: the source's generator, or the editor's model for the edit",
     "model_1": "what made `jpg_1`",
     "ranking_id": "the source's ranking id (0 when the source has none)",
     "user_id": "the source's user id (0 when the source has none)",
-    "has_label": "always true",
-    "are_different": "always true",
+    "num_example_per_prompt": "the source's value (pairs shown for this prompt), 1 when the source has none",
+    "has_label": "true: every pair has a preference (never a tie)",
+    "are_different": "true: the two images always differ (an edit and its original)",
     "created_at": "when the source pair was created",
     "style": "style name",
     "editor": "editor name",
@@ -69,17 +73,24 @@ COLUMN_MEANINGS = {
     "source_edited": "which of the source's two images (`jpg_0` or `jpg_1`) was edited",
     "clip_direction": "CLIP directional similarity of the edit (null when the quality gate did not run)",
     "clip_image": "CLIP image similarity of edit and original (null when the quality gate did not run)",
+    "clip_text_edit": "CLIP similarity of the edit and the styled caption (null when the quality gate did not run)",
+    "clip_text_original": "CLIP similarity of the original and the caption (null when the quality gate did not run)",
+    "editor_nsfw": "the editor's own safety checker flagged the edit (null when the editor has no checker)",
+    "safety_text_score": "the text safety classifier's probability that the caption is unsafe (null if not run)",
+    "safety_image_score_0": "the image safety checker's score of `jpg_0`, above 0 means flagged (null if not run)",
+    "safety_image_score_1": "the image safety checker's score of `jpg_1`, above 0 means flagged (null if not run)",
 }
 
 
 def render_card(dataset: Path, *, license: str | None = None, config_name: str | None = None,
                 repo_folder: str | None = None, repo_id: str | None = None, pretty_name: str | None = None,
-                existing_card: str | None = None) -> str:
+                existing_card: str | None = None, default_config: str | None = None) -> str:
     """The ``README.md`` text for ``dataset``, validated locally; raises StyleprefsError on bad input.
 
     ``config_name`` defaults to the dataset's style; ``repo_folder`` chooses the layout (module doc).
     ``license=None`` writes no license key (the body says none was chosen) unless ``existing_card``
-    already has one. ``repo_id`` only appears in the loading example.
+    already has one. ``repo_id`` only appears in the loading example. ``default_config`` marks that config
+    default; otherwise the existing card's default stays (or its first config, or this one in a new card).
     """
     dataset = Path(dataset)
     manifest = read_manifest(dataset)
@@ -91,6 +102,7 @@ def render_card(dataset: Path, *, license: str | None = None, config_name: str |
     data_dir = repo_folder or "data"
     data = _card_data(existing, manifest, schema, dataset, name=name, data_dir=data_dir,
                       license=license, pretty_name=pretty_name)
+    _mark_default(data, _default_config(existing, name, default_config, [n for n, _ in _config_rows(data)]))
     manifest_path = f"{repo_folder}/manifest.json" if repo_folder else "manifest.json"
     sections = _sections(existing, data, _config_facts(dataset, manifest, name, data_dir, manifest_path))
     card = DatasetCard.from_template(
@@ -169,6 +181,23 @@ def _card_data(existing: DatasetCard | None, manifest: dict, schema: pa.Schema, 
     data.size_categories = [size_category(sum(rows for _, rows in _config_rows(data)))]
     data.pretty_name = _pretty_name(pretty_name, old.pretty_name, [n for n, _ in _config_rows(data)])
     return data
+
+
+def _default_config(existing: DatasetCard | None, name: str, requested: str | None, names: list[str]) -> str:
+    if requested is not None:
+        if requested not in names:
+            raise StyleprefsError(f"--default-config {requested!r} is not a config of this repo ({', '.join(names)})")
+        return requested
+    previous = MetadataConfigs.from_dataset_card_data(existing.data) if existing else {}
+    return next((n for n, c in previous.items() if c.get("default")), next(iter(previous), name))
+
+
+def _mark_default(data: DatasetCardData, default: str) -> None:
+    """``default: true`` on the ``default`` config's entry, and on no other."""
+    for entry in data.configs:
+        entry.pop("default", None)
+        if entry["config_name"] == default:
+            entry["default"] = True
 
 
 def _merged_license(old: str | list | None, new: str | None) -> str | list | None:

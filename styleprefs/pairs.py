@@ -40,6 +40,7 @@ def make_row(
     edit_params: dict,
     clip_direction: float | None = None,
     clip_image: float | None = None,
+    clip_text: tuple[float, float] | None = None,
     editor_nsfw: bool | None = None,
 ) -> dict:
     """The output row in the dataset schema; the edit is preferred (label 1.0) in slot ``plan.slot``."""
@@ -57,11 +58,14 @@ def make_row(
         f"label_{o}": 0.0,
         f"image_{s}_uid": edited_uid,
         f"image_{o}_uid": original_uid,
+        f"image_{s}_url": None,
+        f"image_{o}_url": (pair.image_0_url, pair.image_1_url)[plan.edited],
         "best_image_uid": edited_uid,
         f"model_{s}": editor_model,
         f"model_{o}": original_model,
         "ranking_id": pair.ranking_id,
         "user_id": pair.user_id,
+        "num_example_per_prompt": pair.num_example_per_prompt,
         "has_label": True,
         "are_different": True,
         "created_at": pair.created_at,
@@ -74,6 +78,8 @@ def make_row(
         "source_edited": f"jpg_{plan.edited}",
         "clip_direction": clip_direction,
         "clip_image": clip_image,
+        "clip_text_edit": clip_text[0] if clip_text else None,
+        "clip_text_original": clip_text[1] if clip_text else None,
         "editor_nsfw": editor_nsfw,
     }
 

@@ -1,7 +1,8 @@
 """``styleprefs push``: upload a dataset's shards, manifest and card to a Hub dataset repo as one config.
 
 Repo layout: ``<config>/train-XXXXX-of-YYYYY.parquet``, ``<config>/manifest.json`` and one ``README.md``
-whose ``configs`` list every config, so several styles share a repo. Pushing a config again replaces
+whose ``configs`` list every config, so several styles share a repo. One config is the repo's default (the
+first pushed, or ``default_config``), so clients that pass no config name load it. Pushing a config again replaces
 its files (stale shards are deleted in the same commit) and keeps the other configs.
 ``rejects.parquet`` and ``quarantine.parquet`` are never uploaded: they hold unusable or unsafe rows.
 
@@ -41,10 +42,12 @@ class UploadPlan:
     card_text: str
     dataset: Path
     license: str | None = None
+    default_config: str | None = None
 
 
 def plan_push(dataset: Path, repo_id: str, *, config_name: str | None = None, license: str | None = None,
-              private: bool = False, revision: str | None = None, existing_card: str | None = None) -> UploadPlan:
+              private: bool = False, revision: str | None = None, existing_card: str | None = None,
+              default_config: str | None = None) -> UploadPlan:
     """What ``push`` uploads, checked offline: repo id, manifest, shard checksums and the card.
 
     ``existing_card`` is the repo's current ``README.md``; its other configs are kept in the new card.
@@ -56,9 +59,13 @@ def plan_push(dataset: Path, repo_id: str, *, config_name: str | None = None, li
     _verify_shards(dataset, manifest)
     files = [(path, f"{name}/{path.name}") for path in shard_paths(dataset, manifest)]
     files.append((dataset / "manifest.json", f"{name}/manifest.json"))
+    if default_config is not None:
+        check_config_name(default_config)
+    # Another config named default can only be checked against the repo's card, which push reads.
+    preview_default = default_config if existing_card is not None or default_config == name else None
     card = render_card(dataset, license=license, config_name=name, repo_folder=name, repo_id=repo_id,
-                       existing_card=existing_card)
-    return UploadPlan(repo_id, name, revision, private, files, card, dataset, license)
+                       existing_card=existing_card, default_config=preview_default)
+    return UploadPlan(repo_id, name, revision, private, files, card, dataset, license, default_config)
 
 
 def push(plan: UploadPlan, *, token: str | None = None) -> str:
@@ -78,7 +85,7 @@ def push(plan: UploadPlan, *, token: str | None = None) -> str:
         existing = _read_remote_card(api, plan) if CARD_PATH in remote else None
     plan = replace(plan, card_text=render_card(
         plan.dataset, license=plan.license, config_name=plan.config_name, repo_folder=plan.config_name,
-        repo_id=plan.repo_id, existing_card=existing))
+        repo_id=plan.repo_id, existing_card=existing, default_config=plan.default_config))
     with _hub_errors(plan.repo_id, token):
         info = api.create_commit(plan.repo_id, commit_operations(plan, remote), repo_type="dataset",
                                  revision=plan.revision, commit_message=f"styleprefs: push config {plan.config_name}")

@@ -12,11 +12,14 @@ PICKAPIC_FIELDS = [
     pa.field("label_1", pa.float64()),
     pa.field("image_0_uid", pa.string()),
     pa.field("image_1_uid", pa.string()),
+    pa.field("image_0_url", pa.string()),  # the source's URL, null when unknown (Pick-a-Pic's are dead links)
+    pa.field("image_1_url", pa.string()),
     pa.field("best_image_uid", pa.string()),
     pa.field("model_0", pa.string()),
     pa.field("model_1", pa.string()),
     pa.field("ranking_id", pa.int64()),
     pa.field("user_id", pa.int64()),
+    pa.field("num_example_per_prompt", pa.int64()),  # PickScore's loader reads it; 1 when the source has none
     pa.field("has_label", pa.bool_()),
     pa.field("are_different", pa.bool_()),
     pa.field("created_at", pa.timestamp("ns")),
@@ -32,6 +35,8 @@ PROVENANCE_FIELDS = [
     pa.field("source_edited", pa.string()),  # jpg_0 | jpg_1: which original image was edited
     pa.field("clip_direction", pa.float64()),  # null when the quality gate did not run
     pa.field("clip_image", pa.float64()),
+    pa.field("clip_text_edit", pa.float64()),  # cos(edited image, styled caption); null when the gate did not run
+    pa.field("clip_text_original", pa.float64()),  # cos(original image, source caption)
     pa.field("editor_nsfw", pa.bool_()),  # the editor's own safety checker flag (InstructPix2Pix), else null
     pa.field("safety_text_score", pa.float64()),  # text classifier's unsafe probability, null if not run
     pa.field("safety_image_score_0", pa.float64()),  # image checker's score of jpg_0 (> 0: flagged), null if not run

@@ -58,9 +58,10 @@ def pickapic_rows(n: int, start: int = 0) -> list[dict]:
             "jpg_0": jpg_0, "jpg_1": jpg_1,
             "label_0": label_0, "label_1": 1.0 - label_0 if label_0 != 0.5 else 0.5,
             "image_0_uid": f"uid-{i}-0", "image_1_uid": f"uid-{i}-1",
+            "image_0_url": f"https://images.example/uid-{i}-0.png", "image_1_url": None if i % 4 == 0 else f"https://images.example/uid-{i}-1.png",
             "best_image_uid": f"uid-{i}-{0 if label_0 == 1.0 else 1}",
             "model_0": "SDXL-beta", "model_1": "dreamlike",
-            "ranking_id": 1000 + i, "user_id": i % 5, "num_example_per_prompt": 1,
+            "ranking_id": 1000 + i, "user_id": i % 5, "num_example_per_prompt": 1 + i % 3,
             "has_label": True, "are_different": True,
             "created_at": datetime(2023, 4, 1) + timedelta(hours=i),
         })

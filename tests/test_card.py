@@ -61,7 +61,7 @@ def test_card_yaml_parses_and_validates(winter):
     assert meta["size_categories"] == ["n<1K"]
     assert meta["tags"] == ["preference", "dpo", "style-alignment", "pick-a-pic", "winter"]
     assert "source_datasets" not in meta  # local files: nothing verifiable to name
-    assert meta["configs"] == [{"config_name": "winter", "data_files": [{"split": "train", "path": "data/train-*"}]}]
+    assert meta["configs"] == [{"config_name": "winter", "data_files": [{"split": "train", "path": "data/train-*"}], "default": True}]
 
 
 def test_dataset_info_is_what_datasets_writes(winter):

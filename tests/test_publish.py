@@ -53,7 +53,7 @@ def test_plan_for_two_configs_in_one_repo(built):
     meta = _yaml(sketch.card_text)
     assert meta["configs"] == [
         {"config_name": "sketch", "data_files": [{"split": "train", "path": "sketch/train-*"}]},
-        {"config_name": "winter", "data_files": [{"split": "train", "path": "winter/train-*"}]},
+        {"config_name": "winter", "data_files": [{"split": "train", "path": "winter/train-*"}], "default": True},
     ]
     assert {i["config_name"]: i["splits"][0]["num_examples"] for i in meta["dataset_info"]} == {"sketch": 5, "winter": 10}
     assert meta["license"] == "openrail++"
@@ -75,6 +75,37 @@ def test_repo_layout_loads_with_datasets(built, tmp_path):
         ds = datasets.load_dataset(str(repo), name, split="train", cache_dir=str(tmp_path / "cache"))
         assert len(ds) == rows and set(ds["style"]) == {name}
         assert ds.features["jpg_1"] == datasets.Value("binary")
+
+
+def _lay_out(plans, repo: Path) -> Path:
+    """A local folder laid out as the pushed repo: every plan's files, the last plan's card."""
+    for local, repo_path in [f for plan in plans for f in plan.files]:
+        (repo / repo_path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(local, repo / repo_path)
+    (repo / "README.md").write_text(plans[-1].card_text)
+    return repo
+
+
+def test_two_style_repo_loads_with_no_config_name(built, tmp_path):
+    """Clients that pass no config name (diffusers' train_diffusion_dpo.py) get the first pushed config."""
+    winter = plan_push(built["winter"], REPO)
+    sketch = plan_push(built["sketch"], REPO, existing_card=winter.card_text)
+    repo = _lay_out([winter, sketch], tmp_path / "repo")
+    assert [c.get("default") for c in _yaml(sketch.card_text)["configs"]] == [None, True]
+    ds = datasets.load_dataset(str(repo), split="train", cache_dir=str(tmp_path / "cache"))
+    assert len(ds) == 10 and set(ds["style"]) == {"winter"}
+
+
+def test_default_config_option_moves_the_default(built, tmp_path):
+    winter = plan_push(built["winter"], REPO)
+    sketch = plan_push(built["sketch"], REPO, existing_card=winter.card_text, default_config="sketch")
+    again = plan_push(built["winter"], REPO, existing_card=sketch.card_text)  # re-pushing keeps the default
+    assert [c["config_name"] for c in _yaml(again.card_text)["configs"] if c.get("default")] == ["sketch"]
+    repo = _lay_out([winter, sketch, again], tmp_path / "repo")
+    ds = datasets.load_dataset(str(repo), split="train", cache_dir=str(tmp_path / "cache"))
+    assert len(ds) == 5 and set(ds["style"]) == {"sketch"}
+    with pytest.raises(StyleprefsError, match="--default-config 'autumn' is not a config of this repo"):
+        plan_push(built["sketch"], REPO, existing_card=winter.card_text, default_config="autumn")
 
 
 def test_format_plan_lists_every_upload(built):

@@ -1,4 +1,4 @@
-"""The CLIP quality gate: InstructPix2Pix's directional and image similarity, on tiny CLIP models."""
+"""The CLIP quality gate: InstructPix2Pix's directional, image and image-text similarities, on tiny CLIP models."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from styleprefs import tiny
 from styleprefs.editors.classic import ClassicEditor
 from styleprefs.editors.loading import clear_cache
 from styleprefs.errors import StyleprefsError
-from styleprefs.quality import ClipGate, passes
+from styleprefs.quality import ClipGate, GateScores, Thresholds, passes
 
 CAPTION = "a red house in a green field"
 STYLED = "a red house in a green field, in winter, covered in snow"
@@ -81,28 +81,28 @@ def aligned_clip(clip_path: Path, tmp_path_factory: pytest.TempPathFactory, orig
 
 
 def test_unchanged_edit_is_rejected_and_real_edit_kept(aligned_clip: Path, original, winter) -> None:
-    gate = ClipGate(str(aligned_clip), device="cpu", dtype="fp32")
-    (d_same, i_same), (d_real, i_real) = gate.score([original, original], [original.copy(), winter],
-                                                    [CAPTION, CAPTION], [STYLED, STYLED])
-    assert d_same == 0.0 and i_same == pytest.approx(1.0, abs=1e-5)
-    assert not gate.passes(d_same, i_same)
-    assert d_real >= 0.2 and 0.7 <= i_real < 1.0
-    assert gate.passes(d_real, i_real)
+    gate = ClipGate(str(aligned_clip), device="cpu", dtype="fp32", thresholds=Thresholds(text=-1.0))
+    same, real = gate.score([original, original], [original.copy(), winter], [CAPTION, CAPTION], [STYLED, STYLED])
+    assert same.direction == 0.0 and same.image == pytest.approx(1.0, abs=1e-5)
+    assert not gate.passes(same)
+    assert real.direction >= 0.2 and 0.7 <= real.image < 1.0
+    assert gate.passes(real)
 
 
 def test_edit_in_the_wrong_direction_is_rejected(aligned_clip: Path, original, winter) -> None:
     """Swapping the texts reverses the text direction: the same edit now goes against it."""
     gate = ClipGate(str(aligned_clip), device="cpu")
-    [(forward, image)] = gate.score([original], [winter], [CAPTION], [STYLED])
-    [(backward, image_2)] = gate.score([original], [winter], [STYLED], [CAPTION])
-    assert backward == pytest.approx(-forward, abs=1e-5) and image_2 == pytest.approx(image, abs=1e-6)
-    assert not passes(backward, image_2)
+    [forward] = gate.score([original], [winter], [CAPTION], [STYLED])
+    [backward] = gate.score([original], [winter], [STYLED], [CAPTION])
+    assert backward.direction == pytest.approx(-forward.direction, abs=1e-5)
+    assert backward.image == pytest.approx(forward.image, abs=1e-6)
+    assert not passes(backward, Thresholds(text=-1.0))
 
 
 def test_styled_text_equal_to_caption_gives_no_direction(clip_path: Path, original, winter) -> None:
     gate = ClipGate(str(clip_path), device="cpu")
-    [(direction, _)] = gate.score([original], [winter], [CAPTION], [CAPTION])
-    assert direction == 0.0
+    [scores] = gate.score([original], [winter], [CAPTION], [CAPTION])
+    assert scores.direction == 0.0
 
 
 def test_scores_match_a_direct_computation(clip_path: Path, original, winter) -> None:
@@ -128,9 +128,41 @@ def test_scores_match_a_direct_computation(clip_path: Path, original, winter) ->
     i0, i1, t0, t1 = image_features(original), image_features(winter), text_features(CAPTION), text_features(STYLED)
     expected_direction = float(F.cosine_similarity(i1 - i0, t1 - t0, dim=0))
     expected_image = float(i0 @ i1)
-    [(direction, image)] = gate.score([original], [winter], [CAPTION], [STYLED])
-    assert direction == pytest.approx(expected_direction, abs=1e-5)
-    assert image == pytest.approx(expected_image, abs=1e-5)
+    [scores] = gate.score([original], [winter], [CAPTION], [STYLED])
+    assert scores.direction == pytest.approx(expected_direction, abs=1e-5)
+    assert scores.image == pytest.approx(expected_image, abs=1e-5)
+    assert scores.text_edit == pytest.approx(float(i1 @ t1), abs=1e-5)
+    assert scores.text_original == pytest.approx(float(i0 @ t0), abs=1e-5)
+
+
+def test_gate_scores_equal_a_float64_recomputation(clip_path: Path, original, winter) -> None:
+    """The gate computes in fp32 by default; every score agrees with the same formulas in float64."""
+    gate = ClipGate(str(clip_path), device="cpu")
+    assert gate.dtype == torch.float32
+    model = CLIPModel.from_pretrained(clip_path).double().eval()
+    size = model.config.vision_config.image_size
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073], dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711], dtype=torch.float64).view(1, 3, 1, 1)
+
+    def image_features(img: Image.Image) -> torch.Tensor:
+        x = torch.from_numpy(np.asarray(img, np.float64) / 255.0).permute(2, 0, 1)[None]
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+        with torch.no_grad():
+            pooled = model.vision_model(pixel_values=(x - mean) / std).pooler_output
+            return F.normalize(model.visual_projection(pooled), dim=-1)[0]
+
+    def text_features(text: str) -> torch.Tensor:
+        tokens = gate.tokenizer([text], return_tensors="pt")
+        with torch.no_grad():
+            return F.normalize(model.text_projection(model.text_model(**tokens).pooler_output), dim=-1)[0]
+
+    sketch = ClassicEditor("sketch").edit([original], [CAPTION], [1])[0]
+    for edit, styled in ((winter, STYLED), (sketch, "a pencil sketch of a red house")):
+        i0, i1, t0, t1 = image_features(original), image_features(edit), text_features(CAPTION), text_features(styled)
+        expected = GateScores(float(F.cosine_similarity(i1 - i0, t1 - t0, dim=0)), float(i0 @ i1),
+                              float(i1 @ t1), float(i0 @ t0))
+        [scores] = gate.score([original], [edit], [CAPTION], [styled])
+        assert np.allclose(scores, expected, rtol=0, atol=1e-5), (scores, expected)
 
 
 def test_batch_scores_equal_single_scores(clip_path: Path, original, winter) -> None:
@@ -148,10 +180,11 @@ def test_batch_scores_equal_single_scores(clip_path: Path, original, winter) -> 
 
 
 def test_passes_thresholds() -> None:
-    assert passes(0.2, 0.7) and passes(0.5, 0.95)
-    assert not passes(0.19, 0.9) and not passes(0.3, 0.69)
-    assert passes(0.1, 0.5, min_direction=0.0, min_image=0.0)
-    assert not passes(math.nan, 0.9) and not passes(0.3, math.nan)
+    assert passes(GateScores(0.2, 0.7, 0.2, 0.2)) and passes(GateScores(0.5, 0.95, 0.3, 0.25))
+    assert not passes(GateScores(0.19, 0.9, 0.3, 0.3)) and not passes(GateScores(0.3, 0.69, 0.3, 0.3))
+    assert not passes(GateScores(0.3, 0.9, 0.19, 0.3)) and not passes(GateScores(0.3, 0.9, 0.3, 0.19))
+    assert passes(GateScores(0.1, 0.5, 0.1, 0.1), Thresholds(0.0, 0.0, 0.0))
+    assert not passes(GateScores(math.nan, 0.9, 0.3, 0.3)) and not passes(GateScores(0.3, 0.9, 0.3, math.nan))
 
 
 def test_tiny_name_builds_the_tiny_clip(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:

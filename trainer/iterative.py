@@ -193,6 +193,7 @@ def _row(caption: str, jpg_0: bytes, jpg_1: bytes, uid_0: str, uid_1: str, j: in
             "label_0": 0.5 if tie else float(winner_slot == 0), "label_1": 0.5 if tie else float(winner_slot == 1),
             "image_0_uid": uid_0, "image_1_uid": uid_1, "best_image_uid": None if tie else (uid_0, uid_1)[winner_slot],
             "model_0": model_0, "model_1": model_1, "ranking_id": j, "user_id": 0,
+            "num_example_per_prompt": 1,
             "has_label": not tie, "are_different": not tie, "editor": None if tie else "spin",
             "source": f"iter-{k}:{j}", "source_preferred": "tie" if tie else f"jpg_{winner_slot}"}
 

@@ -29,6 +29,9 @@ class SourcePair:
     model_1: str = ""
     ranking_id: int = 0
     user_id: int = 0
+    num_example_per_prompt: int = 1
+    image_0_url: str | None = None
+    image_1_url: str | None = None
     created_at: datetime | None = None
 
     @property

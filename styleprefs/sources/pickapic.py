@@ -181,6 +181,9 @@ def _pickapic_pair(row: dict[str, Any], index: int) -> SourcePair:
         model_1=str(row.get("model_1") or ""),
         ranking_id=int(row.get("ranking_id") or 0),
         user_id=int(row.get("user_id") or 0),
+        num_example_per_prompt=int(row.get("num_example_per_prompt") or 1),
+        image_0_url=row.get("image_0_url") or None,
+        image_1_url=row.get("image_1_url") or None,
         created_at=_datetime(row.get("created_at")),
     )
 
