@@ -275,6 +275,38 @@ def test_pipeline_uses_pair_and_query_in_minus_one_one(pd_pipe) -> None:
         assert np.abs(run(pair, query) - base).max() > 1e-5  # tiny VAE decodes everything near grey
 
 
+def test_pipeline_takes_plain_string_prompts(pd_pipe) -> None:
+    out = pd_pipe(prompt="a house", negative_prompt="blurry", image=picture(7), image_pair=[picture(5), picture(6)],
+                  num_inference_steps=STEPS, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    assert out.shape == (1, 64, 64, 3)
+
+
+def _port_layout(pd_path: Path, folder: Path) -> Path:
+    """The tiny model laid out as the research-project port publishes it: model_index.json names the port's
+    pipeline and its ControlNet module (neither importable here), controlnet/ saved by the port's class."""
+    shutil.copytree(pd_path, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index |= {"_class_name": "PromptDiffusionControlNetPipeline",
+              "controlnet": ["pipeline_prompt_diffusion", "PromptDiffusionControlNetModel"]}
+    (folder / "model_index.json").write_text(json.dumps(index))
+    config = json.loads((folder / "controlnet" / "config.json").read_text())
+    (folder / "controlnet" / "config.json").write_text(json.dumps(config | {"_class_name": "PromptDiffusionControlNetModel"}))
+    return folder
+
+
+def test_port_layout_loads_strictly(pd_path: Path, tmp_path: Path) -> None:
+    folder = _port_layout(pd_path, tmp_path / "port")
+    with safe_open(str(folder / "controlnet" / "diffusion_pytorch_model.safetensors"), framework="pt") as f:
+        checkpoint = {k: f.get_tensor(k) for k in f.keys()}
+    model = PromptDiffusionControlNetModel.from_config(PromptDiffusionControlNetModel.load_config(folder / "controlnet"))
+    result = model.load_state_dict(checkpoint, strict=True)  # no missing and no unexpected keys
+    assert not result.missing_keys and not result.unexpected_keys
+    editor = load_editor("prompt-diffusion", load_style("winter"), model=str(folder), device="cpu", steps=STEPS)
+    loaded = editor._pipe.controlnet.state_dict()
+    assert loaded.keys() == checkpoint.keys() and all(torch.equal(loaded[k], checkpoint[k]) for k in loaded)
+    check_edits(edit_with_flags(editor, IMAGES[:1], CAPTIONS[:1], SEEDS[:1]), IMAGES[:1])
+
+
 # ---------------------------------------------------------------------------------------------
 # prompt-diffusion editor
 

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
-from diffusers import ControlNetModel, DDIMScheduler, StableDiffusionControlNetPipeline
+from diffusers import ControlNetModel, DDIMScheduler, StableDiffusionControlNetPipeline, StableDiffusionPipeline
 from diffusers.configuration_utils import register_to_config
 from diffusers.image_processor import PipelineImageInput, VaeImageProcessor
 from diffusers.models.controlnets.controlnet import ControlNetConditioningEmbedding, ControlNetOutput
@@ -331,7 +331,8 @@ class PromptDiffusionPipeline(StableDiffusionControlNetPipeline):
         guess_mode = guess_mode or controlnet.config.global_pool_conditions
         cfg = self.do_classifier_free_guidance
 
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(prompts, device, 1, cfg, negative_prompt)
+        negatives = [negative_prompt] * batch_size if isinstance(negative_prompt, str) else negative_prompt
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(prompts, device, 1, cfg, negatives)
         if cfg:
             prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
 
@@ -438,12 +439,16 @@ def _check_controlnet_weights(folder: Path, model: str) -> None:
 
 
 def _load_pipeline(model: ResolvedModel, device: torch.device, dtype: torch.dtype):
+    """A base ``StableDiffusionPipeline`` plus the ControlNet in ``controlnet/``: model_index.json's entry for
+    the ControlNet (a diffusers class, or the port's own module) is never imported, so every layout loads."""
     location = model.location
     with quiet_loading():
         try:
             controlnet = PromptDiffusionControlNetModel.from_pretrained(
                 location, subfolder="controlnet", dtype=dtype)
-            pipe = PromptDiffusionPipeline.from_pretrained(location, controlnet=controlnet, dtype=dtype)
+            base = StableDiffusionPipeline.from_pretrained(location, dtype=dtype)
+            pipe = PromptDiffusionPipeline(**base.components, controlnet=controlnet,
+                                           requires_safety_checker=base.config.requires_safety_checker)
         except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
             raise load_error("Prompt Diffusion", model, exc) from None
     if controlnet.config.conditioning_channels != 6:
