@@ -31,8 +31,8 @@ from styleprefs.editors.loading import (
     quiet_loading,
     resolve_device,
     resolve_dtype,
-    resolve_model,
 )
+from styleprefs.resolve import resolve_model
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 MIN_DIRECTION = 0.2
 MIN_IMAGE = 0.7

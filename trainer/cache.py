@@ -44,7 +44,7 @@ from styleprefs.io import atomic_path, read_json, write_json
 from styleprefs.lock import folder_lock
 from styleprefs.parallel import thread_map
 from styleprefs.progress import RateColumn
-from styleprefs.tiny import resolve
+from styleprefs.resolve import locate
 from styleprefs.trainer.data import (Pair, dataset_files, flipped_crop, pair_augmentation, preprocess, read_pairs,
                                      resized_size)
 from styleprefs.trainer.models import (SDComponents, encode_latent_dist, encode_prompts, load_components, quiet_loading,
@@ -215,7 +215,7 @@ class ClipEncoder:
 
 
 def _clip_location(clip_model: str) -> str:
-    return resolve("tiny-clip" if clip_model == "tiny" else clip_model)
+    return locate(clip_model, tiny="tiny-clip").location
 
 
 def _decode_pair(pair: Pair) -> tuple[Image.Image, Image.Image]:

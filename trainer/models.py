@@ -14,9 +14,8 @@ from torch import Tensor
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from styleprefs.errors import StyleprefsError
-from styleprefs.tiny import ensure_tiny
+from styleprefs.resolve import is_offline_name, locate, missing_parts
 
-TINY_MODELS = ("tiny", "tiny-sdxl", "tiny-clip", "mini")  # built or unpacked offline (styleprefs.tiny)
 REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 SDXL_COMPONENTS = ("text_encoder_2", "tokenizer_2")
 T = TypeVar("T")
@@ -41,22 +40,20 @@ class SDComponents:
 
 
 def resolve_model(model: str) -> str:
-    """A loadable location for ``model``: tiny names are built offline (``styleprefs.tiny``); Hub ids pass unchanged.
+    """A loadable location for ``model`` (``styleprefs.resolve.locate``): offline names are built; Hub ids pass unchanged.
 
     A local pipeline folder must hold unet, vae, text_encoder, tokenizer and scheduler (plus
     text_encoder_2 and tokenizer_2 when its model_index.json names them); otherwise StyleprefsError
     names the missing ones.
     """
-    if model in TINY_MODELS:
-        return str(ensure_tiny(model))
-    path = Path(model).expanduser()
-    if path.is_dir():
-        missing = [name for name in _expected_components(path) if not (path / name).is_dir()]
+    resolved = locate(model)
+    path = Path(resolved.location)
+    if path.is_dir() and not is_offline_name(model):
+        missing = [m.rstrip("/") for m in missing_parts(path, components=_expected_components(path))]
         if missing:
             raise StyleprefsError(
                 f"model folder {model} is missing {', '.join(missing)}: give a complete diffusers pipeline folder")
-        return str(path)
-    return model
+    return resolved.location
 
 
 def _expected_components(path: Path) -> list[str]:
@@ -146,7 +143,7 @@ def check_unet_source(value: str, flag: str) -> None:
 
     Checked before any slow work, so a wrong folder does not cost a cache build first.
     """
-    if value in TINY_MODELS:
+    if is_offline_name(value):
         return
     path = Path(value).expanduser()
     wanted = "a diffusers pipeline folder (model_index.json, unet/) or a UNet folder (config.json and safetensors)"

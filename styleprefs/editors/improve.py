@@ -22,7 +22,6 @@ from torch import Tensor
 
 from styleprefs.editors.loading import (
     SD_COMPONENTS,
-    ResolvedModel,
     SafetyFlagger,
     dtype_name,
     edit_in_size_buckets,
@@ -32,9 +31,9 @@ from styleprefs.editors.loading import (
     quiet_loading,
     resolve_device,
     resolve_dtype,
-    resolve_model,
     working_resolution,
 )
+from styleprefs.resolve import ResolvedModel, resolve_model
 from styleprefs.errors import StyleprefsError
 
 if TYPE_CHECKING:

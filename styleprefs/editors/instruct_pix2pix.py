@@ -19,7 +19,6 @@ from PIL import Image
 
 from styleprefs.editors.loading import (
     SD_COMPONENTS,
-    ResolvedModel,
     SafetyFlagger,
     dtype_name,
     edit_in_size_buckets,
@@ -29,9 +28,9 @@ from styleprefs.editors.loading import (
     quiet_loading,
     resolve_device,
     resolve_dtype,
-    resolve_model,
     working_resolution,
 )
+from styleprefs.resolve import ResolvedModel, resolve_model
 from styleprefs.errors import StyleprefsError
 from styleprefs.style import InstructPix2PixSettings
 

@@ -1,7 +1,6 @@
 """Shared loading for the neural editors and the CLIP gate: model ids and paths, device, dtype, caches.
 
-- ``resolve_model``: ``tiny`` names build an offline tiny model (``styleprefs.tiny``); an existing folder
-  must hold the expected components (the error names the missing ones); anything else is a Hub id.
+- Model ids and paths resolve through ``styleprefs.resolve`` (shared with every other loader).
 - ``resolve_device`` / ``resolve_dtype``: ``auto`` means CUDA if available, fp16 on CUDA and fp32 on CPU.
 - ``load_once``: a process-wide cache, so a pipeline is loaded once per process however many editors use it.
 - ``SafetyFlagger``: runs a pipeline's bundled safety checker for its *flag* only (diffusers blackens
@@ -13,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
@@ -22,6 +19,7 @@ import torch
 from PIL import Image
 
 from styleprefs.errors import StyleprefsError
+from styleprefs.resolve import ResolvedModel
 
 T = TypeVar("T")
 
@@ -34,45 +32,6 @@ DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf
 
 # Folders of a diffusers Stable Diffusion pipeline that every neural editor needs (plus model_index.json).
 SD_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    name: str  # what the user gave (recorded in the dataset), tiny names canonicalised
-    location: str  # local folder or Hub id handed to from_pretrained
-    local: bool
-
-
-def resolve_model(model: str, *, what: str, tiny: str, components: Sequence[str] = (),
-                  files: Sequence[str] = ("model_index.json",)) -> ResolvedModel:
-    """Where to load ``model`` from.
-
-    ``tiny`` (or any ``styleprefs.tiny`` name) builds/caches an offline tiny model; ``tiny`` itself
-    stands for the ``tiny`` argument, the caller's own kind. An existing folder must contain every
-    name in ``files`` and every folder in ``components``; other strings are taken as Hub ids.
-    """
-    from styleprefs import tiny as tiny_models
-
-    name = tiny if model == "tiny" else model
-    if name in tiny_models.BUILDERS:
-        try:
-            path = tiny_models.ensure_tiny(name)
-        except OSError as exc:
-            raise StyleprefsError(f"cannot build the tiny model {name!r}: {first_line(exc)}") from None
-        return ResolvedModel(name, str(path), True)
-    path = Path(model).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise StyleprefsError(f"{what} model {model} is a file; pass a model folder or a Hub id")
-        missing = [f for f in files if not (path / f).is_file()] + [
-            f"{c}/" for c in components if not (path / c).is_dir()]
-        if missing:
-            expected = ", ".join([*files, *(f"{c}/" for c in components)])
-            raise StyleprefsError(f"{what} model folder {model} lacks {', '.join(missing)} (expected {expected})")
-        return ResolvedModel(model, str(path), True)
-    if model.startswith((".", "/", "~")) or model.count("/") != 1 or model.endswith("/"):
-        raise StyleprefsError(f"{what} model {model!r} is neither an existing folder nor a Hub id (owner/name)")
-    return ResolvedModel(model, model, False)
 
 
 def resolve_device(device: str | None) -> torch.device:

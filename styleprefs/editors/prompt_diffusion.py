@@ -53,7 +53,6 @@ from PIL import Image, ImageFilter
 
 from styleprefs.editors.loading import (
     SD_COMPONENTS,
-    ResolvedModel,
     SafetyFlagger,
     dtype_name,
     edit_in_size_buckets,
@@ -64,9 +63,9 @@ from styleprefs.editors.loading import (
     quiet_truncation,
     resolve_device,
     resolve_dtype,
-    resolve_model,
     working_resolution,
 )
+from styleprefs.resolve import ResolvedModel, resolve_model
 from styleprefs.errors import StyleprefsError
 from styleprefs.style import StyleSpec
 

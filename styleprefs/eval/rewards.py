@@ -62,6 +62,7 @@ from PIL import Image
 
 from styleprefs.errors import StyleprefsError
 from styleprefs.images import read_image
+from styleprefs.resolve import locate
 
 STYLE_SCORERS = ("winter", "van_gogh", "sketch")  # zero-shot style probability, one per built-in style
 SCORERS = ("pickscore", "hpsv2", "aesthetic", "clip", "imagereward", *STYLE_SCORERS)
@@ -190,13 +191,9 @@ class HFClip:
 
 
 def _location(source: str) -> tuple[str, bool]:
-    """(where to load from, is local) for a tiny name, a path or a Hub id."""
-    from styleprefs import tiny
-
-    if source in tiny.BUILDERS:
-        return str(tiny.ensure_tiny(source)), True
-    path = Path(source).expanduser()
-    return (str(path), True) if path.exists() else (source, False)
+    """(where to load from, is local) for an offline name, a path or a Hub id (``styleprefs.resolve.locate``)."""
+    resolved = locate(source)
+    return resolved.location, resolved.local
 
 
 def load_clip(source: str, what: str, device: torch.device | str = "cpu", *, processor: str | None = None,

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from styleprefs.errors import StyleprefsError
+from styleprefs.resolve import is_hub_id, locate
 
 BACKEND = "text safety classifier"
 DEFAULT_TEXT_MODEL = "eliasalbouzidi/distilbert-nsfw-text-classifier"
@@ -44,17 +44,20 @@ def model_load_error(backend: str, model: str, exc: BaseException, hub_example: 
     if Path(model).expanduser().is_dir():
         return StyleprefsError(f"{backend} {model!r}: cannot load this folder ({_one_line(exc)}); pass a folder "
                                "written by `hf download <model id> --local-dir DIR`")
-    if not _is_hub_id(model):
+    if not is_hub_id(model):
         return _no_such_model(backend, model, hub_example)
     return StyleprefsError(f"{backend} {model!r}: not available locally and cannot be downloaded "
                            f"({_one_line(exc)}); on a machine with network run "
                            f"`hf download {model} --local-dir DIR`, then pass DIR")
 
 
-def check_model_source(backend: str, model: str, hub_example: str) -> None:
-    """Fail fast, before any download attempt, when ``model`` is neither a folder nor a Hub id."""
-    if not Path(model).expanduser().is_dir() and not _is_hub_id(model):
+def model_location(backend: str, model: str, hub_example: str) -> str:
+    """Where to load ``model`` from (``styleprefs.resolve.locate``: an offline name, a folder or a Hub id);
+    fails fast, before any download attempt, when it is none of them."""
+    resolved = locate(model)
+    if not (resolved.local and Path(resolved.location).is_dir()) and not is_hub_id(model):
         raise _no_such_model(backend, model, hub_example)
+    return resolved.location
 
 
 def _no_such_model(backend: str, model: str, hub_example: str) -> StyleprefsError:
@@ -67,14 +70,6 @@ def _one_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     text = lines[0].split(". ")[0] if lines else type(exc).__name__
     return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 1] + "…"
-
-
-def _is_hub_id(model: str) -> bool:
-    try:
-        validate_repo_id(model)
-    except HFValidationError:
-        return False
-    return True
 
 
 class TextSafetyClassifier:
@@ -90,10 +85,10 @@ class TextSafetyClassifier:
 
     def __init__(self, model: str = DEFAULT_TEXT_MODEL, device: str = "cpu",
                  unsafe_labels: Sequence[str] | None = None, batch_size: int = 64) -> None:
-        check_model_source(self.BACKEND, model, DEFAULT_TEXT_MODEL)
+        location = model_location(self.BACKEND, model, DEFAULT_TEXT_MODEL)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
-            self.model = AutoModelForSequenceClassification.from_pretrained(model, trust_remote_code=False)
+            self.tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
+            self.model = AutoModelForSequenceClassification.from_pretrained(location, trust_remote_code=False)
         except _LOAD_ERRORS as exc:
             raise model_load_error(self.BACKEND, model, exc, DEFAULT_TEXT_MODEL) from None
         self.model.to(device).eval()

@@ -16,7 +16,7 @@ from PIL import Image
 from transformers import CLIPImageProcessor
 
 from styleprefs.errors import StyleprefsError
-from styleprefs.safety.classifier import check_model_source, model_load_error
+from styleprefs.safety.classifier import model_load_error, model_location
 
 DEFAULT_IMAGE_MODEL = "CompVis/stable-diffusion-safety-checker"
 PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -39,11 +39,11 @@ class ImageSafetyChecker:
 
     def __init__(self, model: str = DEFAULT_IMAGE_MODEL, device: str = "cpu", dtype: torch.dtype = torch.float32,
                  batch_size: int = 16) -> None:
-        _check_local_folder(model)
-        check_model_source(self.BACKEND, model, DEFAULT_IMAGE_MODEL)
+        location = model_location(self.BACKEND, model, DEFAULT_IMAGE_MODEL)
+        _check_local_folder(model, location)
         try:
-            self.processor = CLIPImageProcessor.from_pretrained(model)
-            self.checker = StableDiffusionSafetyChecker.from_pretrained(model, dtype=dtype)
+            self.processor = CLIPImageProcessor.from_pretrained(location)
+            self.checker = StableDiffusionSafetyChecker.from_pretrained(location, dtype=dtype)
         except _LOAD_ERRORS as exc:
             raise model_load_error(self.BACKEND, model, exc, DEFAULT_IMAGE_MODEL) from None
         self.checker.to(device).eval()
@@ -79,8 +79,8 @@ def checker_scores(checker: StableDiffusionSafetyChecker, image_embeds: torch.Te
     return concepts.amax(dim=1).cpu()
 
 
-def _check_local_folder(model: str) -> None:
-    folder = Path(model).expanduser()
+def _check_local_folder(model: str, location: str) -> None:
+    folder = Path(location)
     if folder.is_dir() and not (folder / PREPROCESSOR_FILE).is_file():
         raise StyleprefsError(f"{ImageSafetyChecker.BACKEND} {model!r}: the folder has no {PREPROCESSOR_FILE} "
                               f"(the CLIP image preprocessing); download the full repository with "
