@@ -1,9 +1,10 @@
-"""``styleprefs quickstart``: the whole pipeline, offline, on tiny models, on CPU, in a few minutes.
+"""``styleprefs quickstart``: the whole pipeline, offline, on the trained mini models, on CPU, in a few minutes.
 
-build (sample source, classic editor) -> filter-unsafe -> cache -> train SFT -> train RPO from SFT
--> generate from base, SFT and SFT+RPO with the same seeds -> style FID/KID and implicit accuracy
--> ``report.md`` and ``report.html``. Every stage is resumable, so a second run reuses what is done.
-The tiny models have random weights: the numbers show the machinery works, not that styles are learnt.
+build (sample source, classic editor; a train split and held-out pairs) -> filter-unsafe -> cache ->
+train SFT -> train RPO from SFT -> generate from base, SFT and SFT+RPO with the same seeds -> mini
+FID/KID, the style score (``mini-clip`` zero-shot) and implicit accuracy on held-out pairs ->
+``report.md`` and ``report.html``. Every stage is resumable, so a second run reuses what is done.
+In the miniature world the base draws summer scenes, so a Winter dataset is a real shift.
 """
 
 from __future__ import annotations
@@ -17,12 +18,34 @@ from typing import Callable
 
 from rich.console import Console
 
-from styleprefs.io import write_text
+from styleprefs.io import read_json, write_text
 
 RESOLUTION = 64
-NUM_PAIRS = 64
-PROMPTS = 32  # generated images per model (one per caption); style FID compares 32 with 32
-GENERATION_STEPS = 6
+MODEL, CLIP = "mini", "mini-clip"
+RUNS = {"base": "base (mini)", "sft": "SFT", "rpo": "SFT+RPO"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much work each stage does. Learning rates are per pair (``--scale-lr``): the rate applied is
+    ``lr x batch_size``."""
+
+    num_pairs: int = 384
+    heldout_pairs: int = 64
+    prompts: int = 48  # captions generated from, per model; style FID compares as many images with as many
+    images_per_prompt: int = 2  # seeds per caption: the spread of every mean over seeds is reported
+    generation_steps: int = 20
+    batch_size: int = 8
+    sft_steps: int = 150
+    rpo_steps: int = 100
+    sft_lr: float = 2.5e-5
+    rpo_lr: float = 2.5e-6
+    beta: float = 5000.0
+
+    @classmethod
+    def reduced(cls) -> Plan:
+        """For tests: smaller, still enough for the base-to-SFT shift to show."""
+        return cls(num_pairs=192, heldout_pairs=16, prompts=16, generation_steps=10, sft_steps=80, rpo_steps=10)
 
 
 @dataclass(frozen=True)
@@ -33,12 +56,12 @@ class Stage:
     done: Callable[[], bool]
 
 
-def quickstart(out: Path, *, style: str = "winter", inception: str | None = None, console: Console | None = None) -> Path:
+def quickstart(out: Path, *, style: str = "winter", inception: str | None = None, plan: Plan = Plan(),
+               console: Console | None = None) -> Path:
     """Run every stage into ``out`` (skipping finished ones) and return the HTML report's path."""
     console = console or Console()
     out = Path(out)
-    data, runs, gen = out / "data", out / "runs", out / "generated"
-    stages = _stages(out, style, inception)
+    stages = _stages(out, style, inception, plan)
     for i, stage in enumerate(stages, 1):
         status = "reused" if stage.done() else None
         if status is None:
@@ -46,95 +69,117 @@ def quickstart(out: Path, *, style: str = "winter", inception: str | None = None
             stage.run()
             status = "done"
         console.print(f"[green]✓[/green] {i}/{len(stages)} {stage.name} ({status})")
-    page = _write_html(out, data, runs, gen)
+    page = _write_html(out, style)
     console.print(f"\nReport: {out / 'report.md'}\nPage:   {page}\n")
-    console.print("Each stage corresponds to a real command (drop --model tiny for Stable Diffusion 1.5 on a GPU):")
+    console.print(f"Each stage corresponds to a real command (use your own models for {MODEL} and {CLIP}, e.g. "
+                  "stable-diffusion-v1-5/stable-diffusion-v1-5 and openai/clip-vit-large-patch14, on a GPU):")
     for stage in stages:
         console.print(f"  {stage.command}", markup=False, highlight=False)
     return page
 
 
-def _stages(out: Path, style: str, inception: str | None) -> list[Stage]:
+def _stages(out: Path, style: str, inception: str | None, plan: Plan) -> list[Stage]:
     from styleprefs.build import BuildConfig, build_dataset
     from styleprefs.filter_unsafe import filter_unsafe
 
-    data, runs, gen = out / "data", out / "runs", out / "generated"
-    models = {"base": "tiny", "sft": str(runs / "sft"), "rpo": str(runs / "rpo")}
-    fid_flag = f"--inception {inception}" if inception else "--features random"
+    data, heldout, runs, gen = out / "data", out / "data-heldout", out / "runs", out / "generated"
+    models = {"base": MODEL, "sft": str(runs / "sft"), "rpo": str(runs / "rpo")}
+    fid_flag = f"--inception {inception}" if inception else "--features mini"
+    build = "styleprefs build --style {style} --source sample --split {split} --num-pairs {n} --out {out}"
     stages = [
-        Stage("build a sample dataset", f"styleprefs build --style {style} --source sample --num-pairs {NUM_PAIRS} --out {data}",
-              lambda: build_dataset(BuildConfig(style=style, source="sample", num_pairs=NUM_PAIRS, shard_size=NUM_PAIRS), data),
+        Stage("build the training set (sample scenes, train split)",
+              build.format(style=style, split="train", n=plan.num_pairs, out=data),
+              lambda: build_dataset(BuildConfig(style=style, source="sample", split="train", num_pairs=plan.num_pairs,
+                                                shard_size=plan.num_pairs), data),
               lambda: (data / "manifest.json").is_file()),
+        Stage("build held-out pairs (scenes training never sees)",
+              build.format(style=style, split="test", n=plan.heldout_pairs, out=heldout),
+              lambda: build_dataset(BuildConfig(style=style, source="sample", split="test",
+                                                num_pairs=plan.heldout_pairs, shard_size=plan.heldout_pairs), heldout),
+              lambda: (heldout / "manifest.json").is_file()),
         Stage("filter unsafe rows", f"styleprefs filter-unsafe {data}",
               lambda: filter_unsafe(data), lambda: _filtered(data)),
-        Stage("cache latents and embeddings", f"styleprefs cache {data} --model tiny --resolution {RESOLUTION} --clip-model tiny",
+        Stage("cache latents and embeddings",
+              f"styleprefs cache {data} --model {MODEL} --resolution {RESOLUTION} --clip-model {CLIP}",
               lambda: _cache(data), lambda: False),
-        Stage("train SFT", f"styleprefs train --stage sft --data {data} --model tiny --out {runs / 'sft'}",
-              lambda: _train("sft", data, runs / "sft"), lambda: (runs / "sft" / "model_index.json").is_file()),
-        Stage("train RPO from the SFT model", f"styleprefs train --stage rpo --data {data} --init {runs / 'sft'} --out {runs / 'rpo'}",
-              lambda: _train("rpo", data, runs / "rpo", init=runs / "sft"),
+        Stage("train SFT", f"styleprefs train --stage sft --data {data} --model {MODEL} --out {runs / 'sft'}",
+              lambda: _train("sft", data, runs / "sft", plan), lambda: (runs / "sft" / "model_index.json").is_file()),
+        Stage("train RPO from the SFT model", f"styleprefs train --stage rpo --data {data} --init {runs / 'sft'} "
+              f"--out {runs / 'rpo'}", lambda: _train("rpo", data, runs / "rpo", plan, init=runs / "sft"),
               lambda: (runs / "rpo" / "model_index.json").is_file()),
     ]
     for name, model in models.items():
-        stages.append(Stage(f"generate from {name}", f"styleprefs eval generate --model {model} --prompts {data} --out {gen / name}",
-                            lambda model=model, name=name: _generate(model, data, gen / name), lambda: False))
+        stages.append(Stage(f"generate from {name}", f"styleprefs eval generate --model {model} --prompts {data} "
+                            f"--out {gen / name}", lambda model=model, name=name: _generate(model, data, gen / name, plan),
+                            lambda: False))
     for name in models:
-        stages.append(Stage(f"style FID of {name}", f"styleprefs eval style-fid --data {data} --generated {gen / name} {fid_flag}",
-                            lambda name=name: _fid(data, gen / name, inception),
-                            lambda name=name: (gen / name / "style_fid.json").is_file()))
+        stages += [
+            Stage(f"style FID of {name}", f"styleprefs eval style-fid --data {data} --generated {gen / name} {fid_flag}",
+                  lambda name=name: _fid(data, gen / name, inception, plan),
+                  lambda name=name: (gen / name / "style_fid.json").is_file()),
+            Stage(f"{style} score of {name}", f"styleprefs eval rewards {gen / name} --scorer {style}={CLIP}",
+                  lambda name=name: _style_score(gen / name, style),
+                  lambda name=name: style in read_json(gen / name / "rewards.json")),
+        ]
     for name, ref in (("sft", "base"), ("rpo", "sft")):
-        stages.append(Stage(f"implicit accuracy of {name} against {ref}",
-                            f"styleprefs eval implicit-acc --model {models[name]} --ref {models[ref]} --data {data}",
-                            lambda name=name, ref=ref: _implicit(models[name], models[ref], data, gen / name),
+        stages.append(Stage(f"implicit accuracy of {name} against {ref} on held-out pairs",
+                            f"styleprefs eval implicit-acc --model {models[name]} --ref {models[ref]} --data {heldout}",
+                            lambda name=name, ref=ref: _implicit(models[name], models[ref], heldout, gen / name),
                             lambda name=name: (gen / name / "implicit_acc.json").is_file()))
-    stages.append(Stage("report", f"styleprefs eval report {gen / 'base'} {gen / 'sft'} {gen / 'rpo'} --out {out / 'report.md'}",
-                        lambda: _report(out, gen), lambda: False))
+    stages.append(Stage("report", f"styleprefs eval report {gen / 'base'} {gen / 'sft'} {gen / 'rpo'} "
+                        f"--out {out / 'report.md'}", lambda: _report(out, gen), lambda: False))
     return stages
 
 
 def _filtered(data: Path) -> bool:
-    manifest = json.loads((data / "manifest.json").read_text())
-    return bool(manifest.get("safety", {}).get("runs"))
+    return bool(read_json(data / "manifest.json").get("safety", {}).get("runs"))
 
 
 def _cache(data: Path) -> None:
     from styleprefs.trainer.cache import build_cache
 
-    build_cache(data, "tiny", RESOLUTION, clip_model="tiny")
+    build_cache(data, MODEL, RESOLUTION, clip_model=CLIP)
 
 
-def _train(stage: str, data: Path, out: Path, init: Path | None = None) -> None:
+def _train(stage: str, data: Path, out: Path, plan: Plan, init: Path | None = None) -> None:
     from styleprefs.trainer.config import TrainConfig
     from styleprefs.trainer.loop import train
 
-    # A tiny random model needs a large learning rate to move visibly in a few dozen steps.
-    cfg = TrainConfig(stage=stage, data=str(data), out=str(out), model="tiny", init=str(init) if init else None,
-                      clip_model="tiny", resolution=RESOLUTION, batch_size=8, gradient_accumulation_steps=1,
-                      max_steps=40 if stage == "sft" else 20, learning_rate=1e-4 if stage == "sft" else 1e-5,
-                      warmup_steps=0, beta=5000.0, tau=1.0, checkpoint_every=20, validation_every=20,
-                      validation_prompts=["a red house on a grass field at sunset"], report_to="tensorboard",
-                      resume=(out / "checkpoints").is_dir())
+    steps = plan.sft_steps if stage == "sft" else plan.rpo_steps
+    cfg = TrainConfig(stage=stage, data=str(data), out=str(out), model=None if init else MODEL,
+                      init=str(init) if init else None, clip_model=CLIP, resolution=RESOLUTION,
+                      batch_size=plan.batch_size, gradient_accumulation_steps=1, max_steps=steps,
+                      learning_rate=plan.sft_lr if stage == "sft" else plan.rpo_lr, scale_lr=True,
+                      warmup_steps=steps // 10, beta=plan.beta, tau=1.0, checkpoint_every=steps,
+                      validation_every=steps, validation_prompts=["a red house on a grass field at sunset"],
+                      report_to="tensorboard", resume=(out / "checkpoints").is_dir())
     train(cfg)
 
 
-def _generate(model: str, data: Path, out: Path) -> None:
+def _generate(model: str, data: Path, out: Path, plan: Plan) -> None:
     from styleprefs.eval.generate import generate
 
-    generate(model, str(data), out, images_per_prompt=1, seed=0, steps=GENERATION_STEPS, resolution=RESOLUTION,
-             limit=PROMPTS, batch_size=16, device="cpu")
+    generate(model, str(data), out, images_per_prompt=plan.images_per_prompt, seed=0, steps=plan.generation_steps,
+             resolution=RESOLUTION, limit=plan.prompts, batch_size=16, device="cpu")
 
 
-def _fid(data: Path, generated: Path, inception: str | None) -> None:
+def _fid(data: Path, generated: Path, inception: str | None, plan: Plan) -> None:
     from styleprefs.eval.fid import style_fid
 
-    style_fid(data, generated, inception=inception, features="fid" if inception else "random",
-              kid_subset_size=PROMPTS // 2, device="cpu")
+    style_fid(data, generated, inception=inception, features="fid" if inception else "mini",
+              kid_subset_size=plan.prompts // 2, device="cpu")
+
+
+def _style_score(generated: Path, style: str) -> None:
+    from styleprefs.eval.rewards import score_folder
+
+    score_folder(generated, [f"{style}={CLIP}"], device="cpu")
 
 
 def _implicit(model: str, ref: str, data: Path, out: Path) -> None:
     from styleprefs.eval.implicit_acc import implicit_accuracy
 
-    implicit_accuracy(model, ref, data, base="tiny", num_draws=2, resolution=RESOLUTION, device="cpu",
+    implicit_accuracy(model, ref, data, base=MODEL, num_draws=4, resolution=RESOLUTION, device="cpu",
                       out=out / "implicit_acc.json")
 
 
@@ -142,18 +187,33 @@ def _report(out: Path, gen: Path) -> None:
     from styleprefs.eval.report import make_report
     from styleprefs.inspect import save_grid
 
-    make_report([gen / "base", gen / "sft", gen / "rpo"], out / "report.md", names=["base (tiny)", "SFT", "SFT+RPO"])
+    make_report([gen / name for name in RUNS], out / "report.md", names=list(RUNS.values()))
     save_grid(out / "data", out / "dataset_grid.png", rows=6)
 
 
-def _write_html(out: Path, data: Path, runs: Path, gen: Path) -> Path:
+def seed_spread(generated: Path, scorer: str) -> dict:
+    """Mean score per generation seed (image index) and their spread (max - min)."""
+    import numpy as np
+
+    from styleprefs.eval.rewards import read_scores
+
+    table = read_scores(generated)
+    index, values = np.asarray(table["index"]), np.asarray(table[scorer], dtype=np.float64)
+    means = [float(values[index == i].mean()) for i in sorted(set(index.tolist()))]
+    return {"per_seed": means, "spread": max(means) - min(means), "mean": float(values.mean())}
+
+
+def _write_html(out: Path, style: str) -> Path:
     """One self-contained page (images by relative path): dataset grid, curves, generations, metrics."""
     report = json.loads((out / "report.json").read_text())
     table, columns = report["table"], report["columns"]
     rows = "".join(f"<tr><th>{html.escape(label)}</th>" + "".join(
         f"<td>{_cell(table[label].get(c))}</td>" for c in columns) + "</tr>" for label in report["labels"])
-    manifest = json.loads((data / "manifest.json").read_text())
+    manifest = json.loads((out / "data" / "manifest.json").read_text())
     counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in manifest["counts"].items())
+    spreads = "".join(f"<li>{html.escape(label)}: " + ", ".join(f"{v:.3f}" for v in spread["per_seed"])
+                      + f" (spread {spread['spread']:.3f})</li>"
+                      for label, spread in ((RUNS[n], seed_spread(out / "generated" / n, style)) for n in RUNS))
     figures = [("Dataset: rejected original | preferred edit", "dataset_grid.png"),
                ("SFT training curves", "runs/sft/curves.png"), ("RPO training curves (reference: SFT)", "runs/rpo/curves.png"),
                ("Generations, same prompt and seed per row", "report_grid.png"), ("Metrics", "report_bars.png")]
@@ -165,10 +225,11 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #bbb;padding:4px 8px;te
 figcaption{{font-weight:bold;margin-bottom:.4em}}.note{{color:#a33}}</style></head><body>
 <h1>styleprefs quickstart</h1>
 <p>Style <b>{html.escape(manifest['config']['build']['style'])}</b>; dataset: {html.escape(counts)}.</p>
-<p class="note">Tiny models with random weights, trained for a few steps on CPU: these figures show the pipeline runs
-end to end, not what fine-tuning achieves. FID/KID use an untrained Inception unless real weights were given:
-not comparable to published FID.</p>
+<p class="note">The miniature world: {MODEL} (a 64 px Stable Diffusion-layout model) and {CLIP}, trained on the bundled
+sample scenes, fine-tuned for a few minutes on CPU. FID/KID here are mini FID ({CLIP} features), comparable only within
+the miniature, unless real Inception weights were given. Implicit accuracy is measured on held-out pairs.</p>
 <h2>Metrics</h2><table><tr><th>method</th>{''.join(f'<th>{html.escape(c)}</th>' for c in columns)}</tr>{rows}</table>
+<p>{html.escape(style)} score per generation seed:</p><ul>{spreads}</ul>
 {body}</body></html>"""
     path = out / "report.html"
     write_text(page, path)

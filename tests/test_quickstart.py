@@ -9,17 +9,18 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from rich.console import Console
 
-from styleprefs.quickstart import quickstart
+from styleprefs.quickstart import Plan, quickstart, seed_spread
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("quickstart")
-    quickstart(out, console=Console(quiet=True))
+    quickstart(out, plan=Plan.reduced(), console=Console(quiet=True))
     return out
 
 
@@ -28,26 +29,57 @@ def test_report_files_and_numbers(report):
                  "runs/sft/curves.png", "runs/rpo/curves.png", "runs/rpo/model_index.json"):
         assert (report / name).is_file(), name
     result = json.loads((report / "report.json").read_text())
-    assert result["labels"] == ["base (tiny)", "SFT", "SFT+RPO"]
+    assert result["labels"] == ["base (mini)", "SFT", "SFT+RPO"]
     table = result["table"]
     for label in result["labels"]:
-        assert math.isfinite(table[label]["Style FID"]) and math.isfinite(table[label]["KID"])
+        for column in ("Style FID", "KID", "Winter score"):
+            assert math.isfinite(table[label][column]), (label, column)
     for label in ("SFT", "SFT+RPO"):
         assert 0.0 <= table[label]["Implicit acc"] <= 1.0
-    text = (report / "report.md").read_text()
-    assert "not comparable to published FID" in text
+    assert "mini FID" in (report / "report.md").read_text()
     page = (report / "report.html").read_text()
     for src in ("dataset_grid.png", "runs/sft/curves.png", "runs/rpo/curves.png", "report_grid.png"):
         assert f"src='{src}'" in page
-    assert f"init: {report / 'runs' / 'sft'}" in (report / "runs" / "rpo" / "train_config.yaml").read_text()
+    rpo_config = (report / "runs" / "rpo" / "train_config.yaml").read_text()
+    assert f"init: {report / 'runs' / 'sft'}" in rpo_config and "model: mini" in rpo_config
+
+
+def test_held_out_pairs_are_scenes_training_never_saw(report):
+    import pyarrow.parquet as pq
+
+    def sources(folder: Path) -> set[str]:
+        return set(pq.read_table(folder / "data", columns=["source"]).column("source").to_pylist())
+
+    assert sources(report / "data-heldout") and not sources(report / "data") & sources(report / "data-heldout")
+
+
+def test_sft_on_winter_makes_the_mini_base_draw_snow(report):
+    """The winter score rises from base to SFT by more than its spread over generation seeds, and the images
+    themselves show it: more snow-white, grey-free pixels in the lower half (the ground)."""
+    base, sft = (seed_spread(report / "generated" / name, "winter") for name in ("base", "sft"))
+    assert sft["mean"] - base["mean"] > max(base["spread"], sft["spread"])
+    assert min(sft["per_seed"]) > max(base["per_seed"])
+    snow = {name: _snow_fraction(report / "generated" / name) for name in ("base", "sft")}
+    assert snow["sft"] > snow["base"] + 0.05, snow
+
+
+def _snow_fraction(folder: Path) -> float:
+    fractions = []
+    for path in sorted((folder / "images").glob("*.png")):
+        with Image.open(path) as img:
+            rgb = np.asarray(img.convert("RGB"), dtype=np.int16)
+        ground = rgb[rgb.shape[0] // 2:]
+        white = (ground.min(-1) > 190) & (ground.max(-1) - ground.min(-1) < 40)
+        fractions.append(white.mean())
+    return float(np.mean(fractions))
 
 
 def test_second_run_reuses_finished_stages(report):
     console = Console(record=True, width=200)
-    quickstart(report, console=console)
+    quickstart(report, plan=Plan.reduced(), console=console)
     lines = console.export_text().splitlines()
     reused = [line for line in lines if line.endswith("(reused)")]
-    assert len(reused) >= 9  # build, filter, both trainings, three FIDs, two implicit accuracies
+    assert len(reused) >= 14  # 2 builds, filter, 2 trainings, 3 FIDs, 3 style scores, 2 implicit accuracies
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")

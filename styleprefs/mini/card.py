@@ -57,22 +57,18 @@ miniature, never with published FID.
 - Each scene also has one classic edit (winter 50%, Van Gogh 25%, sketch 25%), captioned with the
   style's CLIP text (e.g. "..., in winter, covered in snow"). `mini-clip` and the VAE see originals and
   edits; `mini`'s UNet sees originals only, so the base model draws the world in summer.
-- `mini-clip` is trained in two stages: both towers contrastively, then the image tower alone against the
-  frozen text tower, where each image must also pick its own caption among copies with the house colour or
-  the time of day changed (hard negatives, as NegCLIP does). The text tower, shared with `mini`, is final
-  after the first stage.
 - Held out (never in training): {held_out}. Each colour and each time of day is seen, never these pairs.
 
 ## Training
 | model | steps | batch | lr | final loss (mean of last 100) | minutes |
 |---|---|---|---|---|---|
 | mini-clip (contrastive, both towers) | {cfg['clip_steps']} | {cfg['clip_batch']} scenes + their edits | {cfg['clip_lr']} | {final.get('clip', float('nan')):.4f} | {minutes.get('clip', '-')} |
-| mini-clip image tower (text frozen, + hard negatives) | {cfg['refine_steps']} | {cfg['clip_batch']} scenes + their edits | {cfg['refine_lr']} | {final.get('clip-refine', float('nan')):.4f} | {minutes.get('clip-refine', '-')} |
 | VAE | {cfg['vae_steps']} | {cfg['vae_batch']} | {cfg['vae_lr']} | {final.get('vae', float('nan')):.4f} | {minutes.get('vae', '-')} |
 | UNet (EMA {cfg['ema_decay']}) | {cfg['unet_steps']} | {cfg['unet_batch']} | {cfg['unet_lr']} | {final.get('unet', float('nan')):.4f} | {minutes.get('unet', '-')} |
 
 AdamW, warm-up {cfg['warmup']} steps then cosine decay, gradient clipping at 1, {cfg['threads']} CPU threads,
-torch {record['torch']}. Total {record['total_seconds'] / 60:.1f} minutes (data {minutes.get('data', '-')}).
+torch {record['torch']}. Total {record['total_seconds'] / 60:.1f} minutes of wall time (data {minutes.get('data', '-')}),
+as measured: on a shared machine this includes time spent waiting for the CPU.
 Seed {cfg['seed']}; every draw comes from it, so the same command on the same thread count gives the
 same weights.
 

@@ -39,8 +39,6 @@ class MiniConfig:
     clip_steps: int = 1500
     clip_batch: int = 64  # scenes per batch; each comes with its styled twin
     clip_lr: float = 1e-3
-    refine_steps: int = 1500
-    refine_lr: float = 3e-4
     vae_steps: int = 1500
     vae_batch: int = 16
     vae_lr: float = 5e-4
@@ -57,7 +55,7 @@ class MiniConfig:
     @classmethod
     def quick(cls, seed: int = 0) -> MiniConfig:
         """A few steps of each model: for tests of the script, not for use."""
-        return cls(seed=seed, scenes=64, clip_steps=3, clip_batch=8, refine_steps=3, vae_steps=3, vae_batch=4, unet_steps=3,
+        return cls(seed=seed, scenes=64, clip_steps=3, clip_batch=8, vae_steps=3, vae_batch=4, unet_steps=3,
                    unet_batch=4, warmup=1)
 
 
@@ -68,19 +66,9 @@ class Pool:
         indices = world.split_indices(held_out=False, count=cfg.scenes, seed=cfg.seed)
         items = world.draw_items(indices, cfg.seed)
         self.originals, self.edits = world.render_items(items)
-        self.scenes = [scene_for(i) for i in indices]
-        self.captions = [scene.caption for scene in self.scenes]
-        self.styles = [load_style(item.style) for item in items]
-        self.styled = [style.styled_caption(c) for style, c in zip(self.styles, self.captions)]
-
-    def hard_negatives(self, i: int, styled: bool) -> tuple[list[str], list[str]]:
-        """Item ``i``'s caption (styled or not) with its house colour, then its time of day, set to each value
-        (the true one included): the texts a zero-shot reading chooses among."""
-        scene = self.scenes[i]
-        finish = self.styles[i].styled_caption if styled else str
-        colors = [finish(world.swap_attribute(scene.caption, scene, "color", v)) for v in world.COLORS]
-        times = [finish(world.swap_attribute(scene.caption, scene, "time", v)) for v in world.TIMES]
-        return (colors if scene.house else []), times
+        self.captions = [scene_for(i).caption for i in indices]
+        styles = {name: load_style(name) for name in world.STYLES}
+        self.styled = [styles[item.style].styled_caption(c) for item, c in zip(items, self.captions)]
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -144,54 +132,6 @@ def train_clip(cfg: MiniConfig, pool: Pool, tokenizer: CLIPTokenizer) -> CLIPMod
     _loop("mini-clip", cfg.clip_steps, cfg.clip_lr, cfg.warmup, list(model.parameters()), step,
           cfg.curves.setdefault("clip", []))
     return model.eval()
-
-
-def refine_clip_vision(cfg: MiniConfig, pool: Pool, model: CLIPModel, tokenizer: CLIPTokenizer) -> CLIPModel:
-    """Train the image tower further against the frozen text tower, with hard negatives (NegCLIP-style): each
-    image must also pick its caption among copies with the house colour or time of day changed. The text tower,
-    which is also ``mini``'s text encoder, does not change."""
-    model.requires_grad_(False)
-    trainable = [*model.vision_model.parameters(), *model.visual_projection.parameters()]
-    for p in trainable:
-        p.requires_grad_(True)
-    model.vision_model.train()
-    rng = np.random.default_rng([cfg.seed, 4])
-
-    @torch.no_grad()
-    def embed(texts: list[str]) -> torch.Tensor:
-        tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-        pooled = model.text_model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).pooler_output
-        return F.normalize(model.text_projection(pooled), dim=-1)
-
-    def step(_: int) -> torch.Tensor:
-        pick = rng.choice(len(pool), cfg.clip_batch, replace=False)
-        images = np.concatenate([pool.originals[pick], pool.edits[pick]])
-        flip = rng.random(len(images)) < 0.5
-        images[flip] = images[flip, :, ::-1]
-        pooled = model.vision_model(pixel_values=clip_pixels(images)).pooler_output
-        image_emb = F.normalize(model.visual_projection(pooled), dim=-1)
-        texts = embed([pool.captions[i] for i in pick] + [pool.styled[i] for i in pick])
-        scale = model.logit_scale.exp()
-        logits = scale * image_emb @ texts.T
-        target = torch.arange(len(images))
-        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-        return loss + _hard_negative_loss(pool, pick, image_emb, embed, scale)
-
-    _loop("mini-clip vision", cfg.refine_steps, cfg.refine_lr, cfg.warmup, trainable, step,
-          cfg.curves.setdefault("clip_refine", []))
-    return model.requires_grad_(False).eval()
-
-
-def _hard_negative_loss(pool: Pool, pick: np.ndarray, image_emb: torch.Tensor,
-                        embed: Callable[[list[str]], torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
-    rows = []  # (image position, candidate texts, index of the true one)
-    for position, (i, styled) in enumerate((int(i), styled) for styled in (False, True) for i in pick):
-        own = pool.styled[i] if styled else pool.captions[i]
-        rows += [(position, group, group.index(own)) for group in pool.hard_negatives(i, styled) if group]
-    texts = embed([t for _, group, _ in rows for t in group]).split([len(group) for _, group, _ in rows])
-    losses = [F.cross_entropy((scale * emb @ image_emb[position]).unsqueeze(0), torch.tensor([truth]))
-              for (position, _, truth), emb in zip(rows, texts)]
-    return torch.stack(losses).mean()
 
 
 def train_vae(cfg: MiniConfig, pool: Pool) -> AutoencoderKL:
@@ -292,7 +232,7 @@ def save_pipeline(vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder: 
 def train_mini(cfg: MiniConfig, out: Path, command: str = "") -> dict:
     """Train ``mini-clip`` and ``mini`` into ``out``; returns the training record (also ``out/training.json``).
 
-    Stages run in order (joint CLIP, CLIP image tower, VAE, UNet); each saves its model as it ends and is
+    Stages run in order (CLIP, VAE, UNet); each saves its model as it ends and is
     skipped by a rerun, whose record keeps the finished stages' times and curves (``out/stages.json``)."""
     torch.set_num_threads(cfg.threads)
     out.mkdir(parents=True, exist_ok=True)
@@ -300,19 +240,17 @@ def train_mini(cfg: MiniConfig, out: Path, command: str = "") -> dict:
     tokenizer = bpe_tokenizer()
     with _timed(stages, "data"):
         pool = Pool(cfg)
-    joint_dir, clip_dir, mini_dir = out / "mini-clip-joint", out / "mini-clip", out / "mini"
+    clip_dir, mini_dir = out / "mini-clip", out / "mini"
 
     def run(name: str, done: Path, work: Callable[[], None]) -> None:
         if not done.is_file():
             with _timed(stages, name):
                 work()
-            stages[name]["curve"] = cfg.curves.get(name.replace("-", "_"), [])
+            stages[name]["curve"] = cfg.curves.get(name, [])
             (out / "stages.json").write_text(json.dumps(stages) + "\n", encoding="utf-8")
 
-    run("clip", joint_dir / "model.safetensors",
-        lambda: save_clip(train_clip(cfg, pool, tokenizer), tokenizer, joint_dir))
-    run("clip-refine", clip_dir / "model.safetensors", lambda: save_clip(
-        refine_clip_vision(cfg, pool, CLIPModel.from_pretrained(joint_dir), tokenizer), tokenizer, clip_dir))
+    run("clip", clip_dir / "model.safetensors",
+        lambda: save_clip(train_clip(cfg, pool, tokenizer), tokenizer, clip_dir))
     text_encoder = text_encoder_of(CLIPModel.from_pretrained(clip_dir))
     run("vae", mini_dir / "vae" / "config.json",
         lambda: train_vae(cfg, pool).save_pretrained(mini_dir / "vae", safe_serialization=True))
@@ -320,6 +258,11 @@ def train_mini(cfg: MiniConfig, out: Path, command: str = "") -> dict:
         AutoencoderKL.from_pretrained(mini_dir / "vae"),
         train_unet(cfg, pool, AutoencoderKL.from_pretrained(mini_dir / "vae"), text_encoder, tokenizer),
         text_encoder, tokenizer, mini_dir))
+    return write_record(out, cfg, stages, command)
+
+
+def write_record(out: Path, cfg: MiniConfig, stages: dict, command: str) -> dict:
+    """``out/training.json``: the configuration, each stage's wall time and loss curve, and the command."""
     record = {"config": {k: v for k, v in asdict(cfg).items() if k != "curves"},
               "seconds": {k: v["seconds"] for k, v in stages.items()},
               "total_seconds": sum(v["seconds"] for v in stages.values()),

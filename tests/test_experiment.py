@@ -1,0 +1,27 @@
+"""`styleprefs experiment style-alignment --quick`: every method trained, generated and scored, a finite table."""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Console
+
+from styleprefs.experiment import METRICS, ExperimentPlan, run_experiment
+
+
+def test_quick_style_alignment_gives_a_finite_table(tmp_path):
+    plan = ExperimentPlan.quick()
+    results = run_experiment(tmp_path, plan, console=Console(quiet=True))
+    assert list(results["rows"]) == ["base", *plan.methods]
+    for name, row in results["rows"].items():
+        expected = [m for m in METRICS if not (name == "base" and m == "Implicit acc")]
+        assert sorted(row) == sorted(expected), name
+        for metric in expected:
+            assert len(row[metric]["values"]) == len(plan.seeds)
+            assert math.isfinite(row[metric]["mean"]) and math.isfinite(row[metric]["std"]), (name, metric)
+    table = (tmp_path / "table.md").read_text()
+    assert all(f"| {name} |" in table for name in results["rows"])
+    assert (tmp_path / "grid" / "report_grid.png").is_file()
+    # Two-stage methods share their first stage (one SFT-half run per seed) and chain from it.
+    runs = {p.name for p in (tmp_path / "seed-0" / "runs").iterdir()}
+    assert runs == {"sft-8", "sft-4", "sft-4+sft-4", "sft-4+dpo-4", "sft-4+rpo-tau1-4", "dpo-8", "rpo-tau1-8"}
