@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, PartialState
+from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType, set_seed
 from diffusers import UNet2DConditionModel
 from diffusers.optimization import get_scheduler
@@ -42,6 +42,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor
 
 from styleprefs.errors import StyleprefsError
+from styleprefs.gpu import compile_unet, set_tf32, to_channels_last
 from styleprefs.io import check_separate, write_text
 from styleprefs.lock import folder_lock
 from styleprefs.trainer.cache import PairBatches, build_cache, find_clip_cache
@@ -108,7 +109,9 @@ def train(cfg: TrainConfig, *, show_progress: bool = True) -> Path:
     cfg = cfg.resolved()
     out = Path(cfg.out)
     _check_separate(cfg, out)
-    with folder_lock(out) if PartialState().is_main_process else contextlib.nullcontext():
+    # The launcher's RANK, not PartialState(): creating the state here, before _accelerator() sets up the
+    # process group, would leave every process believing it is alone.
+    with folder_lock(out) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():
         return _train(cfg, out, show_progress)
 
 
@@ -187,29 +190,33 @@ def _setup(cfg: TrainConfig, accelerator: Accelerator, show_progress: bool) -> _
     """Cache (built once, by the main process first), data, models, optimizer and LR schedule."""
     weight_dtype = WEIGHT_DTYPES[cfg.mixed_precision]
     device = accelerator.device
+    set_tf32(cfg.allow_tf32)
     for flag, source in (("--init", cfg.init), ("--ref", cfg.ref)):
         if source is not None:
             check_unet_source(source, flag)
     clip_model = cfg.clip_model if cfg.stage in RPO_STAGES else None
     cached_clip = cfg.stage in RPO_STAGES and clip_model is None  # --clip-model none: embeddings from the cache
     if cached_clip:
-        find_clip_cache(cfg.data, cfg.model, cfg.resolution, ties=cfg.ties, seed=cfg.seed)  # fail before loading
+        find_clip_cache(cfg.data, cfg.model, cfg.resolution, ties=cfg.ties, seed=cfg.seed, vae=cfg.vae)  # fail early
     with accelerator.main_process_first():
         if cfg.use_cache and not cached_clip:
             build_cache(cfg.data, cfg.model, cfg.resolution, clip_model=clip_model, device=device, dtype=weight_dtype,
-                        show_progress=show_progress and accelerator.is_main_process, ties=cfg.ties, seed=cfg.seed)
+                        show_progress=show_progress and accelerator.is_main_process, ties=cfg.ties, seed=cfg.seed,
+                        vae=cfg.vae)
         components = load_components(cfg.model, dtype=weight_dtype, device=device,
-                                     include_unet=_reference_source(cfg) == cfg.model)
+                                     include_unet=_reference_source(cfg) == cfg.model, vae=cfg.vae)
         if cfg.stage == "improve":
             check_improver_base(components.kind)
         pairs = PairBatches(cfg.data, cfg.model, cfg.resolution, clip_model=clip_model, components=components,
                             ties=cfg.ties, seed=cfg.seed, random_flip=cfg.random_flip, use_cache=cfg.use_cache,
-                            cached_clip=cached_clip)
+                            cached_clip=cached_clip, vae=cfg.vae)
     if len(pairs) < cfg.batch_size * accelerator.num_processes:
         raise StyleprefsError(f"{cfg.data} has {len(pairs)} usable pairs, fewer than one global batch "
                               f"({cfg.batch_size} pairs x {accelerator.num_processes} processes)")
 
     policy, reference = load_models(cfg, components, weight_dtype)
+    if cfg.channels_last:
+        to_channels_last(policy, components.vae, *([reference] if reference is not None else []))
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = _optimizer(cfg, trainable, cfg.optimizer_learning_rate(accelerator.num_processes))
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
@@ -218,8 +225,10 @@ def _setup(cfg: TrainConfig, accelerator: Accelerator, show_progress: bool) -> _
     # Not prepared: accelerate would step it once per process per step. Stepped once per optimizer step.
     accelerator.register_for_checkpointing(lr_scheduler)
     policy_module = accelerator.unwrap_model(policy)
+    if cfg.compile:  # after prepare: DDP wraps the module, the compiled wrapper runs it
+        policy = compile_unet(policy)
     if reference is not None:
-        reference = reference.to(device)
+        reference = compile_unet(reference.to(device)) if cfg.compile else reference.to(device)
     elif cfg.stage in REFERENCE_STAGES:
         reference = policy_module  # LoRA without --ref: the reference pass disables the adapters
     return _Run(accelerator, pairs, components, policy, policy_module, reference, trainable, optimizer, lr_scheduler)
