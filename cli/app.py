@@ -54,19 +54,25 @@ def build(
     split: Optional[str] = typer.Option(None, help="Source split (Hub default: train)."),
     unique_captions: bool = typer.Option(False, help="Skip rows whose caption was already used."),
     shard_size: int = typer.Option(1000, help="Rows per output Parquet shard."),
-    batch_size: int = typer.Option(8, help="Images per editor call (does not change the output)."),
+    batch_size: str = typer.Option("8", help="Images per editor call (does not change a classic build's output); auto: "
+                                    "from free GPU memory and the working size (8 on CPU)."),
+    channels_last: bool = typer.Option(False, help="Neural editors: UNet and VAE in channels_last layout (GPU)."),
+    compile: bool = typer.Option(False, "--compile", help="Neural editors: torch.compile the UNet (slow first batch)."),
     safety: bool = typer.Option(True, help="Quarantine captions the built-in text lists flag, before editing."),
     overwrite: bool = typer.Option(False, help="Replace a dataset built with other arguments."),
 ) -> None:
     """Build a style preference dataset in Pick-a-Pic's Parquet format."""
     from styleprefs.build import BuildConfig, build_dataset
+    from styleprefs.gpu import parse_batch_size
 
     cfg = BuildConfig(style=style, source=source, editor=editor, num_pairs=num_pairs, seed=seed, split=split,
                       unique_captions=unique_captions, shard_size=shard_size, safety=safety,
                       editor_model=editor_model, editor_steps=editor_steps, quality_gate=quality_gate,
                       clip_model=clip_model, min_direction=min_direction, min_image=min_image, min_text=min_text,
                       max_tries=max_tries)
-    result = build_dataset(cfg, out, batch_size=batch_size, overwrite=overwrite, device=device, dtype=dtype)
+    gpu = {"channels_last": channels_last, "compile": compile} if editor != "classic" else {}
+    result = build_dataset(cfg, out, batch_size=parse_batch_size(batch_size), overwrite=overwrite, device=device,
+                           dtype=dtype, editor_options=gpu)
     if result.status == "complete":
         console.print(f"{out} is already complete with these arguments; nothing to do.")
     _print_counts(result.manifest["counts"], f"dataset {out}")
@@ -165,6 +171,8 @@ def cache(
     batch_size: int = typer.Option(8, help="Pairs per encoder call."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16 for the encoders."),
+    vae: Optional[str] = typer.Option(None, help="Encode with this VAE instead of the model's (folder, Hub id, "
+                                      "e.g. madebyollin/sdxl-vae-fp16-fix); give train the same --vae."),
 ) -> None:
     """Compute VAE latents, text and CLIP embeddings once per dataset, model and resolution."""
     import torch
@@ -177,7 +185,7 @@ def cache(
     if dtype not in dtypes:
         raise StyleprefsError(f"--dtype must be one of {', '.join(dtypes)}, got {dtype!r}")
     folder = build_cache(dataset, model, resolution, clip_model=None if clip_model == "none" else clip_model,
-                         batch_size=batch_size, device=device, dtype=dtypes[dtype], ties=ties, seed=seed)
+                         batch_size=batch_size, device=device, dtype=dtypes[dtype], ties=ties, seed=seed, vae=vae)
     console.print(f"cache ready: {folder}", markup=False)
 
 

@@ -52,13 +52,19 @@ def generate(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     dtype: str = typer.Option("auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16."),
     overwrite: bool = typer.Option(False, help="Replace a folder generated with other settings."),
+    vae: Optional[str] = typer.Option(None, help="Decode with this VAE instead of the model's (folder or Hub id, "
+                                      "e.g. madebyollin/sdxl-vae-fp16-fix)."),
+    allow_tf32: bool = typer.Option(True, help="TF32 matmuls and convolutions on CUDA (no effect on CPU)."),
+    channels_last: bool = typer.Option(False, help="UNet and VAE in channels_last layout (GPU)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the UNet (slow first batch)."),
 ) -> None:
     """Generate images per prompt on seeds fixed per (prompt, index), with an index file; resumable."""
     from styleprefs.eval.generate import generate as run
 
     result = run(model, prompts, out, images_per_prompt=images_per_prompt, seed=seed, steps=steps, guidance=guidance,
                  resolution=resolution, limit=limit, negative_prompt=negative_prompt, batch_size=batch_size,
-                 device=device, dtype=dtype, overwrite=overwrite)
+                 device=device, dtype=dtype, overwrite=overwrite, vae=vae, allow_tf32=allow_tf32,
+                 channels_last=channels_last, compile=compile)
     _print(f"{result['done']} image(s) generated, {result['skipped']} already there; {result['total']} in {out} "
            f"({result['n_prompts']} prompts x {result['images_per_prompt']}, {result['steps']} steps, "
            f"guidance {result['guidance']}, {result['width']}x{result['height']})")

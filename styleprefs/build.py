@@ -28,6 +28,7 @@ from styleprefs.card import write_card
 from styleprefs.distributed import Processes, processes
 from styleprefs.editors import Editor, edit_with_flags, load_editor
 from styleprefs.errors import StyleprefsError
+from styleprefs.gpu import editor_batch_size
 from styleprefs.images import as_jpeg, decode, encode_jpeg
 from styleprefs.inspect import BUILD_STATE
 from styleprefs.io import check_separate, read_json, remove_temp_files, write_json, write_parquet
@@ -141,19 +142,20 @@ def _load_gate(cfg: BuildConfig, device: str | None):
     return ClipGate(cfg.clip_model, device=device, thresholds=Thresholds(cfg.min_direction, cfg.min_image, cfg.min_text))
 
 
-def build_dataset(cfg: BuildConfig, out: Path, *, batch_size: int = 8, overwrite: bool = False,
+def build_dataset(cfg: BuildConfig, out: Path, *, batch_size: int | str = 8, overwrite: bool = False,
                   show_progress: bool = True, device: str | None = None, dtype: str | None = None,
                   editor_options: dict | None = None) -> BuildResult:
     """Build (or resume, or confirm) the dataset described by ``cfg`` in ``out``.
 
     ``device`` (neural editors and the CLIP gate) and ``dtype`` (neural editors; None = CUDA with fp16 if
     available; the gate always computes in fp32)
-    and ``batch_size`` do not enter the dataset's identity; ``editor_options`` (further editor options, e.g. the
+    and ``batch_size`` (``auto``: ``styleprefs.gpu.editor_batch_size``) do not enter the dataset's identity; ``editor_options`` (further editor options, e.g. the
     improve editor's guidance) do, through the editor's params. The ``classic`` editor's shards are
     byte-identical whatever the batch size; batched diffusion is not bitwise batch-invariant, so a
     neural editor's are reproducible for the same batch size and hardware.
     """
     job = _Job(cfg, device, dtype, editor_options)
+    batch_size = editor_batch_size(batch_size, job.editor)
     out = Path(out)
     check_separate(out, "--source", job.source.local_paths())
     procs = processes()

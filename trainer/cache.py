@@ -64,8 +64,9 @@ _SAMPLE_BLOCKS, _BLOCK_BYTES = 16, 1 << 16
 # --- key -------------------------------------------------------------------------------------------
 
 def cache_key(dataset: Path | str, model: str, resolution: int, clip_model: str | None, *,
-              ties: str = "drop", seed: int = 0) -> dict:
-    """What the cached tensors depend on: dataset content, VAE and text encoders, resolution, CLIP model, ties policy."""
+              ties: str = "drop", seed: int = 0, vae: str | None = None) -> dict:
+    """What the cached tensors depend on: dataset content, VAE and text encoders, resolution, CLIP model, ties policy;
+    a swapped-in ``vae`` (``--vae``) adds its identity."""
     return {
         "version": CACHE_VERSION,
         "dataset": _dataset_identity(dataset),
@@ -73,13 +74,13 @@ def cache_key(dataset: Path | str, model: str, resolution: int, clip_model: str 
         "resolution": resolution,
         "clip_model": _clip_identity(clip_model) if clip_model else None,
         "ties": ties if ties == "drop" else f"{ties} (seed {seed})",
-    }
+    } | ({"vae": _vae_identity(vae)} if vae else {})
 
 
 def cache_dir(dataset: Path | str, model: str, resolution: int, clip_model: str | None, *,
-              ties: str = "drop", seed: int = 0) -> Path:
+              ties: str = "drop", seed: int = 0, vae: str | None = None) -> Path:
     """``DATASET/.cache/<16 hex digits of the key's sha256>`` (beside the files for a Parquet file or glob)."""
-    return _dir_for(dataset, cache_key(dataset, model, resolution, clip_model, ties=ties, seed=seed))
+    return _dir_for(dataset, cache_key(dataset, model, resolution, clip_model, ties=ties, seed=seed, vae=vae))
 
 
 def _dir_for(dataset: Path | str, key: dict) -> Path:
@@ -107,6 +108,11 @@ def _model_identity(model: str) -> str:
     if not path.is_dir():
         return model  # a Hub id
     return _fingerprint(path, [name for name in ENCODER_FOLDERS if (path / name).is_dir()])
+
+
+def _vae_identity(vae: str) -> str:
+    location = locate(vae, tiny="tiny").location
+    return _fingerprint(Path(location), ["."]) if Path(location).is_dir() else vae
 
 
 def _clip_identity(clip_model: str) -> str:
@@ -149,10 +155,11 @@ def _find_cache(dataset: Path | str, key: dict) -> Path | None:
     return None
 
 
-def find_clip_cache(dataset: Path | str, model: str, resolution: int, *, ties: str = "drop", seed: int = 0) -> Path:
+def find_clip_cache(dataset: Path | str, model: str, resolution: int, *, ties: str = "drop", seed: int = 0,
+                    vae: str | None = None) -> Path:
     """The complete cache of ``dataset`` for ``model`` at ``resolution`` that holds CLIP embeddings, whichever CLIP
     model made them (for RPO with ``--clip-model none``); a one-line StyleprefsError if there is none, or several."""
-    key = cache_key(dataset, model, resolution, None, ties=ties, seed=seed)
+    key = cache_key(dataset, model, resolution, None, ties=ties, seed=seed, vae=vae)
     found = []
     for info in sorted((_cache_root(dataset) / ".cache").glob("*/cache.json")):
         stored = read_json(info)["key"]
@@ -280,16 +287,18 @@ def _storage(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
 @quiet_loading()
 def build_cache(dataset: Path | str, model: str, resolution: int, *, clip_model: str | None = None,
                 batch_size: int = 8, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                show_progress: bool = True, ties: str = "drop", seed: int = 0, shard_pairs: int = SHARD_PAIRS) -> Path:
+                show_progress: bool = True, ties: str = "drop", seed: int = 0, shard_pairs: int = SHARD_PAIRS,
+                vae: str | None = None) -> Path:
     """Compute (or resume, or confirm) the cache of ``dataset`` for ``model`` at ``resolution`` and return its folder.
 
     Pairs come from :func:`~styleprefs.trainer.data.read_pairs` with ``ties`` and ``seed`` (both in
     the key). Images are resized and centre-cropped; the latents of the mirrored crops are stored
     too, so training can flip from the cache (random crops need on-the-fly encoding). ``batch_size``
-    is images per VAE forward pass and pairs per text/CLIP forward pass; ``dtype`` is the compute dtype.
+    is images per VAE forward pass and pairs per text/CLIP forward pass; ``dtype`` is the compute dtype. ``vae``
+    (``--vae``) encodes the images instead of the model's VAE.
     """
     _check_resolution(resolution)
-    key = cache_key(dataset, model, resolution, clip_model, ties=ties, seed=seed)
+    key = cache_key(dataset, model, resolution, clip_model, ties=ties, seed=seed, vae=vae)
     out = _dir_for(dataset, key)
     if _is_complete(out, key):
         return out
@@ -301,7 +310,7 @@ def build_cache(dataset: Path | str, model: str, resolution: int, *, clip_model:
         shards = [{"path": f"pairs-{start:07d}-{min(start + shard_pairs, len(pairs)):07d}.safetensors", "start": start,
                    "count": min(shard_pairs, len(pairs) - start)} for start in range(0, len(pairs), shard_pairs)]
         todo = [s for s in shards if not (out / s["path"]).is_file()]
-        c = load_components(model, dtype=dtype, device=device, include_unet=False)
+        c = load_components(model, dtype=dtype, device=device, include_unet=False, vae=vae)
         clip = ClipEncoder.load(clip_model, device, dtype) if clip_model else None
         _save(_storage({k: v[0] for k, v in _encode_text(c, [""]).items()}), out / "empty.safetensors")
         with _progress(len(pairs), len(pairs) - sum(s["count"] for s in todo), show_progress) as advance:
@@ -427,16 +436,17 @@ class PairBatches:
 
     def __init__(self, dataset: Path | str, model: str, resolution: int, *, clip_model: str | None = None,
                  components: SDComponents | None = None, ties: str = "drop", seed: int = 0, random_flip: bool = True,
-                 random_crop: bool = False, use_cache: bool = True, cached_clip: bool = False):
+                 random_crop: bool = False, use_cache: bool = True, cached_clip: bool = False, vae: str | None = None):
         _check_resolution(resolution)
         if cached_clip and (clip_model is not None or not use_cache or random_crop):
             raise ValueError("cached_clip needs clip_model=None, use_cache and no random_crop")
         self.resolution, self.has_clip = resolution, clip_model is not None or cached_clip
         self.cache: Path | None = None
         if cached_clip:
-            self.cache = find_clip_cache(dataset, model, resolution, ties=ties, seed=seed)
+            self.cache = find_clip_cache(dataset, model, resolution, ties=ties, seed=seed, vae=vae)
         elif use_cache and not random_crop:
-            self.cache = _find_cache(dataset, cache_key(dataset, model, resolution, clip_model, ties=ties, seed=seed))
+            self.cache = _find_cache(dataset, cache_key(dataset, model, resolution, clip_model, ties=ties, seed=seed,
+                                                        vae=vae))
         if self.cache is not None:
             self._rows: _CachedPairs | _LivePairs = _CachedPairs(self.cache, seed, resolution, random_flip)
         elif components is None:

@@ -33,7 +33,7 @@ LrScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", 
 # Fields that do not change the trained weights: a resumed run may change them (and max_steps).
 RESUMABLE_CHANGES = frozenset({
     "resume", "max_steps", "checkpoint_every", "checkpoints_total_limit", "validation_prompts",
-    "validation_every", "report_to", "max_nan_steps",
+    "validation_every", "report_to", "max_nan_steps", "allow_tf32", "channels_last", "compile",
 })
 
 
@@ -135,6 +135,16 @@ class TrainConfig:
     max_nan_steps: int = _opt(10, "Stop with an error after this many steps skipped for a non-finite loss or "
                                   "gradient.")
     use_cache: bool = _opt(True, "Cache VAE latents, text and CLIP embeddings once per dataset and model.")
+    vae: str | None = _opt(None, "A VAE to use instead of the model's own for encoding the images (and caching): a "
+                                 "VAE folder or Hub id, e.g. madebyollin/sdxl-vae-fp16-fix for SDXL in fp16, or a "
+                                 "pipeline folder's vae/. The saved pipeline keeps the base's VAE.")
+    allow_tf32: bool = _opt(True, "TF32 tensor cores for float32 matmuls and convolutions on CUDA (Ampere and newer): "
+                                  "several times faster for the float32 trainable UNet, 10-bit mantissa inputs; no "
+                                  "effect on CPU. --no-allow-tf32 for strict float32.")
+    channels_last: bool = _opt(False, "Keep the UNets and the VAE in channels_last (NHWC) memory layout, often faster "
+                                      "on CUDA with fp16/bf16; off by default (no gain on CPU).")
+    compile: bool = _opt(False, "torch.compile the policy and reference UNets: a slow first step, then faster ones "
+                                "on CUDA. Off by default.")
     reconstruct_prob: float = _opt(1 / 3, "improve: share of pairs trained on the reconstruction task (x given its "
                                           "own latent and no prompt, x the winner or the loser at random). The "
                                           "paper mixes three tasks per batch without stating the shares: equal "

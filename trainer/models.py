@@ -82,21 +82,18 @@ def _loading(model: str, what: str, load: Callable[..., T], *args, **kwargs) -> 
 
 
 def load_components(model: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                    include_unet: bool = True) -> SDComponents:
+                    include_unet: bool = True, vae: str | None = None) -> SDComponents:
     """Load UNet, VAE, DDPM noise scheduler, text encoder(s) and tokenizer(s) of ``model`` (safetensors only).
 
     A VAE whose config sets ``force_upcast`` (SDXL's, which overflows to NaN in fp16) stays in
     float32 when ``dtype`` is float16. ``include_unet=False`` (for caching, which needs only the
-    encoders) leaves ``unet`` None.
+    encoders) leaves ``unet`` None. ``vae`` (``styleprefs.gpu.load_vae``) replaces the model's own VAE.
     """
     path = resolve_model(model)
     kind = _kind(path)
     unet = (_loading(model, "unet", UNet2DConditionModel.from_pretrained, path, subfolder="unet", dtype=dtype,
                      use_safetensors=True).to(device) if include_unet else None)
-    vae_config = _loading(model, "vae", AutoencoderKL.load_config, path, subfolder="vae")
-    vae_dtype = torch.float32 if dtype == torch.float16 and vae_config.get("force_upcast", True) else dtype
-    vae = _loading(model, "vae", AutoencoderKL.from_pretrained, path, subfolder="vae", dtype=vae_dtype,
-                   use_safetensors=True)
+    vae_model = _load_vae(model, path, vae, dtype)
     scheduler = _loading(model, "scheduler", DDPMScheduler.from_pretrained, path, subfolder="scheduler")
     folders = [("text_encoder", "tokenizer", CLIPTextModel)]
     if kind == "sdxl":
@@ -104,11 +101,25 @@ def load_components(model: str, *, dtype: torch.dtype = torch.float32, device: s
     encoders = [_loading(model, enc, cls.from_pretrained, path, subfolder=enc, dtype=dtype, use_safetensors=True)
                 for enc, _, cls in folders]
     tokenizers = [_loading(model, tok, CLIPTokenizer.from_pretrained, path, subfolder=tok) for _, tok, _ in folders]
-    for frozen in (vae, *encoders):
+    for frozen in (vae_model, *encoders):
         frozen.requires_grad_(False).eval()
-    return SDComponents(kind=kind, unet=unet, vae=vae.to(device), noise_scheduler=scheduler,
+    return SDComponents(kind=kind, unet=unet, vae=vae_model.to(device), noise_scheduler=scheduler,
                         text_encoders=[e.to(device) for e in encoders], tokenizers=tokenizers,
                         prediction_type=scheduler.config.prediction_type)
+
+
+def _load_vae(model: str, path: str, vae: str | None, dtype: torch.dtype) -> AutoencoderKL:
+    """``vae`` if given, else ``model``'s own VAE (at ``path``); float32 in place of float16 if its config sets
+    ``force_upcast``."""
+    if vae is not None:
+        from styleprefs.gpu import load_vae
+
+        loaded = load_vae(vae, dtype)
+        return loaded.float() if dtype == torch.float16 and loaded.config.get("force_upcast", True) else loaded
+    vae_config = _loading(model, "vae", AutoencoderKL.load_config, path, subfolder="vae")
+    vae_dtype = torch.float32 if dtype == torch.float16 and vae_config.get("force_upcast", True) else dtype
+    return _loading(model, "vae", AutoencoderKL.from_pretrained, path, subfolder="vae", dtype=vae_dtype,
+                    use_safetensors=True)
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ from styleprefs.errors import StyleprefsError
 from styleprefs.style import StyleSpec
 
 EDITORS = ("classic", "instruct-pix2pix", "prompt-diffusion", "improve")
+GPU_OPTIONS = ("channels_last", "compile")  # neural editors: styleprefs.gpu.prepare_pipeline; not in params()
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ def load_editor(name: str, style: StyleSpec, *, model: str | None = None, device
     the style's step count), ``resolution`` (working size of the long side, default 512; tiny models 64) and, for
     ``prompt-diffusion``, ``recipe`` (``pair`` or ``map``) and ``negative_prompt``; ``improve`` (an improvement
     model from ``styleprefs train --stage improve``, ``model`` required) takes ``text_guidance`` and
-    ``image_guidance`` and ignores the style. ``classic`` ignores them all. A neural editor's pipeline loads once per process.
+    ``image_guidance`` and ignores the style. All three take ``channels_last`` and ``compile`` (GPU settings, which
+    do not enter ``params()``). ``classic`` ignores them all. A neural editor's pipeline loads once per process.
     """
     if name == "classic":
         from styleprefs.editors.classic import ClassicEditor
@@ -46,17 +48,17 @@ def load_editor(name: str, style: StyleSpec, *, model: str | None = None, device
     if name == "instruct-pix2pix":
         from styleprefs.editors.instruct_pix2pix import InstructPix2PixEditor
 
-        _check_options(name, options, {"steps", "resolution"})
+        _check_options(name, options, {"steps", "resolution", *GPU_OPTIONS})
         return InstructPix2PixEditor(style.instruct_pix2pix, model=model, device=device, dtype=dtype, **options)
     if name == "prompt-diffusion":
         from styleprefs.editors.prompt_diffusion import PromptDiffusionEditor
 
-        _check_options(name, options, {"steps", "resolution", "recipe", "negative_prompt"})
+        _check_options(name, options, {"steps", "resolution", "recipe", "negative_prompt", *GPU_OPTIONS})
         return PromptDiffusionEditor(style, model=model, device=device, dtype=dtype, **options)
     if name == "improve":
         from styleprefs.editors.improve import ImproveEditor
 
-        _check_options(name, options, {"steps", "resolution", "text_guidance", "image_guidance"})
+        _check_options(name, options, {"steps", "resolution", "text_guidance", "image_guidance", *GPU_OPTIONS})
         return ImproveEditor(model=model, device=device, dtype=dtype, **options)
     raise StyleprefsError(f"unknown editor {name!r}: use one of {', '.join(EDITORS)}")
 

@@ -27,7 +27,7 @@ from styleprefs.editors.loading import (
     edit_in_size_buckets,
     generators,
     load_error,
-    load_once,
+    load_prepared,
     quiet_loading,
     resolve_device,
     resolve_dtype,
@@ -105,7 +105,7 @@ class ImproveEditor:
 
     def __init__(self, *, model: str | None = None, device: str | None = None, dtype: str | None = None,
                  steps: int | None = None, resolution: int | None = None, text_guidance: float = TEXT_GUIDANCE,
-                 image_guidance: float = IMAGE_GUIDANCE):
+                 image_guidance: float = IMAGE_GUIDANCE, channels_last: bool = False, compile: bool = False):
         if model is None:
             raise StyleprefsError("the improve editor needs --editor-model: a `styleprefs train --stage improve` "
                                   "output")
@@ -115,8 +115,9 @@ class ImproveEditor:
         self.model_id = resolved.name
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self._pipe, self._safety = load_once(("improve", resolved.location, str(self.device), self.dtype),
-                                             lambda: _load_pipeline(resolved, self.device, self.dtype))
+        self._pipe, self._safety = load_prepared(("improve", resolved.location, str(self.device), self.dtype),
+                                                 lambda: _load_pipeline(resolved, self.device, self.dtype),
+                                                 channels_last=channels_last, compile=compile)
         self.resolution = working_resolution(self._pipe, resolution)
         self.steps = int(steps or DEFAULT_STEPS)
         self.text_guidance, self.image_guidance = float(text_guidance), float(image_guidance)
@@ -139,4 +140,4 @@ class ImproveEditor:
                                   [captions[i] for i in idx], generators([seeds[i] for i in idx]), self.steps,
                                   self.text_guidance, self.image_guidance)
 
-        return edit_in_size_buckets(images, captions, seeds, self.resolution, run, self._safety)
+        return edit_in_size_buckets(images, captions, seeds, self.resolution, run, self._safety, self._pipe.vae)

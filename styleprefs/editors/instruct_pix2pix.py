@@ -24,7 +24,7 @@ from styleprefs.editors.loading import (
     edit_in_size_buckets,
     generators,
     load_error,
-    load_once,
+    load_prepared,
     quiet_loading,
     resolve_device,
     resolve_dtype,
@@ -65,7 +65,8 @@ class InstructPix2PixEditor:
     name = "instruct-pix2pix"
 
     def __init__(self, settings: InstructPix2PixSettings, *, model: str | None = None, device: str | None = None,
-                 dtype: str | None = None, steps: int | None = None, resolution: int | None = None):
+                 dtype: str | None = None, steps: int | None = None, resolution: int | None = None,
+                 channels_last: bool = False, compile: bool = False):
         if steps is not None and steps < 1:
             raise StyleprefsError("steps must be at least 1")
         resolved = resolve_model(model or DEFAULT_MODEL, what="InstructPix2Pix", tiny="tiny-ip2p",
@@ -73,9 +74,9 @@ class InstructPix2PixEditor:
         self.model_id = resolved.name
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self._pipe, self._safety = load_once(
+        self._pipe, self._safety = load_prepared(
             ("instruct-pix2pix", resolved.location, str(self.device), self.dtype),
-            lambda: _load_pipeline(resolved, self.device, self.dtype))
+            lambda: _load_pipeline(resolved, self.device, self.dtype), channels_last=channels_last, compile=compile)
         self.resolution = working_resolution(self._pipe, resolution)
         self.settings = settings
         self.steps = int(steps or settings.num_inference_steps)
@@ -102,4 +103,4 @@ class InstructPix2PixEditor:
                     image_guidance_scale=self.settings.image_guidance_scale,
                     generator=generators([seeds[i] for i in idx]), output_type="pil").images
 
-        return edit_in_size_buckets(images, captions, seeds, self.resolution, run, self._safety)
+        return edit_in_size_buckets(images, captions, seeds, self.resolution, run, self._safety, self._pipe.vae)

@@ -95,6 +95,18 @@ def load_once(key: tuple, load: Callable[[], T]) -> T:
         return _CACHE[key]  # type: ignore[return-value]
 
 
+def load_prepared(key: tuple, load: Callable[[], tuple], *, channels_last: bool = False, compile: bool = False
+                  ) -> tuple:
+    """``load_once`` of an editor's ``(pipe, flagger)`` with ``styleprefs.gpu.prepare_pipeline`` applied to pipe."""
+    from styleprefs.gpu import prepare_pipeline
+
+    def load_and_prepare() -> tuple:
+        pipe, flagger = load()
+        return prepare_pipeline(pipe, channels_last=channels_last, compile=compile), flagger
+
+    return load_once((*key, channels_last, compile), load_and_prepare)
+
+
 def clear_cache() -> None:
     with _CACHE_LOCK:
         _CACHE.clear()
@@ -216,10 +228,12 @@ def group_by_size(sizes: Sequence[tuple[int, int]]) -> dict[tuple[int, int], lis
 
 def edit_in_size_buckets(images: Sequence[Image.Image], captions: Sequence[str], seeds: Sequence[int],
                          resolution: int, run: Callable[[tuple[int, int], list[int]], list[Image.Image]],
-                         safety: SafetyFlagger):
-    """A neural editor's ``edit_with_flags``: one ``run(size, indices)`` pipeline call per working size,
-    each edit flagged by ``safety`` and resized back to its original's size."""
+                         safety: SafetyFlagger, vae):
+    """A neural editor's ``edit_with_flags``: one ``run(size, indices)`` pipeline call per working size (``vae``
+    sliced, and tiled for large sizes: ``styleprefs.gpu.set_vae_memory``), each edit flagged by ``safety`` and
+    resized back to its original's size."""
     from styleprefs.editors import EditResult
+    from styleprefs.gpu import set_vae_memory
 
     if not len(images) == len(captions) == len(seeds):
         raise ValueError(f"got {len(images)} images, {len(captions)} captions and {len(seeds)} seeds")
@@ -227,6 +241,7 @@ def edit_in_size_buckets(images: Sequence[Image.Image], captions: Sequence[str],
     flags: list[bool | None] = [None] * len(images)
     sizes = [resize_for_model(img.size, resolution) for img in images]
     for size, idx in group_by_size(sizes).items():
+        set_vae_memory(vae, size)
         edits = run(size, idx)
         for i, edit, flag in zip(idx, edits, safety.flags(edits)):
             out[i] = edit.resize(images[i].size, Image.LANCZOS)

@@ -58,7 +58,7 @@ from styleprefs.editors.loading import (
     edit_in_size_buckets,
     generators,
     load_error,
-    load_once,
+    load_prepared,
     quiet_loading,
     quiet_truncation,
     resolve_device,
@@ -471,7 +471,8 @@ class PromptDiffusionEditor:
 
     def __init__(self, style: StyleSpec, *, model: str | None = None, device: str | None = None,
                  dtype: str | None = None, steps: int | None = None, resolution: int | None = None,
-                 recipe: str = "pair", negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT):
+                 recipe: str = "pair", negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT,
+                 channels_last: bool = False, compile: bool = False):
         from styleprefs.editors.classic import ClassicEditor
 
         if recipe not in RECIPES:
@@ -486,9 +487,9 @@ class PromptDiffusionEditor:
         self.model_id = resolved.name
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self._pipe, self._safety = load_once(
+        self._pipe, self._safety = load_prepared(
             ("prompt-diffusion", resolved.location, str(self.device), self.dtype),
-            lambda: _load_pipeline(resolved, self.device, self.dtype))
+            lambda: _load_pipeline(resolved, self.device, self.dtype), channels_last=channels_last, compile=compile)
         self.resolution = working_resolution(self._pipe, resolution)
         self.steps = int(steps or settings.num_inference_steps)
         self.guidance_scale = float(settings.guidance_scale)
@@ -543,4 +544,4 @@ class PromptDiffusionEditor:
                     negative_prompt=None if self.negative_prompt is None else [self.negative_prompt] * len(idx),
                     generator=generators([seeds[i] for i in idx]), output_type="pil").images
 
-        return edit_in_size_buckets(images, captions, seeds, self.resolution, run, self._safety)
+        return edit_in_size_buckets(images, captions, seeds, self.resolution, run, self._safety, self._pipe.vae)

@@ -88,11 +88,14 @@ def read_settings(folder: Path | str) -> dict:
     return read_json(Path(folder) / SETTINGS)
 
 
-def load_pipeline(model: str, device: torch.device, dtype: torch.dtype):
-    """A diffusers text-to-image pipeline (SD1.5 or SDXL folder, Hub id, or tiny name), safety checker off."""
+def load_pipeline(model: str, device: torch.device, dtype: torch.dtype, *, vae: str | None = None,
+                  channels_last: bool = False, compile: bool = False):
+    """A diffusers text-to-image pipeline (SD1.5 or SDXL folder, Hub id, or tiny name), safety checker off; ``vae``
+    in place of its own, the GPU settings of ``styleprefs.gpu.prepare_pipeline`` applied."""
     from diffusers import DiffusionPipeline
 
     from styleprefs.editors.loading import load_once, quiet_loading
+    from styleprefs.gpu import load_vae, prepare_pipeline
     from styleprefs.trainer.models import resolve_model
 
     location = resolve_model(model)
@@ -102,7 +105,7 @@ def load_pipeline(model: str, device: torch.device, dtype: torch.dtype):
             with quiet_loading():
                 config = DiffusionPipeline.load_config(location)
                 extra = ({"safety_checker": None, "requires_safety_checker": False}
-                         if "safety_checker" in config else {})
+                         if "safety_checker" in config else {}) | ({"vae": load_vae(vae, dtype)} if vae else {})
                 pipe = DiffusionPipeline.from_pretrained(location, dtype=dtype, **extra)
         except (OSError, ValueError) as exc:
             hint = "" if Path(location).exists() else " (no network? download it and pass the local folder)"
@@ -110,11 +113,11 @@ def load_pipeline(model: str, device: torch.device, dtype: torch.dtype):
         if not hasattr(pipe, "unet") or not hasattr(pipe, "text_encoder") or hasattr(pipe, "controlnet"):
             raise StyleprefsError(f"{model} is a {type(pipe).__name__}, not a Stable Diffusion text-to-image pipeline")
         pipe.set_progress_bar_config(disable=True)
-        return pipe.to(device)
+        return prepare_pipeline(pipe.to(device), channels_last=channels_last, compile=compile)
 
     # Loaded once per process (a pipeline folder does not change while we read it).
     return load_once(("eval-pipeline", str(Path(location).resolve()) if Path(location).exists() else location,
-                      str(device), dtype), load)
+                      str(device), dtype, vae, channels_last, compile), load)
 
 
 def pipeline_kind(pipe) -> str:
@@ -124,12 +127,17 @@ def pipeline_kind(pipe) -> str:
 def generate(model: str, prompts: str, out: Path | str, *, images_per_prompt: int = 5, seed: int = 0,
              steps: int = 50, guidance: float | None = None, resolution: int | None = None, limit: int | None = None,
              negative_prompt: str = "", batch_size: int = 4, device: str | None = None, dtype: str | None = None,
-             overwrite: bool = False, show_progress: bool = True) -> dict:
+             overwrite: bool = False, show_progress: bool = True, vae: str | None = None, allow_tf32: bool = True,
+             channels_last: bool = False, compile: bool = False) -> dict:
     """Generate ``images_per_prompt`` images per prompt of ``prompts`` into ``out`` (see the module docstring).
+
+    ``vae`` decodes instead of the model's VAE (recorded in the settings); ``allow_tf32``, ``channels_last`` and
+    ``compile`` are the GPU settings of ``styleprefs.gpu``.
 
     Returns the settings with ``"done"`` (images generated now), ``"skipped"`` (already there) and ``"total"``.
     """
     from styleprefs.editors.loading import dtype_name, resolve_device, resolve_dtype
+    from styleprefs.gpu import set_tf32
 
     if images_per_prompt < 1 or steps < 1 or batch_size < 1:
         raise StyleprefsError("--images-per-prompt, --steps and --batch-size must be at least 1")
@@ -138,7 +146,8 @@ def generate(model: str, prompts: str, out: Path | str, *, images_per_prompt: in
     with folder_lock(out):  # a second writer of the same folder gets a one-line error
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
-        pipe = load_pipeline(model, dev, torch_dtype)
+        set_tf32(allow_tf32)
+        pipe = load_pipeline(model, dev, torch_dtype, vae=vae, channels_last=channels_last, compile=compile)
         kind = pipeline_kind(pipe)
         default_size = pipe.unet.config.sample_size * pipe.vae_scale_factor
         size = resolution or default_size
@@ -148,7 +157,7 @@ def generate(model: str, prompts: str, out: Path | str, *, images_per_prompt: in
             "images_per_prompt": images_per_prompt, "seed": seed, "steps": steps,
             "guidance": float(guidance if guidance is not None else DEFAULT_GUIDANCE[kind]),
             "height": size, "width": size, "negative_prompt": negative_prompt, "dtype": dtype_name(torch_dtype),
-            "safety_checker": "off", "seeding": "image_seed(seed, prompt, index) = sha256, 63 bits; noise drawn on CPU",
+            **({"vae": vae} if vae else {}), "safety_checker": "off", "seeding": "image_seed(seed, prompt, index) = sha256, 63 bits; noise drawn on CPU",
         }
         _prepare(out, settings, overwrite)
         done_keys = {(r.prompt_id, r.index) for r in read_index(out)} if (out / INDEX).is_file() else set()
