@@ -30,14 +30,14 @@ class Plan:
     """How much work each stage does. Learning rates are per pair (``--scale-lr``): the rate applied is
     ``lr x batch_size``."""
 
-    num_pairs: int = 384
-    heldout_pairs: int = 64
-    prompts: int = 48  # captions generated from, per model; style FID compares as many images with as many
+    num_pairs: int = 256
+    heldout_pairs: int = 48
+    prompts: int = 32  # captions generated from, per model; style FID compares as many images with as many
     images_per_prompt: int = 2  # seeds per caption: the spread of every mean over seeds is reported
-    generation_steps: int = 20
+    generation_steps: int = 15
     batch_size: int = 8
-    sft_steps: int = 150
-    rpo_steps: int = 100
+    sft_steps: int = 120
+    rpo_steps: int = 60
     sft_lr: float = 2.5e-5
     rpo_lr: float = 2.5e-6
     beta: float = 5000.0
