@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import AutoencoderKL
+from PIL import Image
 
 from styleprefs import gpu
 from styleprefs.build import BuildConfig, build_dataset
@@ -116,8 +117,6 @@ def test_neural_editors_compile_and_slice_the_vae(compiled) -> None:
     editor = load_editor("instruct-pix2pix", load_style("winter"), model="tiny", device="cpu", steps=1,
                          compile=True, channels_last=True)
     try:
-        from PIL import Image
-
         editor.edit([Image.new("RGB", (64, 64), "white")], ["a cabin"], [0])
         assert len(compiled) == 1 and _channels_last(compiled[0])
         assert editor._pipe.vae.use_slicing and not editor._pipe.vae.use_tiling
