@@ -280,7 +280,7 @@ def test_two_processes_match_one_process_with_the_doubled_batch(dataset: Path, t
     for w in workers:
         w.start()
     for w in workers:
-        w.join(timeout=120)
+        w.join(timeout=300)
     assert [w.exitcode for w in workers] == [0, 0]
     double = _metrics(tmp_path / "two")
     assert [r["step"] for r in double] == [0, 1]  # only the main process writes metrics
