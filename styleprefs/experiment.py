@@ -11,7 +11,7 @@ and standard deviation over seeds. Every run and every result is kept, so a reru
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -165,7 +165,7 @@ def _aggregate(out: Path, plan: ExperimentPlan) -> dict:
             values = [m[label] for m in per_seed if label in m]
             if values:
                 rows[name][metric] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
-    return {"plan": asdict(replace(plan)), "rows": rows}
+    return {"plan": asdict(plan), "rows": rows}
 
 
 def render_table(results: dict) -> str:
