@@ -90,6 +90,17 @@ def write_webdataset(folder: Path, n: int = 10) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_unchanged():
+    """A test that leaves torch on another thread count changes later tests' floats (bit-for-bit resume
+    checks compare an in-process run with a one-thread subprocess)."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    assert torch.get_num_threads() == before, f"the test left torch on {torch.get_num_threads()} threads, not {before}"
+
+
 @pytest.fixture
 def pickapic_dir(tmp_path: Path) -> Path:
     return write_pickapic_parquet(tmp_path / "pickapic")

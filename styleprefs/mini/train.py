@@ -233,8 +233,17 @@ def train_mini(cfg: MiniConfig, out: Path, command: str = "") -> dict:
     """Train ``mini-clip`` and ``mini`` into ``out``; returns the training record (also ``out/training.json``).
 
     Stages run in order (CLIP, VAE, UNet); each saves its model as it ends and is
-    skipped by a rerun, whose record keeps the finished stages' times and curves (``out/stages.json``)."""
+    skipped by a rerun, whose record keeps the finished stages' times and curves (``out/stages.json``).
+    Runs on ``cfg.threads`` torch threads and gives the caller back its own thread count."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
+    try:
+        return _train_stages(cfg, out, command)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_stages(cfg: MiniConfig, out: Path, command: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     stages = json.loads((out / "stages.json").read_text(encoding="utf-8")) if (out / "stages.json").is_file() else {}
     tokenizer = bpe_tokenizer()
