@@ -18,9 +18,28 @@ def style_alignment(
     quick: bool = typer.Option(False, help="Two seeds, a few steps: a check that everything runs (minutes)."),
 ) -> None:
     """SFT, SFT+SFT, SFT+DPO, SFT+RPO (tau 0.01, 1, 5), DPO and RPO from the mini base, 3 seeds: mean ± std table."""
-    from styleprefs.experiment import ExperimentPlan, render_table, run_experiment
+    from styleprefs.experiments.style_alignment import ExperimentPlan, render_table, run_experiment
 
     plan = ExperimentPlan.quick() if quick else ExperimentPlan()
     results = run_experiment(out, ExperimentPlan(**{**plan.__dict__, "style": style}), console=console)
     console.print(render_table(results), markup=False, highlight=False)
     console.print(f"results: {out / 'results.json'}, grid: {out / 'grid' / 'report_grid.png'}")
+
+
+@experiment_app.command("online-improvement")
+def online_improvement(
+    out: Path = typer.Option(Path("out/online-improvement"), help="Folder for datasets, runs, generations and results."),
+    style: str = typer.Option("winter", help="Built-in style."),
+    seeds: int = typer.Option(1, help="Seeds to run (0, 1, ...)."),
+    quick: bool = typer.Option(False, help="A few steps and images: a check that everything runs (minutes)."),
+) -> None:
+    """The improver alone; iterative DPO from the base and from SFT; SPIN; offline DPO with the same steps."""
+    from styleprefs.experiments.online_improvement import OnlinePlan, render_table, run_online_experiment
+
+    plan = OnlinePlan.quick() if quick else OnlinePlan()
+    if seeds < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--seeds")
+    results = run_online_experiment(out, OnlinePlan(**{**plan.__dict__, "style": style, "seeds": tuple(range(seeds))}),
+                                    console=console)
+    console.print(render_table(results), markup=False, highlight=False)
+    console.print(f"results: {out / 'results.json'}, grids: {out / 'grid'}")

@@ -6,7 +6,8 @@ import math
 
 from rich.console import Console
 
-from styleprefs.experiment import METRICS, ExperimentPlan, run_experiment
+from styleprefs.experiments.common import METRICS
+from styleprefs.experiments.style_alignment import ExperimentPlan, run_experiment
 
 
 def test_quick_style_alignment_gives_a_finite_table(tmp_path):

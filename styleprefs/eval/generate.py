@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -159,23 +159,33 @@ def generate(model: str, prompts: str, out: Path | str, *, images_per_prompt: in
             "height": size, "width": size, "negative_prompt": negative_prompt, "dtype": dtype_name(torch_dtype),
             **({"vae": vae} if vae else {}), "safety_checker": "off", "seeding": "image_seed(seed, prompt, index) = sha256, 63 bits; noise drawn on CPU",
         }
-        _prepare(out, settings, overwrite)
-        done_keys = {(r.prompt_id, r.index) for r in read_index(out)} if (out / INDEX).is_file() else set()
-        todo = [(pid, item, i) for pid, item in enumerate(items) for i in range(images_per_prompt)
-                if (pid, i) not in done_keys]
-        _end_with_newline(out / INDEX)  # a line cut short by a crash must not swallow the next one
-        with _progress(len(todo), len(items) * images_per_prompt - len(todo), show_progress) as advance, \
-                open(out / INDEX, "a", encoding="utf-8") as index:
-            for start in range(0, len(todo), batch_size):
-                batch = todo[start:start + batch_size]
-                images = _sample(pipe, [item.prompt for _, item, _ in batch],
-                                 [image_seed(seed, item.prompt, i) for _, item, i in batch], settings)
-                for (pid, item, i), image in zip(batch, images):
-                    record = _save_image(out, pid, item, i, image_seed(seed, item.prompt, i), image)
-                    index.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
-                    index.flush()
-                advance(len(batch))
-        return {**settings, "done": len(todo), "skipped": len(done_keys), "total": len(items) * images_per_prompt}
+        todo = [ImageRecord(pid, item.prompt, item.category, i, image_seed(seed, item.prompt, i), "", 0, 0)
+                for pid, item in enumerate(items) for i in range(images_per_prompt)]
+        done = write_images(out, settings, todo, lambda batch: _sample(pipe, [r.prompt for r in batch],
+                                                                       [r.seed for r in batch], settings),
+                            batch_size=batch_size, overwrite=overwrite, show_progress=show_progress)
+        return {**settings, "done": done, "skipped": len(todo) - done, "total": len(todo)}
+
+
+def write_images(out: Path, settings: dict, records: list[ImageRecord],
+                 render: Callable[[list[ImageRecord]], list[Image.Image]], *, batch_size: int, overwrite: bool = False,
+                 show_progress: bool = True) -> int:
+    """Fill the generation folder ``out`` (``settings`` recorded; other image settings refused unless
+    ``overwrite``) with the images of ``records`` not there yet, ``render`` making each batch's images;
+    returns how many were made. Call with ``out`` locked."""
+    _prepare(out, settings, overwrite)
+    done_keys = {(r.prompt_id, r.index) for r in read_index(out)} if (out / INDEX).is_file() else set()
+    todo = [r for r in records if (r.prompt_id, r.index) not in done_keys]
+    _end_with_newline(out / INDEX)  # a line cut short by a crash must not swallow the next one
+    with _progress(len(todo), len(records) - len(todo), show_progress) as advance, \
+            open(out / INDEX, "a", encoding="utf-8") as index:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            for record, image in zip(batch, render(batch)):
+                index.write(json.dumps(asdict(save_image(out, record, image)), ensure_ascii=False) + "\n")
+                index.flush()
+            advance(len(batch))
+    return len(todo)
 
 
 def _sample(pipe, prompts: list[str], seeds: list[int], settings: dict) -> list[Image.Image]:
@@ -191,11 +201,13 @@ def _sample(pipe, prompts: list[str], seeds: list[int], settings: dict) -> list[
     return list(result.images)
 
 
-def _save_image(out: Path, prompt_id: int, item: PromptItem, index: int, seed: int, image: Image.Image) -> ImageRecord:
-    rel = f"{IMAGES}/{prompt_id:05d}-{index:02d}.png"
+def save_image(out: Path, record: ImageRecord, image: Image.Image) -> ImageRecord:
+    """Write ``image`` as ``record``'s (prompt_id, index) PNG of ``out``, atomically; ``record`` with its path and
+    size filled in."""
+    rel = f"{IMAGES}/{record.prompt_id:05d}-{record.index:02d}.png"
     with atomic_path(out / rel) as tmp:
         image.save(tmp, format="PNG")
-    return ImageRecord(prompt_id, item.prompt, item.category, index, seed, rel, image.width, image.height)
+    return replace(record, path=rel, width=image.width, height=image.height)
 
 
 def _prepare(out: Path, settings: dict, overwrite: bool) -> None:

@@ -1,0 +1,1 @@
+"""Experiments that show behaviour in the miniature world (``mini``, ``mini-clip``): ``styleprefs experiment``."""
