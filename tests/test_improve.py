@@ -4,6 +4,11 @@ editor, and the iterative and spin stages (trainer/improve.py, editors/improve.p
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +22,7 @@ from styleprefs.cli.app import main
 from styleprefs.editors import load_editor
 from styleprefs.editors.improve import double_guidance
 from styleprefs.errors import StyleprefsError
+from styleprefs.inspect import BUILD_STATE
 from styleprefs.style import load_style
 from styleprefs.trainer import loop
 from styleprefs.trainer.config import TrainConfig
@@ -27,6 +33,7 @@ from styleprefs.trainer.models import load_components, load_unet
 TINY = {"model": "tiny", "resolution": 64, "batch_size": 2, "gradient_accumulation_steps": 1, "max_steps": 2,
         "warmup_steps": 0, "learning_rate": 1e-3, "report_to": "none", "checkpoint_every": 0}
 ONLINE = {"online_pairs": 4, "iterations": 2, "sample_steps": 2, "checkpoint_every": 1, "learning_rate": 1e-4}
+KILL_TIMEOUT = 300
 
 
 def config(stage: str, data: Path, out: Path, **options) -> TrainConfig:
@@ -128,10 +135,22 @@ def test_the_improver_loads_in_diffusers_and_edits(improver: Path) -> None:
     assert editor.params()["text_guidance"] == 3.5 and editor.params()["image_guidance"] == 3.0
 
 
-def test_iterative_writes_two_datasets_and_models_and_resumes_after_a_kill(dataset: Path, improver: Path,
-                                                                           tmp_path: Path, monkeypatch) -> None:
-    whole = tmp_path / "whole"
-    loop.train(config("iterative", dataset, whole, improver=str(improver), **ONLINE), show_progress=False)
+@pytest.fixture(scope="module")
+def whole(dataset: Path, improver: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted 2-iteration run."""
+    out = tmp_path_factory.mktemp("iterative") / "whole"
+    loop.train(config("iterative", dataset, out, improver=str(improver), **ONLINE), show_progress=False)
+    return out
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = unet_weights(a), unet_weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[name], wb[name]) for name in wa)
+
+
+def test_iterative_writes_two_datasets_and_models_and_resumes_after_a_crash(dataset: Path, improver: Path,
+                                                                            whole: Path, tmp_path: Path,
+                                                                            monkeypatch) -> None:
     for k in (1, 2):
         manifest = json.loads((whole / f"iter-{k}" / "data" / "manifest.json").read_text())
         assert manifest["counts"]["kept"] == 4 and manifest["config"]["editor"]["name"] == "improve"
@@ -161,11 +180,39 @@ def test_iterative_writes_two_datasets_and_models_and_resumes_after_a_kill(datas
     assert (killed / "iter-2" / "generated" / "index.jsonl").read_text() == generated  # nothing regenerated
     steps = [json.loads(line)["step"] for line in (killed / "iter-2" / "train" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1]
-    for k in (1, 2):
-        a, b = unet_weights(whole / f"iter-{k}" / "train"), unet_weights(killed / f"iter-{k}" / "train")
-        assert all(torch.equal(a[name], b[name]) for name in a)
+    assert all(same_weights(whole / f"iter-{k}" / "train", killed / f"iter-{k}" / "train") for k in (1, 2))
     with pytest.raises(StyleprefsError, match="other options"):
         loop.train(config("iterative", dataset, killed, improver=str(improver), **(ONLINE | {"beta": 2000})))
+
+
+def test_kill_9_at_each_phase_then_the_same_command_equals_an_uninterrupted_run(dataset: Path, improver: Path,
+                                                                               whole: Path, tmp_path: Path) -> None:
+    """Real SIGKILLs of `styleprefs train --stage iterative` (its whole process group): while iteration 1 generates,
+    once its pairs are written for the improver, and after iteration 2's first checkpoint; then the same command
+    in this process finishes the run, with every iteration's weights equal to the uninterrupted run's."""
+    out = tmp_path / "killed"
+    options = TINY | ONLINE | {"improver": improver}
+    args = ["train", "--stage", "iterative", "--data", str(dataset), "--out", str(out)]
+    for name, value in options.items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    kill_points = (out / "iter-1" / "generated" / "index.jsonl", out / "iter-1" / "pairs",
+                   out / "iter-2" / "train" / "checkpoints" / "step-000001")
+    for point in kill_points:
+        with open(tmp_path / "killed.log", "a") as log:
+            proc = subprocess.Popen([Path(sys.executable).parent / "styleprefs", *args], env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + KILL_TIMEOUT
+        while not point.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-2000:]
+        assert not (out / "iter-2" / "train" / "model_index.json").exists()
+    main(args)
+    summary = json.loads((out / "iterations.json").read_text())["iterations"]
+    assert [s["iteration"] for s in summary] == [1, 2]
+    assert all(same_weights(whole / f"iter-{k}" / "train", out / f"iter-{k}" / "train") for k in (1, 2))
+    assert not [p for pattern in ("*.partial", "*.tmp", BUILD_STATE) for p in out.rglob(pattern)]
 
 
 def test_spin_runs_two_iterations_against_the_previous_model(dataset: Path, tmp_path: Path) -> None:
