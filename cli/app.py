@@ -136,6 +136,37 @@ def filter_unsafe_cmd(
 
 
 @app.command()
+def relabel(
+    dataset: Path = typer.Argument(..., help="Dataset folder written by `styleprefs build`."),
+    scorer: str = typer.Option(..., help="Scorer whose higher-scored image becomes the preferred one: "
+                               "pickscore, hpsv2, aesthetic, clip, imagereward, winter, van_gogh or sketch, "
+                               "NAME=PATH for a local copy (offline: winter=mini-clip, clip=tiny-clip)."),
+    out: Optional[Path] = typer.Option(None, help="Write the relabelled dataset here instead of in place."),
+    ties: str = typer.Option("keep", help="Pairs the scorer ties: keep (labels 0.5/0.5), drop (to rejects) or "
+                             "original (keep the labels from before relabelling)."),
+    tie_tolerance: float = typer.Option(1e-6, help="A tie is |score_0 - score_1| at most this."),
+    batch_size: int = typer.Option(8, help="Images per scorer forward (does not change the labels)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+) -> None:
+    """Relabel pairs with a reward model (AI feedback): higher score preferred; original labels and scores kept."""
+    from styleprefs.relabel import RelabelOptions
+    from styleprefs.relabel import relabel as run
+
+    options = RelabelOptions(scorer=scorer, ties=ties, tie_tolerance=tie_tolerance, batch_size=batch_size,
+                             device=device)
+    report = run(dataset, options, out=out)
+    if report.status == "no-op":
+        console.print(f"{report.target} is already relabelled with these settings; nothing to do.", markup=False)
+    counts, agreement = report.summary["counts"], report.summary["agreement"]
+    table = Table("scorer", "pairs", "scorer ties", "original ties", "agree", "disagree", "agreement",
+                  title=f"relabelled {report.target}")
+    table.add_row(report.summary["settings"]["scorer"], str(counts["pairs"]), str(counts["scorer_ties"]),
+                  str(counts["original_ties"]), str(counts["agree"]), str(counts["disagree"]),
+                  "n/a" if agreement is None else f"{agreement:.3f}")
+    console.print(table)
+
+
+@app.command()
 def push(
     dataset: Path = typer.Argument(..., help="Dataset folder written by `styleprefs build`."),
     repo_id: str = typer.Argument(..., help="Hub dataset repo, owner/name."),
