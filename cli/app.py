@@ -85,6 +85,9 @@ def build(
     if result.status == "complete":
         console.print(f"{out} is already complete with these arguments; nothing to do.")
     _print_counts(result.manifest["counts"], f"dataset {out}")
+    skipped = result.manifest.get("selection", {}).get("skipped")
+    if skipped:
+        _print_counts(skipped, "rows skipped by the selection")
 
 
 @app.command()

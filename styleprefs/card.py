@@ -305,6 +305,7 @@ def _config_facts(dataset: Path, manifest: dict, name: str, data_dir: str, manif
         "seed": build["seed"],
         "requested": build["num_pairs"],
         "unique_captions": build["unique_captions"],
+        "selection": _describe_selection(config.get("selection")),
         "shard_size": build["shard_size"],
         "styleprefs_version": manifest.get("styleprefs_version", "unknown"),
         "format_version": config.get("format_version", "unknown"),
@@ -328,6 +329,21 @@ def _describe_source(source: dict) -> str:
         return f"[`{source['location']}`](https://huggingface.co/datasets/{source['location']}){split}"
     count = len(source.get("files", []))
     return f"{count} local {source.get('format', '')} file{'s' if count != 1 else ''} in Pick-a-Pic v2's schema{split}"
+
+
+def _describe_selection(selection: dict | None) -> str | None:
+    """The build's row selection in words, None for the default (the source's order, no filters)."""
+    if selection is None:
+        return None
+    parts = ["a seeded random sample of the source's Parquet row groups" if selection["sample"] == "random"
+             else "the source's order"]
+    if selection.get("models"):
+        parts.append(f"both models match `{selection['models']}`")
+    if selection.get("has_label"):
+        parts.append("label_0 is 0 or 1 (no ties)")
+    if selection.get("max_per_prompt"):
+        parts.append(f"at most {selection['max_per_prompt']} rows per caption")
+    return "; ".join(parts)
 
 
 def _safety(safety: dict) -> dict:

@@ -172,6 +172,7 @@ def test_filters(sources, tmp_path, sample):
     assert manifest["counts"]["skipped_duplicate_captions"] == skipped.get("duplicate_caption", 0)
     counts = manifest["counts"]
     assert counts["read"] == counts["kept"] + counts["rejected"] + counts["quarantined"]
+    assert "both models match `*DREAM*`" in (tmp_path / "out" / "README.md").read_text()
 
 
 def test_regex_models_and_max_per_prompt(sources, tmp_path):
