@@ -270,9 +270,8 @@ def _stage(dataset: Path, manifest: dict, paths: list[Path], scores: list[tuple[
             yield kept_rows
 
     kept = sum(int(_kept(s, settings).sum()) for s in scores)
-    shard_size = max([s["rows"] for s in manifest["shards"]] + [1])
     new = json.loads(json.dumps(manifest))
-    new["shards"] = write_shards(tables(), kept, staging / "data", shard_size)
+    new["shards"] = write_shards(tables(), kept, staging / "data", manifest["config"]["build"]["shard_size"])
     tally = _tally(decisions)
     new["counts"]["kept"] = kept
     new["counts"]["rejected"] += len(dropped)

@@ -63,7 +63,8 @@ def test_winter_scorer_agrees_with_the_edits_and_its_opposite_does_not(winter, t
     before = _rows(winter)
     report = relabel(winter, RelabelOptions(WINTER), out=tmp_path / "out", show_progress=False)
     agreement = report.summary["agreement"]
-    print(f"mini-clip winter relabel: agreement {agreement:.3f} over {report.summary['counts']['compared']} pairs")
+    with capsys.disabled():
+        print(f"\nmini-clip winter relabel: agreement {agreement:.3f} over {report.summary['counts']['compared']} pairs")
     assert agreement >= 0.9
     after = _rows(tmp_path / "out")
     assert [r["source"] for r in after] == [r["source"] for r in before]
@@ -81,6 +82,8 @@ def test_winter_scorer_agrees_with_the_edits_and_its_opposite_does_not(winter, t
     real_load = rewards.load_scorer
     monkeypatch.setattr(rewards, "load_scorer", lambda *a, **k: _Opposite(real_load(*a, **k)))
     opposite = relabel(winter, RelabelOptions(WINTER), out=tmp_path / "opposite", show_progress=False)
+    with capsys.disabled():
+        print(f"its opposite: agreement {opposite.summary['agreement']:.3f}")
     assert opposite.summary["agreement"] <= 0.1
     assert opposite.summary["agreement"] == pytest.approx(1 - agreement)
 
