@@ -52,7 +52,14 @@ def build(
     num_pairs: int = typer.Option(10000, help="Pairs to keep in the dataset."),
     seed: int = typer.Option(0, help="Seed; each row's randomness comes from (seed, row key)."),
     split: Optional[str] = typer.Option(None, help="Source split (Hub default: train)."),
-    unique_captions: bool = typer.Option(False, help="Skip rows whose caption was already used."),
+    unique_captions: bool = typer.Option(False, help="Skip rows whose caption was already used (--max-per-prompt 1)."),
+    max_per_prompt: Optional[int] = typer.Option(None, help="Use at most N rows per caption (case and spacing ignored)."),
+    models: Optional[str] = typer.Option(None, help="Keep rows whose model_0 and model_1 both match: a glob on the "
+                                         "whole name ('*dream*': Diffusion-DPO's Dreamlike-only pairs) or re:REGEX, "
+                                         "searched; case ignored."),
+    has_label: bool = typer.Option(False, "--has-label", help="Keep rows with label_0 0 or 1 (drop ties and unlabelled rows)."),
+    sample: str = typer.Option("sequential", help="sequential: the source's order. random: row groups of Parquet "
+                               "sources in a seeded order from the footers; only the groups used are read."),
     shard_size: int = typer.Option(1000, help="Rows per output Parquet shard."),
     batch_size: str = typer.Option("8", help="Images per editor call (does not change a classic build's output); auto: "
                                     "from free GPU memory and the working size (8 on CPU)."),
@@ -64,18 +71,23 @@ def build(
     """Build a style preference dataset in Pick-a-Pic's Parquet format."""
     from styleprefs.build import BuildConfig, build_dataset
     from styleprefs.gpu import parse_batch_size
+    from styleprefs.sources.selection import SelectionConfig
 
     cfg = BuildConfig(style=style, source=source, editor=editor, num_pairs=num_pairs, seed=seed, split=split,
                       unique_captions=unique_captions, shard_size=shard_size, safety=safety,
                       editor_model=editor_model, editor_steps=editor_steps, quality_gate=quality_gate,
                       clip_model=clip_model, min_direction=min_direction, min_image=min_image, min_text=min_text,
-                      max_tries=max_tries)
+                      max_tries=max_tries, selection=SelectionConfig(sample=sample, models=models, has_label=has_label,
+                                                                     max_per_prompt=max_per_prompt))
     gpu = {"channels_last": channels_last, "compile": compile} if editor != "classic" else {}
     result = build_dataset(cfg, out, batch_size=parse_batch_size(batch_size), overwrite=overwrite, device=device,
                            dtype=dtype, editor_options=gpu)
     if result.status == "complete":
         console.print(f"{out} is already complete with these arguments; nothing to do.")
     _print_counts(result.manifest["counts"], f"dataset {out}")
+    skipped = result.manifest.get("selection", {}).get("skipped")
+    if skipped:
+        _print_counts(skipped, "rows skipped by the selection")
 
 
 @app.command()
@@ -132,6 +144,37 @@ def filter_unsafe_cmd(
     for category, n in report.by_category().items():
         table.add_row(category, str(n))
     table.add_row("[bold]total[/bold]", f"{len(report.quarantined)} of {report.rows_before}")
+    console.print(table)
+
+
+@app.command()
+def relabel(
+    dataset: Path = typer.Argument(..., help="Dataset folder written by `styleprefs build`."),
+    scorer: str = typer.Option(..., help="Scorer whose higher-scored image becomes the preferred one: "
+                               "pickscore, hpsv2, aesthetic, clip, imagereward, winter, van_gogh or sketch, "
+                               "NAME=PATH for a local copy (offline: winter=mini-clip, clip=tiny-clip)."),
+    out: Optional[Path] = typer.Option(None, help="Write the relabelled dataset here instead of in place."),
+    ties: str = typer.Option("keep", help="Pairs the scorer ties: keep (labels 0.5/0.5), drop (to rejects) or "
+                             "original (keep the labels from before relabelling)."),
+    tie_tolerance: float = typer.Option(1e-6, help="A tie is |score_0 - score_1| at most this."),
+    batch_size: int = typer.Option(8, help="Images per scorer forward (does not change the labels)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+) -> None:
+    """Relabel pairs with a reward model (AI feedback): higher score preferred; original labels and scores kept."""
+    from styleprefs.relabel import RelabelOptions
+    from styleprefs.relabel import relabel as run
+
+    options = RelabelOptions(scorer=scorer, ties=ties, tie_tolerance=tie_tolerance, batch_size=batch_size,
+                             device=device)
+    report = run(dataset, options, out=out)
+    if report.status == "no-op":
+        console.print(f"{report.target} is already relabelled with these settings; nothing to do.", markup=False)
+    counts, agreement = report.summary["counts"], report.summary["agreement"]
+    table = Table("scorer", "pairs", "scorer ties", "original ties", "agree", "disagree", "agreement",
+                  title=f"relabelled {report.target}")
+    table.add_row(report.summary["settings"]["scorer"], str(counts["pairs"]), str(counts["scorer_ties"]),
+                  str(counts["original_ties"]), str(counts["agree"]), str(counts["disagree"]),
+                  "n/a" if agreement is None else f"{agreement:.3f}")
     console.print(table)
 
 

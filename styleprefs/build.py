@@ -34,13 +34,14 @@ from styleprefs.inspect import BUILD_STATE
 from styleprefs.io import check_separate, read_json, remove_temp_files, write_json, write_parquet
 from styleprefs.lock import folder_lock
 from styleprefs.pairs import make_row, plan_row
-from styleprefs.parallel import prefetch, thread_map
+from styleprefs.parallel import thread_map
 from styleprefs.progress import pair_progress
 from styleprefs.safety.report import TEXT_LISTS_BACKEND, safety_summary
 from styleprefs.safety.text import SAFE, TextFilter
 from styleprefs.schema import DATASET_SCHEMA, QUARANTINE_SCHEMA, REJECTS_SCHEMA
 from styleprefs.shards import write_shards
 from styleprefs.sources import Source, SourcePair, open_source
+from styleprefs.sources.selection import Selection, SelectionConfig
 from styleprefs.style import StyleSpec, load_style
 
 PART_ROWS = 128
@@ -60,6 +61,7 @@ class BuildConfig:
     seed: int = 0
     split: str | None = None
     unique_captions: bool = False
+    selection: SelectionConfig = SelectionConfig()  # --models, --has-label, --max-per-prompt, --sample
     shard_size: int = 1000  # rows per output shard
     safety: bool = True  # quarantine captions the built-in text lists flag, before any editing
     editor_model: str | None = None  # neural editors: Hub id, local folder or "tiny" (default: the paper's model)
@@ -105,6 +107,7 @@ class _Job:
         self.cfg = cfg
         self.style: StyleSpec = load_style(cfg.style)
         self.source: Source = open_source(cfg.source, cfg.split)
+        self.selection = Selection(self.source, cfg.selection, cfg.unique_captions, cfg.seed, 2 * PART_ROWS)
         options = {"steps": cfg.editor_steps} if cfg.editor_steps and cfg.editor != "classic" else {}
         options |= editor_options or {}
         self.editor: Editor = load_editor(cfg.editor, self.style, model=cfg.editor_model, device=device,
@@ -112,13 +115,16 @@ class _Job:
         self.text_filter = TextFilter() if cfg.safety else None
         gate_on = cfg.quality_gate if cfg.quality_gate is not None else cfg.editor != "classic"
         self.gate = _load_gate(cfg, device) if gate_on else None
+        build = {k: v for k, v in asdict(cfg).items() if k != "selection"}  # recorded apart, when not the default
         identity = {
             "format_version": FORMAT_VERSION,
-            "build": {**asdict(cfg), "style": self.style.name, "quality_gate": gate_on},
+            "build": {**build, "style": self.style.name, "quality_gate": gate_on},
             "style_spec": self.style.to_dict(),
             "source": self.source.describe(),
             "editor": {"name": self.editor.name, "model": self.editor.model_id, "params": self.editor.params()},
         }
+        if not cfg.selection.is_default:
+            identity["selection"] = self.selection.describe()
         self.identity = json.loads(json.dumps(identity, default=str))
 
 
@@ -225,30 +231,6 @@ def _prepare_state_dir(out: Path, identity: dict) -> None:
         write_json({"config": identity}, state / "state.json")
 
 
-class _Selection:
-    """The source's rows in order, minus duplicate captions when asked; counts what it skips."""
-
-    def __init__(self, source: Source, unique_captions: bool):
-        self.rows = prefetch(source, 2 * PART_ROWS)
-        self.unique = unique_captions
-        self.seen: set[str] = set()
-        self.skipped = 0
-
-    def take(self, n: int) -> list[SourcePair]:
-        taken: list[SourcePair] = []
-        for pair in self.rows:
-            if self.unique:
-                norm = " ".join(pair.caption.casefold().split())
-                if norm in self.seen:
-                    self.skipped += 1
-                    continue
-                self.seen.add(norm)
-            taken.append(pair)
-            if len(taken) == n:
-                break
-        return taken
-
-
 def _run_parts(job: _Job, state: Path, batch_size: int, show_progress: bool, procs: Processes) -> list[_Part]:
     """Process (or load) parts until ``num_pairs`` rows are kept or the source runs out.
 
@@ -260,7 +242,7 @@ def _run_parts(job: _Job, state: Path, batch_size: int, show_progress: bool, pro
     """
     parts: list[_Part] = []
     kept = start = 0
-    selection = _Selection(job.source, job.cfg.unique_captions)
+    selection = job.selection
     with pair_progress(job.cfg.num_pairs, show_progress and procs.is_main) as advance:
         while kept < job.cfg.num_pairs:
             size = min(PART_ROWS, -(-(job.cfg.num_pairs - kept) // procs.world))
@@ -438,6 +420,8 @@ def _finalize(job: _Job, out: Path, parts: list[_Part]) -> dict:
         "reject_reasons": _reason_counts(rejects),
         "shards": shards,
     }
+    if not job.cfg.selection.is_default:
+        manifest["selection"] = job.selection.record(manifest["counts"]["read"])
     if job.text_filter is not None:
         manifest["safety"] = safety_summary([TEXT_LISTS_BACKEND], quarantine)
     write_json(manifest, out / "manifest.json")

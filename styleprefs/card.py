@@ -79,6 +79,16 @@ COLUMN_MEANINGS = {
     "safety_text_score": "the text safety classifier's probability that the caption is unsafe (null if not run)",
     "safety_image_score_0": "the image safety checker's score of `jpg_0`, above 0 means flagged (null if not run)",
     "safety_image_score_1": "the image safety checker's score of `jpg_1`, above 0 means flagged (null if not run)",
+    "original_label_0": "`label_0` before `styleprefs relabel` replaced it (the build's label)",
+    "original_label_1": "`label_1` before `styleprefs relabel` replaced it",
+    "score_0": "the relabelling scorer's score of `jpg_0` (the config's relabelling section names the scorer)",
+    "score_1": "the relabelling scorer's score of `jpg_1`",
+}
+# A relabelled dataset's labels come from a scorer, not from the edit.
+RELABELLED_MEANINGS = {
+    "label_0": "1.0 if the relabelling scorer scored `jpg_0` higher, 0.0 if lower; a tie follows the config's tie policy",
+    "label_1": "1.0 if the relabelling scorer scored `jpg_1` higher, 0.0 if lower; a tie follows the config's tie policy",
+    "best_image_uid": "id of the preferred image, null for a tie",
 }
 
 
@@ -111,7 +121,7 @@ def render_card(dataset: Path, *, license: str | None = None, config_name: str |
         load_path=repo_id or f"path/to/{dataset.resolve().name}",
         config_list=_config_list(data),
         sections=sections,
-        columns=_columns(schema),
+        columns=_columns(schema, relabelled="relabel" in manifest),
     )
     text = re.sub(r"\n{3,}", "\n\n", card.content)
     check_card(text)
@@ -295,6 +305,7 @@ def _config_facts(dataset: Path, manifest: dict, name: str, data_dir: str, manif
         "seed": build["seed"],
         "requested": build["num_pairs"],
         "unique_captions": build["unique_captions"],
+        "selection": _describe_selection(config.get("selection")),
         "shard_size": build["shard_size"],
         "styleprefs_version": manifest.get("styleprefs_version", "unknown"),
         "format_version": config.get("format_version", "unknown"),
@@ -303,6 +314,7 @@ def _config_facts(dataset: Path, manifest: dict, name: str, data_dir: str, manif
         "reject_reasons": sorted(manifest.get("reject_reasons", {}).items()),
         "gated": sum(_scored_rows(f) for f in files),
         "safety": _safety(safety) if safety is not None else None,
+        "relabel": manifest.get("relabel"),
         "shards": [{"path": f"{data_dir}/{Path(s['path']).name}", "rows": s["rows"], "sha256": s["sha256"]}
                    for s in manifest["shards"]],
         "size": human_size(sum(f.stat().st_size for f in files)),
@@ -319,6 +331,21 @@ def _describe_source(source: dict) -> str:
     return f"{count} local {source.get('format', '')} file{'s' if count != 1 else ''} in Pick-a-Pic v2's schema{split}"
 
 
+def _describe_selection(selection: dict | None) -> str | None:
+    """The build's row selection in words, None for the default (the source's order, no filters)."""
+    if selection is None:
+        return None
+    parts = ["a seeded random sample of the source's Parquet row groups" if selection["sample"] == "random"
+             else "the source's order"]
+    if selection.get("models"):
+        parts.append(f"both models match `{selection['models']}`")
+    if selection.get("has_label"):
+        parts.append("label_0 is 0 or 1 (no ties)")
+    if selection.get("max_per_prompt"):
+        parts.append(f"at most {selection['max_per_prompt']} rows per caption")
+    return "; ".join(parts)
+
+
 def _safety(safety: dict) -> dict:
     backends = [b if isinstance(b, str) else json.dumps(b, sort_keys=True) for b in safety.get("backends", [])]
     return {"backends": backends, "by_category": sorted(safety.get("quarantined_by_category", {}).items())}
@@ -328,9 +355,10 @@ def _config_list(data: DatasetCardData) -> list[dict]:
     return [{"name": n, "rows": rows} for n, rows in _config_rows(data)]
 
 
-def _columns(schema: pa.Schema) -> list[dict]:
+def _columns(schema: pa.Schema, relabelled: bool) -> list[dict]:
     features = Features.from_arrow_schema(schema)._to_yaml_list()
-    return [{"name": f["name"], "dtype": f.get("dtype", "struct"), "meaning": COLUMN_MEANINGS.get(f["name"], "")}
+    meanings = COLUMN_MEANINGS | (RELABELLED_MEANINGS if relabelled else {})
+    return [{"name": f["name"], "dtype": f.get("dtype", "struct"), "meaning": meanings.get(f["name"], "")}
             for f in features]
 
 

@@ -12,7 +12,6 @@ The dataset (and ``--out``) are locked for the whole run.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -21,20 +20,20 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from styleprefs.card import write_card
 from styleprefs.errors import StyleprefsError
 from styleprefs.images import decode
 from styleprefs.inspect import FILTER_BACKUP, read_finished_manifest, read_manifest, shard_paths
-from styleprefs.io import check_separate, remove_temp_files, write_json, write_parquet
+from styleprefs.io import check_separate, write_json, write_parquet
 from styleprefs.lock import LOCK_NAME, folder_lock
 from styleprefs.progress import pair_progress
 from styleprefs.safety.report import TEXT_LISTS_BACKEND, safety_summary
 from styleprefs.safety.text import TextFilter
 from styleprefs.schema import DATASET_SCHEMA, QUARANTINE_SCHEMA
 from styleprefs.shards import read_table, write_shards
+from styleprefs.swap import Swap
 
 TMP, OLD = ".filter-tmp", FILTER_BACKUP
-STAGED = ("data", "quarantine.parquet", "rejects.parquet")  # what a swap may replace; manifest.json goes last
+SWAP = Swap(TMP, OLD)
 
 
 @dataclass(frozen=True)
@@ -125,9 +124,9 @@ def filter_unsafe(dataset: Path, options: SafetyOptions = SafetyOptions(), *, ou
 
 
 def _filter(dataset: Path, options: SafetyOptions, out: Path | None, show_progress: bool) -> FilterReport:
-    _recover(dataset, fresh=False)
+    SWAP.recover(dataset, fresh=False)
     if out is not None:
-        _recover(out, fresh=True)
+        SWAP.recover(out, fresh=True)
     manifest = read_finished_manifest(dataset)
     settings = json.loads(json.dumps(asdict(options)))  # as the manifest stores it
     rows_before = manifest["counts"]["kept"]
@@ -152,7 +151,7 @@ def _filter(dataset: Path, options: SafetyOptions, out: Path | None, show_progre
     if out is not None:
         shutil.copy2(dataset / "rejects.parquet", staging / "rejects.parquet")
     write_json(new_manifest, staging / "manifest.json")
-    _swap_in(target, fresh=out is not None)
+    SWAP.commit(target, fresh=out is not None)
     return FilterReport(dataset, rows_before, quarantined)
 
 
@@ -206,45 +205,3 @@ def _updated_manifest(manifest: dict, backends: list[str], settings: dict, quara
 def _record(table: pa.Table, i: int, category: str, matched: str, backend: str) -> dict:
     return {"source": table.column("source")[i].as_py(), "caption": table.column("caption")[i].as_py(),
             "category": category, "matched": matched, "backend": backend}
-
-
-def _swap_in(target: Path, fresh: bool) -> None:
-    """Move the staged files into place (the replaced ones to the backup); the manifest rename commits."""
-    staging, backup = target / TMP, target / OLD
-    backup.mkdir()
-    names = [name for name in STAGED if (staging / name).exists()]
-    for name in names:
-        if (target / name).exists():
-            os.replace(target / name, backup / name)
-    for name in names:
-        os.replace(staging / name, target / name)
-    os.replace(staging / "manifest.json", target / "manifest.json")
-    _recover(target, fresh)
-
-
-def _recover(target: Path, fresh: bool) -> None:
-    """Finish a swap into ``target`` that committed (card, then cleanup), or undo one that did not.
-
-    ``fresh``: ``target`` was empty before (``--out``), so whatever was moved into it goes."""
-    staging, backup = target / TMP, target / OLD
-    remove_temp_files(target)
-    if backup.exists() and not (staging / "manifest.json").exists():
-        write_card(target)
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(backup)  # last: while it exists, the swap is not finished
-        return
-    if backup.exists() or (fresh and staging.exists()):
-        for name in STAGED:
-            if fresh or (backup / name).exists():
-                _remove(target / name)
-            if (backup / name).exists():
-                os.replace(backup / name, target / name)
-        shutil.rmtree(backup, ignore_errors=True)
-    shutil.rmtree(staging, ignore_errors=True)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)

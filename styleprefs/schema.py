@@ -45,6 +45,14 @@ PROVENANCE_FIELDS = [
 
 DATASET_SCHEMA = pa.schema(PICKAPIC_FIELDS + PROVENANCE_FIELDS)
 
+# Appended by `styleprefs relabel`: the labels before any relabelling and the scorer's score of each image.
+RELABEL_FIELDS = [
+    pa.field("original_label_0", pa.float64()),
+    pa.field("original_label_1", pa.float64()),
+    pa.field("score_0", pa.float64()),
+    pa.field("score_1", pa.float64()),
+]
+
 # What a source in Pick-a-Pic's schema must have; the rest of its columns are optional.
 REQUIRED_SOURCE_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
 

@@ -28,8 +28,10 @@ from styleprefs.errors import StyleprefsError
 from styleprefs.filter_unsafe import SafetyOptions, filter_unsafe
 from styleprefs.inspect import inspect_dataset, read_finished_manifest
 from styleprefs.lock import folder_lock
+from styleprefs.relabel import RelabelOptions, relabel
 
 NUM_PAIRS, SHARD_SIZE = 7, 3
+RELABEL_SCORER = "clip=tiny-clip"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -649,12 +651,16 @@ def holder(dataset: Path):
     proc.wait()
 
 
-@pytest.mark.parametrize("command", ["build", "build --overwrite", "filter-unsafe", "filter-unsafe --out"])
+@pytest.mark.parametrize("command", ["build", "build --overwrite", "filter-unsafe", "filter-unsafe --out", "relabel",
+                                     "relabel --out"])
 def test_second_writer_is_refused(command, holder, dataset, source, tmp_path, capsys):
     before = snapshot(dataset)
     args = {"build": build_args(source, dataset), "build --overwrite": build_args(source, dataset, "--overwrite"),
             "filter-unsafe": ["filter-unsafe", str(dataset)],
-            "filter-unsafe --out": ["filter-unsafe", str(dataset), "--out", str(tmp_path / "copy")]}[command]
+            "filter-unsafe --out": ["filter-unsafe", str(dataset), "--out", str(tmp_path / "copy")],
+            "relabel": ["relabel", str(dataset), "--scorer", RELABEL_SCORER],
+            "relabel --out": ["relabel", str(dataset), "--scorer", RELABEL_SCORER, "--out", str(tmp_path / "copy")],
+            }[command]
     assert_error(run(args, capsys), f"in use by another styleprefs process (pid {holder.pid})")
     assert snapshot(dataset) == before
 
@@ -870,6 +876,48 @@ def test_filter_out_crash_at_every_step(built, filtered, blocklist, tmp_path, mo
     before = snapshot(built)
     _crash_every_step(monkeypatch, lambda: tmp_path / f"o{next(outs)}", act, expected, unfinished_or_sound)
     assert snapshot(built) == before  # the source dataset is never touched
+
+
+@pytest.fixture(scope="module")
+def relabelled(built: Path, root: Path) -> Path:
+    shutil.copytree(built, root / "relabelled")
+    relabel(root / "relabelled", RelabelOptions(RELABEL_SCORER), show_progress=False)
+    return root / "relabelled"
+
+
+def test_relabel_in_place_crash_at_every_step(built, relabelled, tmp_path, monkeypatch):
+    outs = iter(range(10**6))
+
+    def prepare() -> Path:
+        return Path(shutil.copytree(built, tmp_path / f"d{next(outs)}"))
+
+    def untouched_or_sound(folder: Path) -> None:
+        try:
+            read_finished_manifest(folder)
+        except StyleprefsError:
+            return
+        leftovers = (".relabel/", ".relabel-tmp/")
+        if {k: v for k, v in snapshot(folder).items() if not k.startswith(leftovers)} != snapshot(built):
+            assert_finished_and_sound(folder)
+
+    _crash_every_step(monkeypatch, prepare, lambda d: relabel(d, RelabelOptions(RELABEL_SCORER), show_progress=False),
+                      snapshot(relabelled), untouched_or_sound)
+
+
+def test_relabel_out_crash_at_every_step(built, tmp_path, monkeypatch):
+    expected_out = tmp_path / "expected"
+    relabel(built, RelabelOptions(RELABEL_SCORER), out=expected_out, show_progress=False)
+    before = snapshot(built)
+    outs = iter(range(10**6))
+
+    def unfinished_or_sound(out: Path) -> None:
+        if (out / "manifest.json").exists():
+            _unfinished_or_sound(out)
+
+    _crash_every_step(monkeypatch, lambda: tmp_path / f"o{next(outs)}",
+                      lambda out: relabel(built, RelabelOptions(RELABEL_SCORER), out=out, show_progress=False),
+                      snapshot(expected_out), unfinished_or_sound)
+    assert snapshot(built) == before
 
 
 def test_filter_out_resumes_through_the_cli(built, filtered, blocklist, tmp_path, monkeypatch, capsys):

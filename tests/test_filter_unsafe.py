@@ -71,7 +71,7 @@ def test_failure_while_staging_leaves_the_dataset_intact(unfiltered, monkeypatch
     with pytest.raises(OSError):
         filter_unsafe(unfiltered, show_progress=False)
     monkeypatch.undo()
-    fu._recover(unfiltered, fresh=False)
+    fu.SWAP.recover(unfiltered, fresh=False)
     assert _snapshot(unfiltered) == snapshot
 
 
@@ -84,7 +84,7 @@ def test_crash_in_the_middle_of_the_swap_is_rolled_back(unfiltered, monkeypatch)
             raise KeyboardInterrupt  # old data and quarantine backed up, new data in place, quarantine not yet
         real_replace(src, dst)
 
-    monkeypatch.setattr(fu.os, "replace", crash_mid_swap)
+    monkeypatch.setattr(os, "replace", crash_mid_swap)
     with pytest.raises(KeyboardInterrupt):
         filter_unsafe(unfiltered, show_progress=False)
     monkeypatch.undo()
@@ -92,7 +92,7 @@ def test_crash_in_the_middle_of_the_swap_is_rolled_back(unfiltered, monkeypatch)
     report = filter_unsafe(unfiltered, show_progress=False)  # ... and the next run rolls it back first
     assert len(report.quarantined) == 2
     assert inspect_dataset(unfiltered).problems == []
-    fu._recover(unfiltered, fresh=False)
+    fu.SWAP.recover(unfiltered, fresh=False)
     assert set(_snapshot(unfiltered)) == set(snapshot)
 
 

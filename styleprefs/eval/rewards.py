@@ -280,7 +280,7 @@ class StyleScore(Scorer):
     def score(self, prompts, images, batch_size=8):
         from styleprefs.eval.zero_shot import style_probability
 
-        return style_probability(self.clip, images, prompts, self.style)
+        return style_probability(self.clip, images, prompts, self.style, batch_size)
 
 
 class PickScore(Scorer):

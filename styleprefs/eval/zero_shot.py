@@ -28,10 +28,10 @@ def closest_text(clip: HFClip, images: Sequence[Image.Image], candidates: Sequen
 
 
 def style_probability(clip: HFClip, images: Sequence[Image.Image], captions: Sequence[str],
-                      style: StyleSpec) -> np.ndarray:
+                      style: StyleSpec, batch_size: int = 16) -> np.ndarray:
     """P(image shows ``style.styled_caption(caption)`` rather than ``caption``), one float64 per image."""
-    image_emb = clip.image_embeddings(list(images))
-    plain = clip.text_embeddings(list(captions))
-    styled = clip.text_embeddings([style.styled_caption(c) for c in captions])
+    image_emb = clip.image_embeddings(list(images), batch_size)
+    plain = clip.text_embeddings(list(captions), batch_size)
+    styled = clip.text_embeddings([style.styled_caption(c) for c in captions], batch_size)
     logits = clip.logit_scale * torch.stack([(image_emb * plain).sum(-1), (image_emb * styled).sum(-1)], dim=-1)
     return logits.double().softmax(-1)[:, 1].numpy()

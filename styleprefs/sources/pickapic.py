@@ -64,8 +64,17 @@ class PickapicSource:
                 return
             except Exception as exc:  # datasets raises many types for a file it cannot read
                 raise StyleprefsError(f"cannot read source {self.location}: {one_line(exc)}") from None
-            yield _wds_pair(row) if wds else _pickapic_pair(row, index)
+            yield _wds_pair(row) if wds else pickapic_pair(row, index)
             index += 1
+
+    def parquet_files(self) -> tuple[list[str], Any]:
+        """The Parquet files and the filesystem to read them with (None: local), for reading by row group."""
+        if self.kind == "parquet":
+            return self.files, None
+        if self.kind == "hub":
+            return _hub_parquet_files(self.location, self.split or "train")
+        raise StyleprefsError("--sample random reads Parquet row groups and webdataset tars have none: "
+                              "use --sample sequential")
 
     def _open(self):
         import datasets  # deferred: importing it costs about a second
@@ -86,6 +95,21 @@ class PickapicSource:
         if stream.features is not None and self.kind == "hub":
             check_column_types(stream.features.arrow_schema, self.location)
         return stream
+
+
+def _hub_parquet_files(repo: str, split: str) -> tuple[list[str], Any]:
+    """The split's Parquet files in a Hub dataset repo, read through ``HfFileSystem`` (ranges, not whole files)."""
+    from huggingface_hub import HfFileSystem
+
+    filesystem = HfFileSystem()
+    try:
+        files = sorted(filesystem.glob(f"datasets/{repo}/**/{split}-*.parquet"))
+    except Exception as exc:  # network and Hub errors of many types
+        raise StyleprefsError(f"cannot list the Parquet files of {repo} on the Hub: {one_line(exc)} "
+                              "(offline? pass local Parquet shards as --source)") from None
+    if not files:
+        raise StyleprefsError(f"the Hub dataset {repo} has no {split}-*.parquet files")
+    return files, filesystem
 
 
 def _parquet_rows(files: list[str]) -> Iterator[dict[str, Any]]:
@@ -131,10 +155,15 @@ def _check_parquet(files: list[str]) -> None:
             schema = pq.read_schema(f)
         except Exception as exc:
             raise StyleprefsError(f"cannot read Parquet file {f}: {one_line(exc)}") from None
-        missing = missing_columns(schema.names)
-        if missing:
-            raise StyleprefsError(f"Parquet file {f} is not in Pick-a-Pic's schema: missing column(s) {', '.join(missing)}")
-        check_column_types(schema, f"Parquet file {f}")
+        check_parquet_schema(schema, f)
+
+
+def check_parquet_schema(schema: pa.Schema, path: str) -> None:
+    """Refuse a Parquet file that lacks a required Pick-a-Pic column or holds one of the wrong type."""
+    missing = missing_columns(schema.names)
+    if missing:
+        raise StyleprefsError(f"Parquet file {path} is not in Pick-a-Pic's schema: missing column(s) {', '.join(missing)}")
+    check_column_types(schema, f"Parquet file {path}")
 
 
 def _is_image(t: pa.DataType) -> bool:
@@ -165,7 +194,7 @@ def check_column_types(schema: pa.Schema, where: str) -> None:
                                       "as in Pick-a-Pic's schema")
 
 
-def _pickapic_pair(row: dict[str, Any], index: int) -> SourcePair:
+def pickapic_pair(row: dict[str, Any], index: int) -> SourcePair:
     uid0, uid1 = str(row.get("image_0_uid") or ""), str(row.get("image_1_uid") or "")
     key = f"{row.get('ranking_id', '')}-{uid0}-{uid1}" if uid0 and uid1 else f"row-{index}"
     return SourcePair(
