@@ -137,7 +137,7 @@ def test_minors_combination(text_filter: TextFilter, text: str, verdict: TextVer
     ("a little boy with bruises on his arms", TextVerdict(True, "minors", "little boy* + bruises")),
     ("teen, decapitated", TextVerdict(True, "minors", "teen + decapitat*")),            # violence with a minor
     ("burning her own arm with a lighter", TextVerdict(True, "self_harm", "own + burning")),
-    ("mexicans drawn as rats", TextVerdict(True, "hate", "mexican* + rats")),
+    ("mexicans drawn as rats", TextVerdict(True, "hate", "mexican* + as rats")),
     ("a knight fighting a dragon", TextVerdict(False, None, None)),
     ("a child playing with a toy sword", TextVerdict(False, None, None)),
     ("kid dressed as a zombie, fake blood", TextVerdict(False, None, None)),            # allowlisted
