@@ -413,14 +413,13 @@ class _Found:
 
     def acted_on(self, act: _Span, subject: str) -> str | None:
         """The ``subject`` entry that ``act`` is done to: the word after it, past descriptive words ("kicking a little
-        dog"); through a possessive to what follows ("cutting a man's throat", not "cutting a man's hair")."""
+        dog"), and past a possessive to what follows ("slitting a merchant's throat", not "cutting a man's hair")."""
         objects = {start: (end, entry) for start, end, entry in reversed(self.spans.get(subject, []))}
-        end = act[1]
-        for position in self._object_positions(end):
-            if position in objects:
-                object_end, entry = objects[position]
-                if object_end < len(self.texts) and self.texts[object_end] == "s":
-                    return self.acted_on((position, object_end + 1, entry), subject)
+        for position in self._object_positions(act[1]):
+            object_end, entry = objects.get(position, (position + 1, None))
+            if object_end < len(self.texts) and self.texts[object_end] == "s":
+                return self.acted_on((position, object_end + 1, ""), subject)
+            if entry:
                 return entry
         return None
 
