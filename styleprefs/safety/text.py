@@ -6,8 +6,16 @@ are ``minors``, ``sexual``, ``hate``, ``self_harm``, ``violence`` and any catego
 caption with terms from both sides of a rule in ``COMBINATIONS`` gets that rule's verdict. So a minor term
 (child, teen, 12yo) with a sexual, suggestive, injury or abuse term gives ``minors``; a harm subject (man,
 dog, skull) with an injury or cruelty cue (beaten, crushed, set on fire) gives ``violence``; a self reference
-(herself, own) with an injury cue or a means of harm gives ``self_harm``; a protected group with a
-dehumanising cue gives ``hate``. Direct hits of a category rank below the minors rules and above the others.
+(herself, own) with an injury cue or a means of harm gives ``self_harm``, and so does a farewell (goodbye
+letter) with a means; a protected group with a dehumanising cue ("as rats") or an injury gives ``hate``, and
+so does an extremist symbol with a glorifying cue (swastika, proudly). Acts whose words are harmless next to
+a thing (kicking, burning, shooting: harm_act.txt) count only when done to what follows them, the next word
+in the same clause past fillers, descriptive words and possessives: "kicking a pregnant dog" and "slitting a
+merchant's throat" hit, "kicking a ball", "shooting a portrait of a man" and "cutting a man's hair" do not.
+Direct hits of a category rank below the minors rules and above the others.
+
+An entry word ending in "~" also matches its regular -s, -ed and -ing forms ("stab~": stabs, stabbed,
+stabbing); a trailing "*" matches any word starting with the entry's last word.
 
 Matching is whole-word on the normalised caption, so "Sussex", "cocktail" and "therapist" never hit.
 Evasions handled: case, fullwidth and styled letters (NFKD compatibility folding, which includes NFKC's),
