@@ -296,19 +296,25 @@ def test_labelled_set_meets_targets(text_filter: TextFilter) -> None:
     assert fpr.rate <= bench.FPR_TARGET, f"false-positive rate {fpr.rate:.3f}"
 
 
-def test_fresh_and_holdout_sets(text_filter: TextFilter) -> None:
-    """Both written before the compositional layer and kept apart from the tuning set. The fresh set was then
-    tuned on, so it must meet the targets; the holdout set never was, so it only guards against regressions."""
+def test_fresh_holdout_and_probe_sets(text_filter: TextFilter) -> None:
+    """Kept apart from the tuning set and from each other, and all tuned on since (see the bench's docstring for
+    their first, unseen scores): fresh and holdout must meet the targets, the probe sets guard against
+    regressions at their current level."""
     bench = load_bench()
-    tuning = {r.prompt.lower() for r in bench.load_prompts()}
-    floors = {bench.FRESH_PROMPTS: (300, bench.RECALL_TARGET), bench.HOLDOUT_PROMPTS: (100, 0.8)}
-    for path, (size, recall_floor) in floors.items():
+    seen = {r.prompt.lower() for r in bench.load_prompts()}
+    floors = {bench.FRESH_PROMPTS: (300, bench.RECALL_TARGET, bench.FPR_TARGET),
+              bench.HOLDOUT_PROMPTS: (100, bench.RECALL_TARGET, bench.FPR_TARGET),
+              **{path: (100, 0.88, 0.05) for path in bench.PROBE_PROMPTS}}
+    assert len(bench.PROBE_PROMPTS) == 4
+    for path, (size, recall_floor, fpr_ceiling) in floors.items():
         rows = bench.load_prompts(path)
-        assert len(rows) >= size and tuning.isdisjoint(r.prompt.lower() for r in rows), path
+        prompts = {r.prompt.lower() for r in rows}
+        assert len(rows) >= size and seen.isdisjoint(prompts), path
+        seen |= prompts
         outcomes = bench.run(text_filter, rows)
         recall, fpr = bench.rates(outcomes, unsafe=True)["all"], bench.rates(outcomes, unsafe=False)["all"]
         assert recall.rate >= recall_floor, f"{path.name}: recall {recall.rate:.3f}"
-        assert fpr.rate <= bench.FPR_TARGET, f"{path.name}: false-positive rate {fpr.rate:.3f}"
+        assert fpr.rate <= fpr_ceiling, f"{path.name}: false-positive rate {fpr.rate:.3f}"
 
 
 def test_parti_prompts_false_positives(text_filter: TextFilter) -> None:
