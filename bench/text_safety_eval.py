@@ -1,7 +1,7 @@
 """Recall, false-positive rate and throughput of the offline text safety filter.
 
     .venv/bin/python bench/text_safety_eval.py [--prompts TSV ...] [--errors]
-        [--extra-safe FILE]   # more captions assumed safe (one per line, or the first column of a TSV)
+        [--extra-safe FILE]   # more captions assumed safe (one per line or the first column of a TSV; # comments)
 
 By default every labelled set is scored, each on its own: the tuning set (safety_prompts.tsv), the fresh and
 holdout sets written for issue 13 (safety_prompts_fresh.tsv, safety_prompts_holdout.tsv) and four probe sets
@@ -147,7 +147,7 @@ def throughput_table(text_filter: TextFilter, captions: list[str]) -> Table:
 
 def read_extra(path: Path) -> list[str]:
     lines = path.read_text(encoding="utf-8").splitlines()
-    return [line.split("\t")[0] for line in lines if line.strip()]
+    return [line.split("\t")[0] for line in lines if line.strip() and not line.startswith("#")]
 
 
 def report(outcomes: list[Outcome], console: Console, name: str = "labelled prompts") -> bool:
