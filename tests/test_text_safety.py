@@ -305,7 +305,7 @@ def test_fresh_holdout_and_probe_sets(text_filter: TextFilter) -> None:
     floors = {bench.FRESH_PROMPTS: (300, bench.RECALL_TARGET, bench.FPR_TARGET),
               bench.HOLDOUT_PROMPTS: (100, bench.RECALL_TARGET, bench.FPR_TARGET),
               **{path: (100, 0.88, 0.05) for path in bench.PROBE_PROMPTS}}
-    assert len(bench.PROBE_PROMPTS) == 4
+    assert len(bench.PROBE_PROMPTS) == 5
     for path, (size, recall_floor, fpr_ceiling) in floors.items():
         rows = bench.load_prompts(path)
         prompts = {r.prompt.lower() for r in rows}
