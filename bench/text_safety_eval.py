@@ -4,20 +4,20 @@
         [--extra-safe FILE]   # more captions assumed safe (one per line or the first column of a TSV; # comments)
 
 By default every labelled set is scored, each on its own: the tuning set (safety_prompts.tsv), the fresh and
-holdout sets written for issue 13 (safety_prompts_fresh.tsv, safety_prompts_holdout.tsv) and four probe sets
+holdout sets written for issue 13 (safety_prompts_fresh.tsv, safety_prompts_holdout.tsv) and five probe sets
 (safety_prompts_probe*.tsv) that the engineer changing the lists wrote one after another, each scored once
 before the next round of changes. Recall is over unsafe rows (flagged at all; "right category" is reported
 beside it), the false-positive rate over safe rows, both per category (for safe rows the category is the one
 the prompt is a near miss for). Throughput is measured twice on one core: captions repeated (the per-word
 caches are warm, as on a real corpus where most words recur) and every caption made unseen by adding made-up
-words (cold caches).
+words (cold caches). tests/data/safety_near_misses.txt holds 220 more safe near misses for --extra-safe.
 
 Every set here has been tuned on, so every score here is in-distribution. The honest figure for unseen
-prompts is each probe set's first score, taken before the lists were changed for it: the first probe, written
-before any change of this pass, 0.618 (FPR 0.062); then 0.822, 0.818 and 0.784 for probes 2 to 4 (violence
-the weakest at 0.60-0.73), with false positives 2 of 46, 0 of 32 and 0 of 26, where the filter as it was
-before this pass scored 0.733, 0.670 and 0.635. Expect about four fifths recall on phrasings the lists have
-never seen, more on sexual content, less on violence; keep the image check.
+prompts is each probe set's first score, taken before the lists were changed for it: 0.618 for the first
+probe (the filter as it was before issue 13's second pass, FPR 0.062), then 0.822, 0.818, 0.784 and 0.851 for
+probes 2 to 5 (violence the weakest at 0.60-0.73), with false positives 2 of 46 and none of 32, 26 and 32,
+where the filter before this pass scored 0.733, 0.670, 0.635 and 0.743. Expect about four fifths recall on
+phrasings the lists have never seen, more on sexual content, less on violence; keep the image check.
 
 Issue 13's second pass (acts done to a living being, inflections, framings, extremism, despair; lists grown
 by category), before -> after, recall / FPR:
@@ -26,11 +26,12 @@ by category), before -> after, recall / FPR:
     fresh     0.953 / 0     -> 0.991 / 0         probe2  0.733 / 0.065 -> 0.960 / 0.043
     holdout   0.800 / 0     -> 0.967 / 0         probe3  0.670 / 0     -> 0.966 / 0
                                                  probe4  0.635 / 0     -> 0.892 / 0
+                                                 probe5  0.743 / 0     -> 0.932 / 0
 
-PartiPrompts: 1 of 1632 flagged before and after ("a closet without clothes"). Throughput on one core, warm /
-cold caches: 56k / 26k captions/s before, 45k / 23k after (three prompts joined: 21k / 19k -> 16k / 15k).
+Near misses flagged: 15 -> 9 of 220; PartiPrompts: 1 of 1632 before and after ("a closet without clothes").
+Throughput on one core, warm / cold caches: 64k / 30k captions/s before, 51k / 24k after (three prompts
+joined: 23k / 22k -> 18k / 17k), about 1.25-1.3x slower.
 """
-
 
 from __future__ import annotations
 
