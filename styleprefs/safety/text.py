@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from itertools import groupby, islice, product
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple, Sequence
@@ -414,19 +414,19 @@ class _Found:
     folded: str
     texts: list[str]
     spans: dict[str, list[_Span]] = field(default_factory=dict)
-    _breaks: frozenset[int] | None = None
 
     def first(self, category: str) -> str:
         return self.spans[category][0][2]
 
-    def acted_on(self, act: _Span, subject: str) -> str | None:
-        """The ``subject`` entry that ``act`` is done to: the word after it, past descriptive words ("kicking a little
-        dog"), and past a possessive to what follows ("slitting a merchant's throat", not "cutting a man's hair")."""
-        objects = {start: (end, entry) for start, end, entry in reversed(self.spans.get(subject, []))}
-        for position in self._object_positions(act[1]):
+    def object_of(self, end: int, subject: str) -> str | None:
+        """The ``subject`` entry that an act ending at word ``end`` is done to: the word after it, past descriptive
+        words ("kicking a little dog"), and past a possessive to what follows ("slitting a merchant's throat", not
+        "cutting a man's hair")."""
+        objects = {start: (stop, entry) for start, stop, entry in reversed(self.spans.get(subject, []))}
+        for position in self._object_positions(end):
             object_end, entry = objects.get(position, (position + 1, None))
             if object_end < len(self.texts) and self.texts[object_end] == "s":
-                return self.acted_on((position, object_end + 1, ""), subject)
+                return self.object_of(object_end + 1, subject)
             if entry:
                 return entry
         return None
@@ -434,20 +434,19 @@ class _Found:
     def _object_positions(self, end: int) -> Iterator[int]:
         """The next word after ``end`` in the same clause, past fillers, and the next again past a descriptive word."""
         position = _skip_fillers(self.texts, end)
-        while position < len(self.texts) and self.breaks().isdisjoint(range(end, position + 1)):
+        while position < len(self.texts) and self.breaks.isdisjoint(range(end, position + 1)):
             yield position
             if self.texts[position] not in _DESCRIPTIVE:
                 return
             end = position + 1
             position = _skip_fillers(self.texts, end)
 
+    @cached_property
     def breaks(self) -> frozenset[int]:
         """Positions of the words that start a clause (after a comma, a full stop and the like)."""
-        if self._breaks is None:
-            tokens = _tokens(self.folded) if _SPACED_RUN.search(self.folded) else _plain_tokens(self.folded)
-            self._breaks = frozenset(i for i in range(1, len(tokens))
-                                     if _CLAUSE_BREAK.search(self.folded, tokens[i - 1].end, tokens[i].start))
-        return self._breaks
+        tokens = _tokens(self.folded) if _SPACED_RUN.search(self.folded) else _plain_tokens(self.folded)
+        return frozenset(i for i in range(1, len(tokens))
+                         if _CLAUSE_BREAK.search(self.folded, tokens[i - 1].end, tokens[i].start))
 
 
 def _combined(found: _Found, rules: Sequence[Combination]) -> TextVerdict | None:
@@ -469,7 +468,7 @@ def _cooccurring(found: _Found, rule: Combination) -> str | None:
 def _acted_on(found: _Found, rule: Combination) -> str | None:
     for cue in rule.cues:
         for act in found.spans.get(cue, ()):
-            target = found.acted_on(act, rule.subject)
+            target = found.object_of(act[1], rule.subject)
             if target:
                 return f"{target} + {act[2]}"
     return None
@@ -520,8 +519,8 @@ def _parse_entry(entry: str, category: str, where: str) -> list[_Term]:
     body = entry[:-1] if prefix else entry
     if "*" in body:
         raise StyleprefsError(f"{where}: '*' is only allowed at the end of an entry, got {entry!r}")
-    inflected = set(_INFLECTED.findall(body))
-    if body.count("~") != len(_INFLECTED.findall(body)) or (prefix and body.endswith("~")):
+    marked = _INFLECTED.findall(body)
+    if body.count("~") != len(marked) or (prefix and body.endswith("~")):
         raise StyleprefsError(f"{where}: '~' goes at the end of a lowercase word, not before '*' ({entry!r})")
     words = [word for word in _words(_fold_chars(body.replace("~", ""))).texts if word not in _FILLERS]
     if not words:
@@ -529,7 +528,7 @@ def _parse_entry(entry: str, category: str, where: str) -> list[_Term]:
     if not all(w.isalnum() for w in words):
         raise StyleprefsError(f"{where}: write entries in plain letters and digits ({entry!r}); "
                               "leetspeak and look-alikes are handled by the matcher")
-    forms = [_inflections(word) if word in inflected else (word,) for word in words]
+    forms = [_inflections(word) if word in marked else (word,) for word in words]
     return [_term(entry, category, variant, prefix) for variant in product(*forms)]
 
 
