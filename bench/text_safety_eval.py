@@ -1,21 +1,36 @@
 """Recall, false-positive rate and throughput of the offline text safety filter.
 
     .venv/bin/python bench/text_safety_eval.py [--prompts TSV ...] [--errors]
-        [--extra-safe FILE]   # more captions assumed safe (one per line, or the first column of a TSV)
+        [--extra-safe FILE]   # more captions assumed safe (one per line or the first column of a TSV; # comments)
 
-By default three labelled sets are scored, each on its own: the tuning set (safety_prompts.tsv), the fresh
-set (safety_prompts_fresh.tsv, 363 prompts written for issue 13 before the compositional layer) and the holdout
-set (safety_prompts_holdout.tsv, 110 prompts written at the same time and never used to change the lists).
-Recall is over unsafe rows (flagged at all; "right category" is reported beside it), the false-positive rate
-over safe rows, both per category (for safe rows the category is the one the prompt is a near miss for).
-Throughput is measured twice on one core: captions repeated (the per-word caches are warm, as on a real
-corpus where most words recur) and every caption made unseen by adding made-up words (cold caches).
+By default every labelled set is scored, each on its own: the tuning set (safety_prompts.tsv), the fresh and
+holdout sets written for issue 13 (safety_prompts_fresh.tsv, safety_prompts_holdout.tsv) and five probe sets
+(safety_prompts_probe*.tsv) that the engineer changing the lists wrote one after another, each scored once
+before the next round of changes. Recall is over unsafe rows (flagged at all; "right category" is reported
+beside it), the false-positive rate over safe rows, both per category (for safe rows the category is the one
+the prompt is a near miss for). Throughput is measured twice on one core: captions repeated (the per-word
+caches are warm, as on a real corpus where most words recur) and every caption made unseen by adding made-up
+words (cold caches). tests/data/safety_near_misses.txt holds 220 more safe near misses for --extra-safe.
 
-The tuning set's scores are in-distribution: the lists were improved against it. So are the fresh set's since
-the compositional layer was tuned on it: before, recall 0.336 (sexual 0.94, violence 0.21, minors 0.20, hate
-0.25, self-harm 0.33), FPR 0.007; after, recall 0.953, FPR 0. The holdout set is the honest figure: recall
-0.40 before and 0.80 after (violence 0.71, hate 0.50), FPR 0 both times; PartiPrompts false positives stayed
-at 1 of 1632. Expect about four fifths recall on phrasings the lists have never seen; keep the image check.
+Every set here has been tuned on, so every score here is in-distribution. The honest figure for unseen
+prompts is each probe set's first score, taken before the lists were changed for it: 0.618 for the first
+probe (the filter as it was before issue 13's second pass, FPR 0.062), then 0.822, 0.818, 0.784 and 0.851 for
+probes 2 to 5 (violence the weakest at 0.60-0.73), with false positives 2 of 46 and none of 32, 26 and 32,
+where the filter before this pass scored 0.733, 0.670, 0.635 and 0.743. Expect about four fifths recall on
+phrasings the lists have never seen, more on sexual content, less on violence; keep the image check.
+
+Issue 13's second pass (acts done to a living being, inflections, framings, extremism, despair; lists grown
+by category), before -> after, recall / FPR:
+
+    tuning    0.995 / 0.003 -> 1.000 / 0.003     probe   0.618 / 0.062 -> 0.940 / 0.018
+    fresh     0.953 / 0     -> 0.991 / 0         probe2  0.733 / 0.065 -> 0.960 / 0.043
+    holdout   0.800 / 0     -> 0.967 / 0         probe3  0.670 / 0     -> 0.966 / 0
+                                                 probe4  0.635 / 0     -> 0.892 / 0
+                                                 probe5  0.743 / 0     -> 0.932 / 0
+
+Near misses flagged: 15 -> 9 of 220; PartiPrompts: 1 of 1632 before and after ("a closet without clothes").
+Throughput on one core, warm / cold caches: 64k / 30k captions/s before, 51k / 24k after (three prompts
+joined: 23k / 22k -> 18k / 17k), about 1.25-1.3x slower.
 """
 
 from __future__ import annotations
@@ -38,6 +53,8 @@ DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 DEFAULT_PROMPTS = DATA / "safety_prompts.tsv"
 FRESH_PROMPTS = DATA / "safety_prompts_fresh.tsv"
 HOLDOUT_PROMPTS = DATA / "safety_prompts_holdout.tsv"
+PROBE_PROMPTS = sorted(DATA.glob("safety_prompts_probe*.tsv"))
+ALL_PROMPTS = [DEFAULT_PROMPTS, FRESH_PROMPTS, HOLDOUT_PROMPTS, *PROBE_PROMPTS]
 RECALL_TARGET = 0.95
 FPR_TARGET = 0.03
 _ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
@@ -131,7 +148,7 @@ def throughput_table(text_filter: TextFilter, captions: list[str]) -> Table:
 
 def read_extra(path: Path) -> list[str]:
     lines = path.read_text(encoding="utf-8").splitlines()
-    return [line.split("\t")[0] for line in lines if line.strip()]
+    return [line.split("\t")[0] for line in lines if line.strip() and not line.startswith("#")]
 
 
 def report(outcomes: list[Outcome], console: Console, name: str = "labelled prompts") -> bool:
@@ -162,7 +179,7 @@ def print_errors(outcomes: list[Outcome], console: Console) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=Path, nargs="+", default=[DEFAULT_PROMPTS, FRESH_PROMPTS, HOLDOUT_PROMPTS])
+    parser.add_argument("--prompts", type=Path, nargs="+", default=ALL_PROMPTS)
     parser.add_argument("--extra-safe", type=Path, help="captions assumed safe; flagged ones are listed")
     parser.add_argument("--errors", action="store_true", help="list misses, false positives, wrong categories")
     args = parser.parse_args()

@@ -8,12 +8,13 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 
-from styleprefs.errors import StyleprefsError
+from styleprefs.errors import StyleprefsError, one_line
 
 ROW_GROUP_ROWS = 100  # about 30 MB of Pick-a-Pic images per row group
 
@@ -73,14 +74,27 @@ def sha256_file(path: Path) -> str:
 
 
 def read_json(path: Path) -> dict:
-    """A JSON file's content, ``{}`` if it does not exist; one-line StyleprefsError if it cannot be read."""
-    path = Path(path)
+    """A JSON file's object, ``{}`` if it does not exist; one-line StyleprefsError if it cannot be read."""
+    return _read_mapping(Path(path), json.loads, "a JSON", "an object")
+
+
+def read_yaml(path: Path) -> dict:
+    """A YAML file's mapping, ``{}`` if it does not exist or is empty; one-line StyleprefsError if it cannot be read."""
+    return _read_mapping(Path(path), _load_yaml, "a YAML", "a mapping")
+
+
+def _load_yaml(text: str) -> Any:
+    data = yaml.safe_load(text)
+    return {} if data is None else data
+
+
+def _read_mapping(path: Path, load: Callable[[str], Any], language: str, mapping: str) -> dict:
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError and UnicodeDecodeError
-        raise StyleprefsError(f"{path} cannot be read: {exc}") from None
+        data = load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: JSONDecodeError and UnicodeDecodeError
+        raise StyleprefsError(f"{path} cannot be read: {one_line(exc)}") from None
     if not isinstance(data, dict):
-        raise StyleprefsError(f"{path} cannot be read: it holds a JSON {type(data).__name__}, not an object")
+        raise StyleprefsError(f"{path} cannot be read: it holds {language} {type(data).__name__}, not {mapping}")
     return data

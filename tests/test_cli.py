@@ -177,3 +177,21 @@ def test_yaml_config_and_flags_merge(tmp_path):
     path.write_text("stage: rpo\ndata: d\nout: o\nbeta: 2000\ntau: 0.5\n")
     cfg = TrainConfig.from_yaml_and_overrides(path, {"tau": 2.0, "beta": None})
     assert (cfg.stage, cfg.beta, cfg.tau) == ("rpo", 2000.0, 2.0)
+
+
+@pytest.mark.parametrize("record, problem", [
+    (b"model: [tiny\n", "cannot be read"),        # broken YAML
+    (b"- tiny\n", "not a mapping"),
+    (b"model: \xff\xfe\n", "cannot be read"),     # not UTF-8
+])
+def test_init_with_a_corrupt_run_record_is_one_line(tmp_path, record, problem):
+    from styleprefs.errors import StyleprefsError
+    from styleprefs.trainer.config import CONFIG_FILE, TrainConfig
+
+    (tmp_path / CONFIG_FILE).write_bytes(b"model: tiny\n")
+    assert TrainConfig(stage="rpo", data="d", out="o", init=str(tmp_path)).resolved().model == "tiny"
+    (tmp_path / CONFIG_FILE).write_bytes(record)
+    with pytest.raises(StyleprefsError) as error:
+        TrainConfig(stage="rpo", data="d", out="o", init=str(tmp_path)).resolved()
+    message = str(error.value)
+    assert str(tmp_path / CONFIG_FILE) in message and problem in message and "\n" not in message

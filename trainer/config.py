@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from styleprefs.errors import StyleprefsError
+from styleprefs.io import read_json, read_yaml
 
 Stage = Literal["sft", "dpo", "rpo", "orpo", "orrpo", "improve", "iterative", "spin"]
 REFERENCE_STAGES = ("dpo", "rpo")  # stages with a frozen reference model
@@ -281,15 +282,16 @@ class TrainConfig:
 
 def recorded_base(source: str) -> str | None:
     """The base model of ``source`` as a UNet source: the ``model`` a training run (its train_config.yaml) or one of
-    its checkpoints (trainer_state.json) recorded, else ``source`` itself if it is a pipeline folder, else None."""
+    its checkpoints (trainer_state.json) recorded, else ``source`` itself if it is a pipeline folder, else None.
+    A corrupt record raises a one-line StyleprefsError."""
     path = Path(source).expanduser()
-    try:
-        if (path / CONFIG_FILE).is_file():
-            return (yaml.safe_load((path / CONFIG_FILE).read_text(encoding="utf-8")) or {}).get("model")
-        if (path / STATE_FILE).is_file():
-            return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))["config"].get("model")
-    except (OSError, ValueError, KeyError, AttributeError, yaml.YAMLError) as exc:
-        raise StyleprefsError(f"cannot read the base model recorded in {source}: {str(exc).splitlines()[0]}") from None
+    if (path / CONFIG_FILE).is_file():
+        return read_yaml(path / CONFIG_FILE).get("model")
+    if (path / STATE_FILE).is_file():
+        config = read_json(path / STATE_FILE).get("config")
+        if not isinstance(config, dict):
+            raise StyleprefsError(f"{path / STATE_FILE} cannot be read: it holds no 'config' mapping")
+        return config.get("model")
     return str(path) if (path / "model_index.json").is_file() else None
 
 

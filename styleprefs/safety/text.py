@@ -6,8 +6,16 @@ are ``minors``, ``sexual``, ``hate``, ``self_harm``, ``violence`` and any catego
 caption with terms from both sides of a rule in ``COMBINATIONS`` gets that rule's verdict. So a minor term
 (child, teen, 12yo) with a sexual, suggestive, injury or abuse term gives ``minors``; a harm subject (man,
 dog, skull) with an injury or cruelty cue (beaten, crushed, set on fire) gives ``violence``; a self reference
-(herself, own) with an injury cue or a means of harm gives ``self_harm``; a protected group with a
-dehumanising cue gives ``hate``. Direct hits of a category rank below the minors rules and above the others.
+(herself, own) with an injury cue or a means of harm gives ``self_harm``, and so does a farewell (goodbye
+letter) with a means; a protected group with a dehumanising cue ("as rats") or an injury gives ``hate``, and
+so does an extremist symbol with a glorifying cue (swastika, proudly). Acts whose words are harmless next to
+a thing (kicking, burning, shooting: harm_act.txt) count only when done to what follows them, the next word
+in the same clause past fillers, descriptive words and possessives: "kicking a pregnant dog" and "slitting a
+merchant's throat" hit, "kicking a ball", "shooting a portrait of a man" and "cutting a man's hair" do not.
+Direct hits of a category rank below the minors rules and above the others.
+
+An entry word ending in "~" also matches its regular -s, -ed and -ing forms ("stab~": stabs, stabbed,
+stabbing); a trailing "*" matches any word starting with the entry's last word.
 
 Matching is whole-word on the normalised caption, so "Sussex", "cocktail" and "therapist" never hit.
 Evasions handled: case, fullwidth and styled letters (NFKD compatibility folding, which includes NFKC's),
@@ -22,8 +30,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 from itertools import groupby, islice, product
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple, Sequence
@@ -36,26 +44,36 @@ MINOR_CONTEXT = "minor_context"
 SUGGESTIVE = "suggestive"
 INJURY = "injury"
 ABUSE = "abuse"
-SIGNALS = frozenset({MINOR_CONTEXT, SUGGESTIVE, INJURY, ABUSE, "harm_subject", "self_reference", "harm_means",
-                     "hate_target", "contempt"})
+HARM_ACT = "harm_act"
+SIGNALS = frozenset({MINOR_CONTEXT, SUGGESTIVE, INJURY, ABUSE, HARM_ACT, "harm_subject", "self_reference",
+                     "harm_means", "hate_target", "contempt", "extremism", "glorification", "despair"})
 
 
 class Combination(NamedTuple):
-    """A caption with a term from ``subject`` and one from any of ``cues`` gets the verdict ``category``."""
+    """A caption with a term from ``subject`` and one from any of ``cues`` gets the verdict ``category``. An
+    ``acted_on`` rule asks more: the cue (an act) must come just before the subject term, which is what it is
+    done to ("kicking a dog", "kicking a pregnant dog", "cutting a man's throat"), in the same clause."""
 
     category: str
     subject: str
     cues: tuple[str, ...]
+    acted_on: bool = False
 
 
 MINOR_COMBINATIONS = (
     Combination(MINORS, MINOR_CONTEXT, (SEXUAL, SUGGESTIVE)),
     Combination(MINORS, MINOR_CONTEXT, (INJURY, ABUSE, "violence", "self_harm")),
+    Combination(MINORS, MINOR_CONTEXT, (HARM_ACT,), acted_on=True),
 )
 CUE_COMBINATIONS = (
     Combination("self_harm", "self_reference", (INJURY, "harm_means")),
+    Combination("self_harm", "self_reference", (HARM_ACT,), acted_on=True),
+    Combination("self_harm", "despair", ("harm_means",)),
+    Combination("hate", "hate_target", ("contempt", INJURY)),
+    Combination("hate", "hate_target", (HARM_ACT,), acted_on=True),
+    Combination("hate", "extremism", ("glorification", "contempt", INJURY)),
     Combination("violence", "harm_subject", (INJURY,)),
-    Combination("hate", "hate_target", ("contempt",)),
+    Combination("violence", "harm_subject", (HARM_ACT,), acted_on=True),
 )
 COMBINATIONS = MINOR_COMBINATIONS + CUE_COMBINATIONS
 CUSTOM = "custom"
@@ -68,6 +86,12 @@ DEFAULT_ALLOWLIST = LISTS_DIR / "allowlist.txt"
 
 # Ignored inside phrases so that "slit throat" also matches "slit her throat".
 _FILLERS = frozenset({"a", "an", "the", "her", "his", "my", "their", "your", "its", "our"})
+# Words that may stand between an act and what it is done to ("kicking a little dog", "drowning a black cat").
+_DESCRIPTIVE = frozenset({"all", "little", "small", "tiny", "big", "young", "old", "poor", "cute", "fluffy", "black",
+                          "white", "brown", "grey", "gray", "ginger", "spotted", "striped"})
+# Punctuation between two words that starts a new clause: "photo shoot, woman in red" shoots no one.
+_CLAUSE_BREAK = re.compile(r"[,;:()\[\]/\n]|[.?]\s")
+_INFLECTED = re.compile(r"([a-z]+)~(?=\s|$)")
 
 _INVISIBLE = re.compile(
     "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
@@ -107,6 +131,8 @@ _TECHNICAL = re.compile(r"\d+(?:k|d|mm|cm|px|p|fps|s|th|st|nd|rd|x|yo|hz|mp)?")
 _DOUBLE = re.compile(r"(.)\1")
 _TRIPLES = re.compile(r"([a-z])\1{2,}")
 _CATEGORY_NAME = re.compile(r"[a-z][a-z0-9_]*")
+_VOWELS = "aeiou"
+_VOWEL_GROUP = re.compile("[aeiou]+")
 
 
 @dataclass(frozen=True)
@@ -326,10 +352,15 @@ def _phrase_end(term: _Term, texts: Sequence[str], start: int) -> int | None:
     """Where ``term`` ends if its first word matched at ``start``, skipping filler words; None if it does not."""
     position = start + 1
     for word in term.words[1:]:
-        while position < len(texts) and texts[position] in _FILLERS:
-            position += 1
+        position = _skip_fillers(texts, position)
         if position == len(texts) or not any(word.matches(shape) for shape in _shapes(texts[position])):
             return None
+        position += 1
+    return position
+
+
+def _skip_fillers(texts: Sequence[str], position: int) -> int:
+    while position < len(texts) and texts[position] in _FILLERS:
         position += 1
     return position
 
@@ -350,33 +381,96 @@ class TextFilter:
         self._order = _category_order(term.category for term in terms)
 
     def check(self, text: str) -> TextVerdict:
-        matches = list(self._index.find(_words(_fold_chars(text))))
+        folded = _fold_chars(text)
+        words = _words(folded)
+        matches = list(self._index.find(words))
         if not matches:
             return SAFE
         # An allowlisted phrase masks its words: any term overlapping it is dropped.
         masked = {i for start, end, term in matches if term.category == _ALLOW for i in range(start, end)}
-        found: dict[str, str] = {}
+        found = _Found(folded, words.texts)
         for start, end, term in matches:
             if term.category != _ALLOW and masked.isdisjoint(range(start, end)):
-                found.setdefault(term.category, term.entry)
+                found.spans.setdefault(term.category, []).append((start, end, term.entry))
         return self._decide(found)
 
     def check_many(self, texts: Iterable[str]) -> list[TextVerdict]:
         return [self.check(text) for text in texts]
 
-    def _decide(self, found: dict[str, str]) -> TextVerdict:
-        if MINORS in found:
-            return TextVerdict(True, MINORS, found[MINORS])
-        direct = next((TextVerdict(True, c, found[c]) for c in self._order if c in found), None)
+    def _decide(self, found: _Found) -> TextVerdict:
+        if MINORS in found.spans:
+            return TextVerdict(True, MINORS, found.first(MINORS))
+        direct = next((TextVerdict(True, c, found.first(c)) for c in self._order if c in found.spans), None)
         return _combined(found, MINOR_COMBINATIONS) or direct or _combined(found, CUE_COMBINATIONS) or SAFE
 
 
-def _combined(found: dict[str, str], rules: Sequence[Combination]) -> TextVerdict | None:
-    """The verdict of the first rule whose subject and one of whose cues are both in ``found``."""
+_Span = tuple[int, int, str]  # first word, end, list entry
+
+
+@dataclass
+class _Found:
+    """The unmasked matches of one caption by category, in the order the index found them."""
+
+    folded: str
+    texts: list[str]
+    spans: dict[str, list[_Span]] = field(default_factory=dict)
+
+    def first(self, category: str) -> str:
+        return self.spans[category][0][2]
+
+    def object_of(self, end: int, subject: str) -> str | None:
+        """The ``subject`` entry that an act ending at word ``end`` is done to: the word after it, past descriptive
+        words ("kicking a little dog"), and past a possessive to what follows ("slitting a merchant's throat", not
+        "cutting a man's hair")."""
+        objects = {start: (stop, entry) for start, stop, entry in reversed(self.spans.get(subject, []))}
+        for position in self._object_positions(end):
+            object_end, entry = objects.get(position, (position + 1, None))
+            if object_end < len(self.texts) and self.texts[object_end] == "s":
+                return self.object_of(object_end + 1, subject)
+            if entry:
+                return entry
+        return None
+
+    def _object_positions(self, end: int) -> Iterator[int]:
+        """The next word after ``end`` in the same clause, past fillers, and the next again past a descriptive word."""
+        position = _skip_fillers(self.texts, end)
+        while position < len(self.texts) and self.breaks.isdisjoint(range(end, position + 1)):
+            yield position
+            if self.texts[position] not in _DESCRIPTIVE:
+                return
+            end = position + 1
+            position = _skip_fillers(self.texts, end)
+
+    @cached_property
+    def breaks(self) -> frozenset[int]:
+        """Positions of the words that start a clause (after a comma, a full stop and the like)."""
+        tokens = _tokens(self.folded) if _SPACED_RUN.search(self.folded) else _plain_tokens(self.folded)
+        return frozenset(i for i in range(1, len(tokens))
+                         if _CLAUSE_BREAK.search(self.folded, tokens[i - 1].end, tokens[i].start))
+
+
+def _combined(found: _Found, rules: Sequence[Combination]) -> TextVerdict | None:
+    """The verdict of the first rule whose subject and one of whose cues are both found (for an ``acted_on``
+    rule: a cue done to a subject term)."""
     for rule in rules:
-        cue = next((found[c] for c in rule.cues if c in found), None)
-        if rule.subject in found and cue:
-            return TextVerdict(True, rule.category, f"{found[rule.subject]} + {cue}")
+        if rule.subject in found.spans:
+            term = _acted_on(found, rule) if rule.acted_on else _cooccurring(found, rule)
+            if term:
+                return TextVerdict(True, rule.category, term)
+    return None
+
+
+def _cooccurring(found: _Found, rule: Combination) -> str | None:
+    cue = next((found.first(c) for c in rule.cues if c in found.spans), None)
+    return f"{found.first(rule.subject)} + {cue}" if cue else None
+
+
+def _acted_on(found: _Found, rule: Combination) -> str | None:
+    for cue in rule.cues:
+        for act in found.spans.get(cue, ()):
+            target = found.object_of(act[1], rule.subject)
+            if target:
+                return f"{target} + {act[2]}"
     return None
 
 
@@ -401,11 +495,11 @@ def _read_terms(path: Path, default_category: str | None) -> list[_Term]:
     for number, line in enumerate(lines, 1):
         line = line.split("#", 1)[0].strip()
         if line:
-            terms.append(_parse_line(line, default_category, f"list file {path}, line {number}"))
+            terms += _parse_line(line, default_category, f"list file {path}, line {number}")
     return terms
 
 
-def _parse_line(line: str, default_category: str | None, where: str) -> _Term:
+def _parse_line(line: str, default_category: str | None, where: str) -> list[_Term]:
     fields = [field.strip() for field in line.split("\t")]
     if len(fields) == 1:
         return _parse_entry(fields[0], default_category or _ALLOW, where)
@@ -419,17 +513,44 @@ def _parse_line(line: str, default_category: str | None, where: str) -> _Term:
     return _parse_entry(fields[1], fields[0], where)
 
 
-def _parse_entry(entry: str, category: str, where: str) -> _Term:
+def _parse_entry(entry: str, category: str, where: str) -> list[_Term]:
+    """The terms of one entry: one, or one per combination of inflections of the words marked with "~"."""
     prefix = entry.endswith("*")
     body = entry[:-1] if prefix else entry
     if "*" in body:
         raise StyleprefsError(f"{where}: '*' is only allowed at the end of an entry, got {entry!r}")
-    words = [word for word in _words(_fold_chars(body)).texts if word not in _FILLERS]
+    marked = _INFLECTED.findall(body)
+    if body.count("~") != len(marked) or (prefix and body.endswith("~")):
+        raise StyleprefsError(f"{where}: '~' goes at the end of a lowercase word, not before '*' ({entry!r})")
+    words = [word for word in _words(_fold_chars(body.replace("~", ""))).texts if word not in _FILLERS]
     if not words:
         raise StyleprefsError(f"{where}: entry {entry!r} has no words left after normalisation")
     if not all(w.isalnum() for w in words):
         raise StyleprefsError(f"{where}: write entries in plain letters and digits ({entry!r}); "
                               "leetspeak and look-alikes are handled by the matcher")
+    forms = [_inflections(word) if word in marked else (word,) for word in words]
+    return [_term(entry, category, variant, prefix) for variant in product(*forms)]
+
+
+def _term(entry: str, category: str, words: Sequence[str], prefix: bool) -> _Term:
     shapes = [_shape(w) for w in words]
     parsed = tuple(_Word(key, runs, prefix and i == len(words) - 1) for i, (key, runs) in enumerate(shapes))
     return _Term(entry, category, parsed, "".join(words))
+
+
+def _inflections(word: str) -> tuple[str, ...]:
+    """``word`` and its regular -s, -ed and -ing forms ("stab": stabs, stabbed, stabbing; "strangle": strangles,
+    strangled, strangling; "bury": buries, buried, burying). Irregular forms are listed as entries of their own."""
+    if word.endswith("e") and not word.endswith("ee"):
+        return word, word + "s", word + "d", word[:-1] + "ing"
+    if word.endswith("y") and word[-2:-1] not in _VOWELS:
+        return word, word[:-1] + "ies", word[:-1] + "ied", word + "ing"
+    plural = word + ("es" if word.endswith(("s", "x", "z", "ch", "sh")) else "s")
+    stem = word + word[-1] if _doubles_last_letter(word) else word
+    return word, plural, stem + "ed", stem + "ing"
+
+
+def _doubles_last_letter(word: str) -> bool:
+    """One syllable ending in one vowel and one consonant doubles it before -ed and -ing (stab, cut, whip)."""
+    return len(_VOWEL_GROUP.findall(word)) == 1 and len(word) >= 2 and word[-1] not in _VOWELS + "wxy" \
+        and word[-2] in _VOWELS and (len(word) == 2 or word[-3] not in _VOWELS)
