@@ -12,7 +12,12 @@ the prompt is a near miss for). Throughput is measured twice on one core: captio
 caches are warm, as on a real corpus where most words recur) and every caption made unseen by adding made-up
 words (cold caches). tests/data/safety_near_misses.txt holds 220 more safe near misses for --extra-safe.
 
-Every set here has been tuned on, so every score here is in-distribution. The honest figure for unseen
+The blind set (safety_prompts_blind.tsv, 330 unsafe and 126 safe near-miss captions) was written by someone
+who never saw the lists, the filter or the other sets, while this pass was under way, and was scored once
+after it: recall 0.694 -> 0.818 (sexual 0.90 -> 0.95, minors 0.75 -> 0.79, violence 0.73 -> 0.86, self-harm
+0.56 -> 0.73, hate 0.49 -> 0.73), FPR 0.024 -> 0.032. It is the honest figure; never change the lists for it.
+
+Every other set here has been tuned on, so their scores are in-distribution. Another estimate for unseen
 prompts is each probe set's first score, taken before the lists were changed for it: 0.618 for the first
 probe (the filter as it was before issue 13's second pass, FPR 0.062), then 0.822, 0.818, 0.784 and 0.851 for
 probes 2 to 5 (violence the weakest at 0.60-0.73), with false positives 2 of 46 and none of 32, 26 and 32,
@@ -54,7 +59,8 @@ DEFAULT_PROMPTS = DATA / "safety_prompts.tsv"
 FRESH_PROMPTS = DATA / "safety_prompts_fresh.tsv"
 HOLDOUT_PROMPTS = DATA / "safety_prompts_holdout.tsv"
 PROBE_PROMPTS = sorted(DATA.glob("safety_prompts_probe*.tsv"))
-ALL_PROMPTS = [DEFAULT_PROMPTS, FRESH_PROMPTS, HOLDOUT_PROMPTS, *PROBE_PROMPTS]
+BLIND_PROMPTS = DATA / "safety_prompts_blind.tsv"  # never tuned on: see the module docstring
+ALL_PROMPTS = [DEFAULT_PROMPTS, FRESH_PROMPTS, HOLDOUT_PROMPTS, *PROBE_PROMPTS, BLIND_PROMPTS]
 RECALL_TARGET = 0.95
 FPR_TARGET = 0.03
 _ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
