@@ -311,6 +311,20 @@ def test_scaled_learning_rate_reaches_the_optimizer_and_the_banner(dataset: Path
     assert "lr 0.0004 = 0.0001 x 2 batch x 2 accum x 1 processes (--scale-lr)" in capsys.readouterr().err
 
 
+def test_a_saturated_preference_loss_is_warned_about_once(dataset: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """A DPO loss of about 0 for SATURATION_STEPS steps in a row (pairs ranked far apart: no gradient) is warned
+    about once; a loss that is not saturated, or an SFT run, is not."""
+    real_step, losses = loop._train_step, iter([0.0, 0.0, 0.3, 0.0, 0.0, 0.0, 0.0])
+    monkeypatch.setattr(loop, "SATURATION_STEPS", 3)
+    monkeypatch.setattr(loop, "_train_step", lambda *args: real_step(*args) | {"loss": next(losses)})
+    _run(dataset, tmp_path / "saturated", max_steps=7, beta=5000)
+    err = capsys.readouterr().err
+    assert err.count("loss has been below 1e-06 for 3 steps") == 1 and "step 6:" in err and "--beta (now 5000)" in err
+    losses = iter([0.0] * 4)
+    _run(dataset, tmp_path / "sft", stage="sft", max_steps=4)
+    assert "loss has been below" not in capsys.readouterr().err
+
+
 class _Recording(torch.amp.GradScaler):
     """The CPU GradScaler, recording its calls: the fp16 call sequence without a GPU."""
 

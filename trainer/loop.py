@@ -63,6 +63,9 @@ VALIDATION_INFERENCE_STEPS = 25
 VALIDATION_GUIDANCE = {"sd": 7.5, "sdxl": 5.0}  # Diffusion-DPO's sampling settings
 # Below this AdamW / Adafactor (fixed step) move a weight by at most ~lr per step: a run changes next to nothing.
 MIN_MOVING_LR = 1e-7
+# A preference loss this close to 0 for this many steps in a row has no gradient left: warn once.
+SATURATED_LOSS = 1e-6
+SATURATION_STEPS = 20
 METRICS = "metrics.jsonl"
 
 console = Console(stderr=True, soft_wrap=True)
@@ -142,13 +145,17 @@ def _train(cfg: TrainConfig, out: Path, show_progress: bool) -> Path:
         _print_start(cfg, accelerator, len(run.pairs), resume_from)
     accelerator.init_trackers("styleprefs", config=_tracker_config(cfg))
 
+    saturated = 0  # preference-loss steps in a row with a loss of about 0
     with _progress(cfg.max_steps, step, show_progress and main) as advance:
         while step < cfg.max_steps:
             record = _train_step(cfg, run, step)
             step += 1
+            saturated = saturated + 1 if cfg.stage in REFERENCE_STAGES and record["loss"] < SATURATED_LOSS else 0
             if main:
                 _log(accelerator, out, record)
                 advance(record)
+                if saturated == SATURATION_STEPS:
+                    _warn_saturated(cfg, step, record)
             if record["skipped"]:
                 nan_steps += 1
                 _on_skipped(cfg, main, step - 1, nan_steps)
@@ -264,6 +271,13 @@ def _train_step(cfg: TrainConfig, run: _Run, step: int) -> dict:
             run.lr_scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     return record | {"step": step, "lr": lr, "grad_norm": grad_norm, "skipped": skipped, "overflow": overflow}
+
+
+def _warn_saturated(cfg: TrainConfig, step: int, record: dict) -> None:
+    console.print(f"[yellow]warning:[/yellow] step {step}: the {cfg.stage} loss has been below {SATURATED_LOSS:g} for "
+                  f"{SATURATION_STEPS} steps (reward margin {record.get('reward_margin', math.nan):.3g}), so its "
+                  f"gradient has vanished and further steps change almost nothing: every pair is already ranked "
+                  f"far apart. Lower --beta (now {cfg.beta:g}), or train on harder pairs (e.g. --stage iterative)")
 
 
 def _on_skipped(cfg: TrainConfig, main: bool, step: int, nan_steps: int) -> None:
