@@ -685,7 +685,7 @@ def test_second_train_on_the_same_out_is_refused(folder_holder, dataset, tmp_pat
 def test_second_cache_builder_is_refused(folder_holder, dataset, capsys):
     from styleprefs.trainer.cache import _dir_for, cache_key
 
-    pid = folder_holder(_dir_for(dataset, cache_key(dataset, "tiny", 32, None)))
+    pid = folder_holder(_dir_for(dataset, cache_key(dataset, "tiny", 32)))
     args = ["cache", str(dataset), "--model", "tiny", "--resolution", "32", "--clip-model", "none"]
     assert_error(run(args, capsys), f"pid {pid}")
 
