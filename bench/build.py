@@ -4,7 +4,8 @@ peak memory at two sizes.
     python bench/build.py [--pairs 256] [--style winter] [--rss-pairs 500 4000]
 
 Baseline, measured in the same run on the same rows: one process reading the rows (drawing the sample pairs)
-and editing them (decode, edit, encode JPEG), one after the other. The build is timed in process
+and editing them (decode, edit, encode JPEG), one after the other, numpy's BLAS on one thread (as the build runs it:
+BLAS threads under parallel rows only spin). The build is timed in process
 (``--workers 1``) and with its default workers (one per core); goal: the default build's time at most 0.70x the
 baseline on 2 cores. Peak memory: the build of ``--rss-pairs`` pairs (the sample source with that many scenes)
 runs in a child process, and the proportional set size (PSS, shared pages split between the processes that
@@ -26,6 +27,7 @@ from pathlib import Path
 import psutil
 from rich.console import Console
 from rich.table import Table
+from threadpoolctl import threadpool_limits
 
 from styleprefs import shards as shards_module
 from styleprefs.build import BuildConfig, build_dataset
@@ -60,18 +62,20 @@ def timed(module, name: str, totals: dict):
 
 
 def sequential(style: str, pairs: int) -> float:
-    """Seconds to read the rows and to decode, edit and encode them, one after the other in this process."""
+    """Seconds to read the rows and to decode, edit and encode them, one after the other in this process (numpy's
+    BLAS on one thread too, as in the build)."""
     start = time.perf_counter()
-    rows = []
-    for pair in open_source("sample"):
-        rows.append(pair)
-        if len(rows) == pairs:
-            break
-    editor = load_editor("classic", load_style(style))
-    for pair in rows:
-        plan = plan_row(pair, 0)
-        image = decode((pair.jpg_0, pair.jpg_1)[plan.edited])
-        encode_jpeg(editor.edit([image], [pair.caption], [plan.edit_seed])[0])
+    with threadpool_limits(limits=1, user_api="blas"):
+        rows = []
+        for pair in open_source("sample"):
+            rows.append(pair)
+            if len(rows) == pairs:
+                break
+        editor = load_editor("classic", load_style(style))
+        for pair in rows:
+            plan = plan_row(pair, 0)
+            image = decode((pair.jpg_0, pair.jpg_1)[plan.edited])
+            encode_jpeg(editor.edit([image], [pair.caption], [plan.edit_seed])[0])
     return time.perf_counter() - start
 
 
