@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import multiprocessing
 import os
 import queue
@@ -56,7 +57,13 @@ class WorkerPool(Generic[T, R]):
         self.workers = workers
         self._executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                              initializer=_start_worker, initargs=(fn, os.getpid()))
-        self._executor.submit(os.getpid)  # forks every worker now, while this process has no other threads
+        # The workers share this process's memory until a page is written. Frozen objects are left alone by the
+        # workers' garbage collections, which would otherwise write to (and so copy) every page of them.
+        gc.freeze()
+        try:
+            self._executor.submit(os.getpid)  # forks every worker now, while this process has no other threads
+        finally:
+            gc.unfreeze()
 
     def map(self, items: Iterable[T]) -> Iterator[R]:
         window = self.workers * IN_FLIGHT_PER_WORKER

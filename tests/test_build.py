@@ -153,6 +153,26 @@ def test_seed_changes_the_dataset(pickapic_dir, tmp_path):
     assert _shard_bytes(tmp_path / "a") != _shard_bytes(tmp_path / "b")
 
 
+def test_shards_are_streamed_a_row_group_at_a_time_into_the_bytes_of_whole_shard_writes(pickapic_dir, tmp_path,
+                                                                                          monkeypatch):
+    """write_shards re-cuts parts of any size into row groups, never holding a shard: each file is still the
+    bytes write_parquet gives the whole shard."""
+    from styleprefs import io as io_module
+    from styleprefs import shards as shards_module
+
+    _build(pickapic_dir, tmp_path / "out")
+    table = pq.read_table(tmp_path / "out" / "data", schema=DATASET_SCHEMA)  # 15 rows
+    for module in (io_module, shards_module):
+        monkeypatch.setattr(module, "ROW_GROUP_ROWS", 4)
+    parts = iter([table.slice(0, 3), table.slice(3, 5), table.slice(8, 7)])
+    shards = shards_module.write_shards(parts, 15, tmp_path / "streamed", shard_size=6)
+    assert [s["rows"] for s in shards] == [6, 6, 3]
+    for i, shard in enumerate(shards):
+        io_module.write_parquet(table.slice(6 * i, 6), tmp_path / "whole.parquet")
+        assert (tmp_path / "streamed" / Path(shard["path"]).name).read_bytes() == (tmp_path / "whole.parquet").read_bytes()
+        assert pq.ParquetFile(tmp_path / "whole.parquet").metadata.num_row_groups == (2 if i < 2 else 1)
+
+
 def _interrupt_in_the_second_part(monkeypatch, workers: int) -> Callable[[], None]:
     """Ctrl-C in the main process during the second part of 4 rows: at its 2nd batch of 2 (in process), or once
     6 rows have come back from the workers; returns the undo."""
