@@ -212,6 +212,7 @@ BAD_OPTIONS = {
     "zero editor steps": (["--editor", "instruct-pix2pix", "--editor-steps", "0"], "--editor-steps"),
     "unknown editor": (["--editor", "magic"], "unknown editor"),
     "unknown style": (["--style", "cubism"], "unknown style"),
+    "negative workers": (["--workers", "-1"], "--workers must be auto or a number"),
 }
 
 
