@@ -1,30 +1,46 @@
-"""Benchmark: pairs/s of a 512px `classic` build and where the time goes.
+"""Benchmark: a 512 px `classic` build from the sample source against the sequential work it cannot avoid, and its
+peak memory at two sizes.
 
-    python bench/build.py [--pairs 256] [--style winter]
+    python bench/build.py [--pairs 256] [--style winter] [--rss-pairs 500 4000]
 
-Baseline, measured in the same run on the same rows: the editor alone (decode, edit, encode JPEG),
-so the table shows the build's throughput as a share of the editing work it cannot avoid.
+Baseline, measured in the same run on the same rows: one process reading the rows (drawing the sample pairs)
+and editing them (decode, edit, encode JPEG), one after the other, numpy's BLAS on one thread (as the build runs it:
+BLAS threads under parallel rows only spin). The build is timed in process
+(``--workers 1``) and with its default workers (one per core); goal: the default build's time at most 0.70x the
+baseline on 2 cores. Peak memory: the build of ``--rss-pairs`` pairs (the sample source with that many scenes)
+runs in a child process; every 50 ms its resident set size is added to the unique set size (USS) of each of its
+workers (the pages a worker holds alone: it shares the rest with the build process it was forked from);
+goal: the larger build's peak at most 1.2x the smaller's.
+The load average is printed with the table: on a shared machine repeat the run.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 from rich.console import Console
 from rich.table import Table
+from threadpoolctl import threadpool_limits
 
-from styleprefs import build as build_module
 from styleprefs import shards as shards_module
 from styleprefs.build import BuildConfig, build_dataset
 from styleprefs.editors import load_editor
 from styleprefs.images import decode, encode_jpeg
 from styleprefs.pairs import plan_row
+from styleprefs.parallel import auto_workers
 from styleprefs.sources import open_source
 from styleprefs.style import load_style
+
+GOAL_TIME_RATIO = 0.70
+GOAL_RSS_RATIO = 1.2
 
 
 @contextmanager
@@ -46,49 +62,109 @@ def timed(module, name: str, totals: dict):
         setattr(module, name, real)
 
 
-def editor_only(style: str, pairs: int) -> tuple[float, float]:
-    """Seconds to read the rows, and seconds to decode, edit and encode them, outside the build."""
+def sequential(style: str, pairs: int) -> float:
+    """Seconds to read the rows and to decode, edit and encode them, one after the other in this process (numpy's
+    BLAS on one thread too, as in the build)."""
     start = time.perf_counter()
-    rows = []
-    for pair in open_source("sample"):
-        rows.append(pair)
-        if len(rows) == pairs:
-            break
-    read = time.perf_counter() - start
-    editor = load_editor("classic", load_style(style))
-    start = time.perf_counter()
-    for pair in rows:
-        plan = plan_row(pair, 0)
-        image = decode((pair.jpg_0, pair.jpg_1)[plan.edited])
-        encode_jpeg(editor.edit([image], [pair.caption], [plan.edit_seed])[0])
-    return read, time.perf_counter() - start
+    with threadpool_limits(limits=1, user_api="blas"):
+        rows = []
+        for pair in open_source("sample"):
+            rows.append(pair)
+            if len(rows) == pairs:
+                break
+        editor = load_editor("classic", load_style(style))
+        for pair in rows:
+            plan = plan_row(pair, 0)
+            image = decode((pair.jpg_0, pair.jpg_1)[plan.edited])
+            encode_jpeg(editor.edit([image], [pair.caption], [plan.edit_seed])[0])
+    return time.perf_counter() - start
+
+
+def timed_build(style: str, pairs: int, workers: int | None, totals: dict) -> float:
+    with tempfile.TemporaryDirectory() as tmp, timed(shards_module, "write_parquet", totals), \
+            timed(shards_module, "sha256_file", totals):
+        start = time.perf_counter()
+        build_dataset(BuildConfig(style=style, source="sample", num_pairs=pairs, shard_size=128),
+                      Path(tmp) / "out", batch_size=8, show_progress=False, workers=workers)
+        return time.perf_counter() - start
+
+
+def child_build(style: str, pairs: int, out: str) -> None:
+    """The build whose memory is measured: the sample source holds 2,000 scenes by default, so give it ``pairs``."""
+    from styleprefs.sources import sample
+
+    class ManyScenes(sample.SampleSource):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{"num_scenes": pairs, **kwargs})
+
+    sample.SampleSource = ManyScenes
+    manifest = build_dataset(BuildConfig(style=style, source="sample", num_pairs=pairs), Path(out),
+                             show_progress=False).manifest
+    assert manifest["counts"]["kept"] == pairs, manifest["counts"]
+
+
+def peak_memory(style: str, pairs: int) -> float:
+    """Peak memory, in MiB, of a child process building ``pairs``: its resident set plus the pages each of its
+    worker processes holds alone (USS; the rest they share with it), sampled every 50 ms."""
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.Popen([sys.executable, __file__, "--child", str(pairs), "--style", style, "--out", tmp + "/o"])
+        root, peak = psutil.Process(proc.pid), 0
+        while proc.poll() is None:
+            peak = max(peak, _memory(root, psutil.Process.memory_info, "rss")
+                       + sum(_memory(p, psutil.Process.memory_full_info, "uss") for p in _children(root)))
+            time.sleep(0.05)
+        if proc.returncode:
+            raise SystemExit(f"the {pairs}-pair build failed (exit {proc.returncode})")
+    return peak / 2**20
+
+
+def _children(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _memory(proc: psutil.Process, read, field: str) -> int:
+    try:
+        return getattr(read(proc), field)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return 0
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--style", default="winter")
+    parser.add_argument("--rss-pairs", type=int, nargs=2, default=(500, 4000), metavar=("SMALL", "LARGE"))
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        return child_build(args.style, args.child, args.out)
 
-    read_s, edit_s = editor_only(args.style, args.pairs)
+    load_before = os.getloadavg()
+    base_s = sequential(args.style, args.pairs)
     totals: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp, timed(shards_module, "write_parquet", totals), \
-            timed(build_module, "_edit_batch", totals), timed(shards_module, "sha256_file", totals):
-        start = time.perf_counter()
-        build_dataset(BuildConfig(style=args.style, source="sample", num_pairs=args.pairs, shard_size=128),
-                      Path(tmp) / "out", batch_size=8, show_progress=False)
-        total = time.perf_counter() - start
+    in_process_s = timed_build(args.style, args.pairs, 1, {})
+    workers_s = timed_build(args.style, args.pairs, None, totals)
+    small, large = (peak_memory(args.style, n) for n in args.rss_pairs)
 
-    table = Table(title=f"classic build, {args.pairs} pairs at 512px, style {args.style}")
-    for col in ("measure", "value"):
+    table = Table(title=f"classic build, {args.pairs} pairs at 512px, style {args.style}, {os.cpu_count()} cores",
+                  caption=f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}")
+    for col in ("measure", "value", "goal"):
         table.add_column(col)
-    table.add_row("build pairs/s", f"{args.pairs / total:.1f}")
-    table.add_row("baseline: read + edit alone, pairs/s", f"{args.pairs / (read_s + edit_s):.1f}")
-    table.add_row("build time / baseline time", f"{total / (read_s + edit_s):.2f}")
-    table.add_row("share of build: edit + encode", f"{totals.get('_edit_batch', 0) / total:.1%}")
-    table.add_row("share of build: writing Parquet", f"{totals.get('write_parquet', 0) / total:.1%}")
-    table.add_row("share of build: sha256 of shards", f"{totals.get('sha256_file', 0) / total:.1%}")
-    table.add_row("share of build: reading the sample source", f"{read_s / total:.1%} (measured outside)")
+    table.add_row("baseline: read + edit in one process, pairs/s", f"{args.pairs / base_s:.1f}", "")
+    table.add_row("build in process (--workers 1), pairs/s", f"{args.pairs / in_process_s:.1f}", "")
+    table.add_row("build, --workers auto (" + str(auto_workers()) + "), pairs/s", f"{args.pairs / workers_s:.1f}", "")
+    table.add_row("in-process build time / baseline", f"{in_process_s / base_s:.2f}", "")
+    table.add_row("build time / baseline", f"{workers_s / base_s:.2f}", f"<= {GOAL_TIME_RATIO:.2f}")
+    table.add_row("share of build: writing Parquet", f"{totals.get('write_parquet', 0) / workers_s:.1%}", "")
+    table.add_row("share of build: sha256 of shards", f"{totals.get('sha256_file', 0) / workers_s:.1%}", "")
+    table.add_row(f"peak memory (RSS + workers' USS), build of {args.rss_pairs[0]} pairs, MiB", f"{small:.0f}", "")
+    table.add_row(f"peak memory (RSS + workers' USS), build of {args.rss_pairs[1]} pairs, MiB", f"{large:.0f}", "")
+    table.add_row(f"peak memory {args.rss_pairs[1]} / {args.rss_pairs[0]} pairs", f"{large / small:.2f}",
+                  f"<= {GOAL_RSS_RATIO}")
     Console().print(table)
 
 

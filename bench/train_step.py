@@ -1,6 +1,7 @@
 """Benchmark: pairs/s of a tiny-model training step from the cache against one that re-encodes every step and against the floor of a DPO step, and RPO's cost over DPO.
 
     python bench/train_step.py [--pairs 32] [--batch-size 4] [--resolution 64] [--steps 8] [--rounds 9] [--threads 1]
+                               [--e2e-steps 10 210] [--e2e-rounds 3]
 
 Baselines, measured in the same run on the same data and model: a DPO step that decodes both images
 of each pair and encodes them with the VAE and the caption with the text encoder every step (as the
@@ -15,13 +16,22 @@ policy forward and backward and the reference forward on 2B latents, clipping an
 timed in turns (``--rounds`` of ``--steps`` steps each,
 after a warm-up step; the order rotates); throughput is the median round, ratios the median of
 per-round ratios, with their range as the noise floor.
+
+End to end, the same steps run through ``styleprefs train`` (a subprocess per command, on the cache built
+above, ``--gradient-accumulation-steps 1``): each round times a DPO and an RPO command at two step counts
+(``--e2e-steps``), and the difference of the two counts' wall times, divided by the difference of the counts,
+is a step's cost with everything the command does once (imports, loading, saving) cancelled. Goal: the RPO
+command's step at most 1.05x the DPO command's (median of ``--e2e-rounds`` rounds; range printed).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -58,6 +68,32 @@ def make_run(name: str, args: argparse.Namespace, data: Path, tmp: Path):
     return cfg, loop._setup(cfg, Accelerator(), show_progress=False)
 
 
+def command_seconds(stage: str, steps: int, args: argparse.Namespace, data: Path, out: Path) -> float:
+    """Wall time of one whole ``styleprefs train`` command of ``steps`` steps."""
+    command = [sys.executable, "-m", "styleprefs.cli", "train", "--stage", stage, "--data", str(data), "--out", str(out),
+               "--model", args.model, "--resolution", str(args.resolution), "--batch-size", str(args.batch_size),
+               "--gradient-accumulation-steps", "1", "--max-steps", str(steps), "--clip-model", "tiny",
+               "--learning-rate", "1e-6", "--warmup-steps", "0", "--checkpoint-every", "0"]
+    env = os.environ | {"OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, env=env)
+    return time.perf_counter() - start
+
+
+def end_to_end(args: argparse.Namespace, data: Path, tmp: Path) -> dict[str, list[float]]:
+    """Seconds per step of the DPO and RPO commands, per round: the difference of two step counts' wall times."""
+    few, many = args.e2e_steps
+    runs = [(stage, steps) for stage in ("dpo", "rpo") for steps in (few, many)]
+    per_step: dict[str, list[float]] = {"dpo": [], "rpo": []}
+    for r in range(args.e2e_rounds):
+        order = runs[r % len(runs):] + runs[:r % len(runs)]
+        seconds = {(stage, steps): command_seconds(stage, steps, args, data, tmp / f"e2e-{r}-{stage}-{steps}")
+                   for stage, steps in order}
+        for stage in per_step:
+            per_step[stage].append((seconds[stage, many] - seconds[stage, few]) / (many - few))
+    return per_step
+
+
 def trainer_step(cfg: TrainConfig, run) -> Callable[[int], None]:
     return lambda step: loop._train_step(cfg, run, step)
 
@@ -92,6 +128,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="steps per timed round")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--e2e-steps", type=int, nargs=2, default=(10, 210), metavar=("FEW", "MANY"),
+                        help="step counts of the two styleprefs train commands per stage")
+    parser.add_argument("--e2e-rounds", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -116,6 +155,7 @@ def main() -> None:
                     steps[name](step + 1 + k)
                 seconds[name].append((time.perf_counter() - start) / args.steps)
             step += args.steps
+        e2e = end_to_end(args, data, tmp)
 
     per_step = {name: statistics.median(s) for name, s in seconds.items()}
     pairs_per_s = {name: args.batch_size / s for name, s in per_step.items()}
@@ -138,6 +178,12 @@ def main() -> None:
                   f"{pairs_per_s['dpo floor']:.1f}")
     table.add_row("cached DPO step time / floor (goal <= 1.10)", ratio("dpo cached", "dpo floor"))
     table.add_row("one-off cache build (VAE, text, tiny CLIP; incl. loading them), pairs/s", f"{args.pairs / cache_s:.1f}")
+    e2e_ratios = [r / d for r, d in zip(e2e["rpo"], e2e["dpo"])]
+    table.add_row(f"styleprefs train, s per step ({args.e2e_steps[1]} - {args.e2e_steps[0]} steps): DPO, RPO",
+                  f"{statistics.median(e2e['dpo']):.3f}, {statistics.median(e2e['rpo']):.3f}")
+    table.add_row(f"styleprefs train: RPO step / DPO step (goal <= 1.05; {args.e2e_rounds} rounds)",
+                  f"{statistics.median(e2e_ratios):.2f} (rounds {min(e2e_ratios):.2f}-{max(e2e_ratios):.2f})")
+    table.caption = f"load average at the end {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
     Console().print(table)
 
 

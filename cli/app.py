@@ -63,6 +63,8 @@ def build(
     shard_size: int = typer.Option(1000, help="Rows per output Parquet shard."),
     batch_size: str = typer.Option("8", help="Images per editor call (does not change a classic build's output); auto: "
                                     "from free GPU memory and the working size (8 on CPU)."),
+    workers: str = typer.Option("auto", help="Worker processes for the classic editor's rows (drawing sample pairs, "
+                                "editing, encoding); auto: one per core; 0 or 1: in this process. Same output."),
     channels_last: bool = typer.Option(False, help="Neural editors: UNet and VAE in channels_last layout (GPU)."),
     compile: bool = typer.Option(False, "--compile", help="Neural editors: torch.compile the UNet (slow first batch)."),
     safety: bool = typer.Option(True, help="Quarantine captions the built-in text lists flag, before editing."),
@@ -71,6 +73,7 @@ def build(
     """Build a style preference dataset in Pick-a-Pic's Parquet format."""
     from styleprefs.build import BuildConfig, build_dataset
     from styleprefs.gpu import parse_batch_size
+    from styleprefs.parallel import parse_workers
     from styleprefs.sources.selection import SelectionConfig
 
     cfg = BuildConfig(style=style, source=source, editor=editor, num_pairs=num_pairs, seed=seed, split=split,
@@ -81,7 +84,7 @@ def build(
                                                                      max_per_prompt=max_per_prompt))
     gpu = {"channels_last": channels_last, "compile": compile} if editor != "classic" else {}
     result = build_dataset(cfg, out, batch_size=parse_batch_size(batch_size), overwrite=overwrite, device=device,
-                           dtype=dtype, editor_options=gpu)
+                           dtype=dtype, editor_options=gpu, workers=parse_workers(workers))
     if result.status == "complete":
         console.print(f"{out} is already complete with these arguments; nothing to do.")
     _print_counts(result.manifest["counts"], f"dataset {out}")

@@ -13,15 +13,17 @@ depend only on the arguments, never on batch size or interruptions. One process 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from threadpoolctl import threadpool_limits
 
 from styleprefs import __version__
 from styleprefs.card import write_card
@@ -29,18 +31,18 @@ from styleprefs.distributed import Processes, processes
 from styleprefs.editors import Editor, edit_with_flags, load_editor
 from styleprefs.errors import StyleprefsError
 from styleprefs.gpu import editor_batch_size
-from styleprefs.images import as_jpeg, decode, encode_jpeg
 from styleprefs.inspect import BUILD_STATE
 from styleprefs.io import check_separate, read_json, remove_temp_files, write_json, write_parquet
 from styleprefs.lock import folder_lock
-from styleprefs.pairs import make_row, plan_row
-from styleprefs.parallel import thread_map
+from styleprefs.parallel import WorkerPool, auto_workers, thread_map
 from styleprefs.progress import pair_progress
+from styleprefs.rows import RowEditor, RowMaker, prepare
 from styleprefs.safety.report import TEXT_LISTS_BACKEND, safety_summary
 from styleprefs.safety.text import SAFE, TextFilter
 from styleprefs.schema import DATASET_SCHEMA, QUARANTINE_SCHEMA, REJECTS_SCHEMA
 from styleprefs.shards import write_shards
 from styleprefs.sources import Source, SourcePair, open_source
+from styleprefs.sources.base import DeferredPair
 from styleprefs.sources.selection import Selection, SelectionConfig
 from styleprefs.style import StyleSpec, load_style
 
@@ -90,7 +92,7 @@ class _Part:
     skipped: int  # rows skipped by selection (duplicate captions) while filling this part
     start: int = 0  # position of the part's first row in the selection
     table: pa.Table | None = None  # kept rows; None for a part loaded from disk
-    ready: list = field(default_factory=list)  # (position, pair, (plan, image, bytes)) awaiting the editor
+    ready: list = field(default_factory=list)  # (position, rows.prepare's result) awaiting the editor
     reject_positions: list[int] = field(default_factory=list)  # of the rejects found before editing
 
     @property
@@ -126,6 +128,8 @@ class _Job:
         if not cfg.selection.is_default:
             identity["selection"] = self.selection.describe()
         self.identity = json.loads(json.dumps(identity, default=str))
+        self.rows = RowMaker(self.source.name, self.style.name, self.editor.name, self.editor.model_id,
+                             self.editor.params())
 
 
 def _check_config(cfg: BuildConfig) -> None:
@@ -150,7 +154,7 @@ def _load_gate(cfg: BuildConfig, device: str | None):
 
 def build_dataset(cfg: BuildConfig, out: Path, *, batch_size: int | str = 8, overwrite: bool = False,
                   show_progress: bool = True, device: str | None = None, dtype: str | None = None,
-                  editor_options: dict | None = None) -> BuildResult:
+                  editor_options: dict | None = None, workers: int | None = None) -> BuildResult:
     """Build (or resume, or confirm) the dataset described by ``cfg`` in ``out``.
 
     ``device`` (neural editors and the CLIP gate) and ``dtype`` (neural editors; None = CUDA with fp16 if
@@ -158,7 +162,10 @@ def build_dataset(cfg: BuildConfig, out: Path, *, batch_size: int | str = 8, ove
     and ``batch_size`` (``auto``: ``styleprefs.gpu.editor_batch_size``) do not enter the dataset's identity; ``editor_options`` (further editor options, e.g. the
     improve editor's guidance) do, through the editor's params. The ``classic`` editor's shards are
     byte-identical whatever the batch size; batched diffusion is not bitwise batch-invariant, so a
-    neural editor's are reproducible for the same batch size and hardware.
+    neural editor's are reproducible for the same batch size and hardware. ``workers`` (None: one per core,
+    ``parallel.auto_workers``; 0 or 1: none) processes edit the rows of the ``classic`` editor without the gate,
+    each row whole (drawing a ``sample`` pair, decoding, editing, encoding); the shards are the same bytes
+    whatever their number. Neural editors and the gate run in this process.
     """
     job = _Job(cfg, device, dtype, editor_options)
     batch_size = editor_batch_size(batch_size, job.editor)
@@ -171,19 +178,22 @@ def build_dataset(cfg: BuildConfig, out: Path, *, batch_size: int | str = 8, ove
             if overwrite:
                 _remove_outputs(out)
         if overwrite or not _check_existing(out, job.identity):
-            _build(job, out, batch_size, show_progress, procs)
+            _build(job, out, batch_size, show_progress, procs, auto_workers() if workers is None else workers)
             status = "built"
         else:
             status = "complete"
     return BuildResult(out, status, read_json(out / "manifest.json"))
 
 
-def _build(job: _Job, out: Path, batch_size: int, show_progress: bool, procs: Processes) -> None:
+def _build(job: _Job, out: Path, batch_size: int, show_progress: bool, procs: Processes, workers: int) -> None:
     if procs.is_main:
         _prepare_state_dir(out, job.identity)
     procs.wait()
     state = out / BUILD_STATE
-    parts = _run_parts(job, state, max(1, min(batch_size, PART_ROWS)), show_progress, procs)
+    # Rows run in parallel (threads or worker processes, which inherit the limit): numpy's BLAS threads on top of
+    # them only spin, and cost the classic editor a third of its CPU time.
+    with threadpool_limits(limits=1, user_api="blas"), _worker_pool(job, workers) as pool:
+        parts = _run_parts(job, state, max(1, min(batch_size, PART_ROWS)), show_progress, procs, pool)
     if procs.is_main:
         _finalize(job, out, parts)
         os.replace(state, out / BUILD_DONE)  # the commit
@@ -231,7 +241,15 @@ def _prepare_state_dir(out: Path, identity: dict) -> None:
         write_json({"config": identity}, state / "state.json")
 
 
-def _run_parts(job: _Job, state: Path, batch_size: int, show_progress: bool, procs: Processes) -> list[_Part]:
+def _worker_pool(job: _Job, workers: int) -> WorkerPool | nullcontext:
+    """Worker processes for whole rows (the ``classic`` editor without the gate), or none (``nullcontext``)."""
+    if workers <= 1 or job.cfg.editor != "classic" or job.gate is not None:
+        return nullcontext()
+    return WorkerPool(RowEditor(job.editor, job.rows, job.cfg.seed), workers)
+
+
+def _run_parts(job: _Job, state: Path, batch_size: int, show_progress: bool, procs: Processes,
+               pool: WorkerPool | None) -> list[_Part]:
     """Process (or load) parts until ``num_pairs`` rows are kept or the source runs out.
 
     Work goes in rounds of one part per process, each part holding at most the rows still needed
@@ -254,7 +272,7 @@ def _run_parts(job: _Job, state: Path, batch_size: int, show_progress: bool, pro
                     break
                 index = len(parts) + len(planned)
                 if slot == procs.rank and _load_part(state, index, start, len(rows)) is None:
-                    part = _process_part(job, index, rows, selection.skipped - skipped_before, batch_size)
+                    part = _process_part(job, index, rows, selection.skipped - skipped_before, batch_size, pool)
                     part.start = start
                     _save_part(state, part)
                 planned.append((index, start, len(rows)))
@@ -270,8 +288,13 @@ def _run_parts(job: _Job, state: Path, batch_size: int, show_progress: bool, pro
     return parts
 
 
-def _process_part(job: _Job, index: int, rows: list[SourcePair], skipped: int, batch_size: int) -> _Part:
-    part = _triage(job, index, rows, skipped)
+def _process_part(job: _Job, index: int, rows: list[SourcePair | DeferredPair], skipped: int, batch_size: int,
+                  pool: WorkerPool | None) -> _Part:
+    if pool is not None:  # the workers give finished rows
+        part = _triage(job, index, rows, skipped, pool.map)
+        part.table = pa.Table.from_pylist([row for _, row in part.ready], schema=DATASET_SCHEMA)
+        return part
+    part = _triage(job, index, rows, skipped, partial(thread_map, partial(prepare, seed=job.cfg.seed)))
     ready = part.ready
     table_rows: list[dict] = []
     gate_rejects: list[tuple[int, dict]] = []
@@ -288,12 +311,12 @@ def _process_part(job: _Job, index: int, rows: list[SourcePair], skipped: int, b
     return part
 
 
-def _triage(job: _Job, index: int, rows: list[SourcePair], skipped: int) -> _Part:
-    """Quarantine unsafe captions, reject unusable rows, decode the rest (``part.ready``) for editing."""
+def _triage(job: _Job, index: int, rows: list[SourcePair | DeferredPair], skipped: int, process: Callable) -> _Part:
+    """Quarantine unsafe captions, then ``process`` the others in order (``rows.prepare``, or whole rows in the
+    workers): a ValueError rejects a row, anything else goes to ``part.ready``."""
     part = _Part(index, [], [], [], skipped)
     verdicts = job.text_filter.check_many(p.caption for p in rows) if job.text_filter else [SAFE] * len(rows)
-    safe_rows = [p for p, v in zip(rows, verdicts) if not v.unsafe]
-    prepared_rows = iter(thread_map(lambda p: _prepare(p, job.cfg.seed), safe_rows))
+    prepared_rows = iter(process([p for p, v in zip(rows, verdicts) if not v.unsafe]))
     for position, (pair, verdict) in enumerate(zip(rows, verdicts)):
         source_id = f"{job.source.name}:{pair.key}"
         if verdict.unsafe:
@@ -308,25 +331,8 @@ def _triage(job: _Job, index: int, rows: list[SourcePair], skipped: int) -> _Par
             part.reject_positions.append(position)
         else:
             part.outcomes.append("kept")
-            part.ready.append((position, pair, prepared))
+            part.ready.append((position, prepared))
     return part
-
-
-def _prepare(pair: SourcePair, seed: int):
-    """Validate a pair and decode the image to edit, or a ValueError naming why the row cannot be used."""
-    if not pair.caption.strip():
-        return ValueError("empty caption")
-    if math.isnan(pair.label_0) or math.isnan(pair.label_1):
-        return ValueError("labels are not numbers")
-    plan = plan_row(pair, seed)
-    data = (pair.jpg_0, pair.jpg_1)[plan.edited]
-    if not data:
-        return ValueError(f"jpg_{plan.edited} is empty")
-    try:
-        image = decode(data)
-    except ValueError as exc:
-        return ValueError(f"jpg_{plan.edited} cannot be decoded ({exc})")
-    return plan, image, data
 
 
 def _edit_batch(job: _Job, batch: list) -> tuple[list[dict], list[tuple[int, dict]]]:
@@ -335,19 +341,10 @@ def _edit_batch(job: _Job, batch: list) -> tuple[list[dict], list[tuple[int, dic
     Returns the kept rows in order and, for edits that never passed, (position, reject record).
     """
     edits = _gated_edits(job, batch)
-    params = job.editor.params()
-
-    def finish(item) -> dict:
-        (_, pair, (plan, image, data)), (edit, seed, nsfw, scores) = item
-        return make_row(pair, replace(plan, edit_seed=seed), source_name=job.source.name,
-                        original_jpeg=as_jpeg(data, image), edited_jpeg=encode_jpeg(edit), style=job.style.name,
-                        editor_name=job.editor.name, editor_model=job.editor.model_id, edit_params=params,
-                        clip_direction=scores and scores.direction, clip_image=scores and scores.image,
-                        clip_text=scores and (scores.text_edit, scores.text_original), editor_nsfw=nsfw)
-
-    kept = thread_map(finish, [(row, edit) for row, edit in zip(batch, edits) if not isinstance(edit, str)])
+    kept = thread_map(lambda item: job.rows.row(item[0][1], *item[1]),
+                      [(row, edit) for row, edit in zip(batch, edits) if not isinstance(edit, str)])
     rejected = [(position, {"source": f"{job.source.name}:{pair.key}", "caption": pair.caption, "reason": edit})
-                for (position, pair, _), edit in zip(batch, edits) if isinstance(edit, str)]
+                for (position, (pair, *_)), edit in zip(batch, edits) if isinstance(edit, str)]
     return kept, rejected
 
 
@@ -358,9 +355,9 @@ def _gated_edits(job: _Job, batch: list) -> list:
     tries = job.cfg.max_tries if job.gate else 1
     for attempt in range(tries):
         rows = [batch[i] for i in pending]
-        originals = [prepared[1] for _, _, prepared in rows]
-        captions = [pair.caption for _, pair, _ in rows]
-        seeds = [(prepared[0].edit_seed + attempt) % (2**63 - 1) for _, _, prepared in rows]  # "the next seed"
+        originals = [image for _, (_, _, image, _) in rows]
+        captions = [pair.caption for _, (pair, *_) in rows]
+        seeds = [(plan.edit_seed + attempt) % (2**63 - 1) for _, (_, plan, _, _) in rows]  # "the next seed"
         edited = edit_with_flags(job.editor, originals, captions, seeds)
         scores = (job.gate.score(originals, edited.images, captions, [job.style.styled_caption(c) for c in captions])
                   if job.gate else [None] * len(rows))

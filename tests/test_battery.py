@@ -214,6 +214,7 @@ BAD_OPTIONS = {
     "zero editor steps": (["--editor", "instruct-pix2pix", "--editor-steps", "0"], "--editor-steps"),
     "unknown editor": (["--editor", "magic"], "unknown editor"),
     "unknown style": (["--style", "cubism"], "unknown style"),
+    "negative workers": (["--workers", "-1"], "--workers must be auto or a number"),
 }
 
 
@@ -691,7 +692,7 @@ def test_second_train_on_the_same_out_is_refused(folder_holder, dataset, tmp_pat
 def test_second_cache_builder_is_refused(folder_holder, dataset, capsys):
     from styleprefs.trainer.cache import _dir_for, cache_key
 
-    pid = folder_holder(_dir_for(dataset, cache_key(dataset, "tiny", 32, None)))
+    pid = folder_holder(_dir_for(dataset, cache_key(dataset, "tiny", 32)))
     args = ["cache", str(dataset), "--model", "tiny", "--resolution", "32", "--clip-model", "none"]
     assert_error(run(args, capsys), f"pid {pid}")
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import datasets
+import psutil
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -27,7 +31,8 @@ from styleprefs.style import load_style
 
 
 def _build(src: Path, out: Path, **kw) -> dict:
-    opts = {"batch_size": kw.pop("batch_size", 4), "overwrite": kw.pop("overwrite", False), "show_progress": False}
+    opts = {"batch_size": kw.pop("batch_size", 4), "overwrite": kw.pop("overwrite", False), "show_progress": False,
+            "workers": kw.pop("workers", None)}
     cfg = BuildConfig(**{"source": str(src), "num_pairs": 15, "shard_size": 6, **kw})
     return build_dataset(cfg, out, **opts).manifest
 
@@ -123,10 +128,23 @@ def test_unique_captions_skips_and_counts(tmp_path):
     assert manifest["counts"]["read"] == 4
 
 
-def test_shards_identical_whatever_the_batch_size(pickapic_dir, tmp_path):
-    _build(pickapic_dir, tmp_path / "a", batch_size=1)
-    _build(pickapic_dir, tmp_path / "b", batch_size=7)
-    assert _shard_bytes(tmp_path / "a") == _shard_bytes(tmp_path / "b")
+def _shard_hashes(out: Path) -> dict[str, str]:
+    return {name: hashlib.sha256(data).hexdigest() for name, data in _shard_bytes(out).items()}
+
+
+@pytest.mark.parametrize("source", ["pickapic", "sample"])
+def test_shards_identical_whatever_the_batch_size_and_workers(source, pickapic_dir, tmp_path, monkeypatch):
+    """In process (batches through the thread pool) and in 2 or 3 worker processes (rows drawn, decoded, edited
+    and encoded there): the same shard bytes. The sample source's rows are drawn in the workers."""
+    monkeypatch.setattr(build_module, "PART_ROWS", 5)  # several parts
+    src, n = (pickapic_dir, 15) if source == "pickapic" else ("sample", 6)
+    hashes = []
+    for name, batch_size, workers in (("a", 1, 1), ("b", 7, 2), ("c", 3, 3)):
+        manifest = _build(src, tmp_path / name, num_pairs=n, batch_size=batch_size, workers=workers)
+        hashes.append(_shard_hashes(tmp_path / name))
+        assert manifest["counts"]["kept"] == n
+    assert hashes[0] == hashes[1] == hashes[2]
+    assert len(hashes[0]) == -(-n // 6)
 
 
 def test_seed_changes_the_dataset(pickapic_dir, tmp_path):
@@ -135,25 +153,80 @@ def test_seed_changes_the_dataset(pickapic_dir, tmp_path):
     assert _shard_bytes(tmp_path / "a") != _shard_bytes(tmp_path / "b")
 
 
-def test_resume_after_interrupt_equals_uninterrupted(pickapic_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(build_module, "PART_ROWS", 4)
-    _build(pickapic_dir, tmp_path / "full")
+def test_shards_are_streamed_a_row_group_at_a_time_into_the_bytes_of_whole_shard_writes(pickapic_dir, tmp_path,
+                                                                                          monkeypatch):
+    """write_shards re-cuts parts of any size into row groups, never holding a shard: each file is still the
+    bytes write_parquet gives the whole shard."""
+    from styleprefs import io as io_module
+    from styleprefs import shards as shards_module
+
+    _build(pickapic_dir, tmp_path / "out")
+    table = pq.read_table(tmp_path / "out" / "data", schema=DATASET_SCHEMA)  # 15 rows
+    for module in (io_module, shards_module):
+        monkeypatch.setattr(module, "ROW_GROUP_ROWS", 4)
+    parts = iter([table.slice(0, 3), table.slice(3, 5), table.slice(8, 7)])
+    shards = shards_module.write_shards(parts, 15, tmp_path / "streamed", shard_size=6)
+    assert [s["rows"] for s in shards] == [6, 6, 3]
+    for i, shard in enumerate(shards):
+        io_module.write_parquet(table.slice(6 * i, 6), tmp_path / "whole.parquet")
+        assert (tmp_path / "streamed" / Path(shard["path"]).name).read_bytes() == (tmp_path / "whole.parquet").read_bytes()
+        assert pq.ParquetFile(tmp_path / "whole.parquet").metadata.num_row_groups == (2 if i < 2 else 1)
+    # Every table is pulled, even empty ones after the last row (callers compute things as they are pulled),
+    # and more rows than announced is an error, not a silent cut.
+    pulled = []
+
+    def tables():
+        for part in (table.slice(0, 15), table.slice(0, 0)):
+            yield part
+            pulled.append(part.num_rows)
+
+    shards_module.write_shards(tables(), 15, tmp_path / "drained", shard_size=6)
+    assert pulled == [15, 0]
+    with pytest.raises(ValueError, match="more rows than announced"):
+        shards_module.write_shards(iter([table]), 14, tmp_path / "over", shard_size=6)
+
+
+def _interrupt_in_the_second_part(monkeypatch, workers: int) -> Callable[[], None]:
+    """Ctrl-C in the main process during the second part of 4 rows: at its 2nd batch of 2 (in process), or once
+    6 rows have come back from the workers; returns the undo."""
     calls = {"n": 0}
-    real = build_module._edit_batch
+
+    def count() -> None:
+        calls["n"] += 1
+        if calls["n"] == (3 if workers <= 1 else 6):
+            raise KeyboardInterrupt
+
+    real_edit, real_pool = build_module._edit_batch, build_module.WorkerPool
 
     def interrupted(job, batch):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(job, batch)
+        count()
+        return real_edit(job, batch)
 
-    monkeypatch.setattr(build_module, "_edit_batch", interrupted)
+    class InterruptedPool(real_pool):
+        def map(self, items):
+            for result in super().map(items):
+                count()
+                yield result
+
+    if workers <= 1:
+        monkeypatch.setattr(build_module, "_edit_batch", interrupted)
+    else:
+        monkeypatch.setattr(build_module, "WorkerPool", InterruptedPool)
+    return lambda: (setattr(build_module, "_edit_batch", real_edit), setattr(build_module, "WorkerPool", real_pool))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_resume_after_interrupt_equals_uninterrupted(pickapic_dir, tmp_path, monkeypatch, workers):
+    monkeypatch.setattr(build_module, "PART_ROWS", 4)
+    _build(pickapic_dir, tmp_path / "full")
+    undo = _interrupt_in_the_second_part(monkeypatch, workers)
     with pytest.raises(KeyboardInterrupt):
-        _build(pickapic_dir, tmp_path / "resumed", batch_size=2)
+        _build(pickapic_dir, tmp_path / "resumed", batch_size=2, workers=workers)
+    assert multiprocessing.active_children() == []  # the workers have exited
     assert not (tmp_path / "resumed" / "manifest.json").exists()
     done = sorted(p.name for p in (tmp_path / "resumed" / ".build").glob("part-*.json"))
     assert done == ["part-000000.json"]
-    monkeypatch.setattr(build_module, "_edit_batch", real)
+    undo()
     _build(pickapic_dir, tmp_path / "resumed")
     assert _shard_bytes(tmp_path / "resumed") == _shard_bytes(tmp_path / "full")
     assert not (tmp_path / "resumed" / ".build").exists()
@@ -182,13 +255,30 @@ def big_source(tmp_path_factory) -> Path:
 BIG_ARGS = ("--style", "sketch", "--num-pairs", "300", "--shard-size", "64")  # three parts of 128 rows
 
 
-def _kill_after_first_part(cmd: list[str], out: Path) -> None:
-    proc = subprocess.Popen([*cmd, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+def _big_config(source: Path) -> BuildConfig:
+    return BuildConfig(style="sketch", source=str(source), num_pairs=300, shard_size=64)
+
+
+@pytest.fixture(scope="module")
+def big_full(big_source, tmp_path_factory) -> Path:
+    """BIG_ARGS built in one go, in process."""
+    out = tmp_path_factory.mktemp("big") / "full"
+    build_dataset(_big_config(big_source), out, show_progress=False, workers=0)
+    return out
+
+
+def _start_until_first_part(cmd: list[str], out: Path, stderr=subprocess.DEVNULL) -> subprocess.Popen:
+    """The build started in a session of its own, once its first part is on disk."""
+    proc = subprocess.Popen([*cmd, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     first_part = out / ".build" / "part-000000.json"
     deadline = time.time() + 120
     while not first_part.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
+    return proc
+
+
+def _kill_after_first_part(cmd: list[str], out: Path) -> None:
+    proc = _start_until_first_part(cmd, out)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "manifest.json").exists(), "build finished before it could be killed"
@@ -205,6 +295,40 @@ def test_resume_after_kill_9_equals_uninterrupted(big_source, tmp_path, resume_w
     assert _dataset_files(tmp_path / "killed") == _dataset_files(tmp_path / "full")
     manifest = json.loads((tmp_path / "killed" / "manifest.json").read_text())
     assert manifest["counts"]["kept"] == 300
+
+
+def _alive_in_session(sid: int) -> list[int]:
+    def in_session(pid: int) -> bool:
+        try:
+            return os.getsid(pid) == sid and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            return False
+
+    return [pid for pid in psutil.pids() if in_session(pid)]
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "kill -9 of the main process"])
+def test_stopping_a_build_stops_its_workers(big_source, big_full, tmp_path, how):
+    """Ctrl-C (SIGINT to the whole foreground group, as a terminal sends it): the resume hint alone, no worker
+    traceback, every worker gone. kill -9 of the main process alone: its workers die too. Either way the rerun
+    (in process) equals an uninterrupted build."""
+    args = ("--source", str(big_source), *BIG_ARGS)
+    proc = _start_until_first_part(_cli(*args, "--workers", "2"), tmp_path / "stopped", stderr=subprocess.PIPE)
+    assert len(psutil.Process(proc.pid).children()) == 2
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(60) == 130
+        assert proc.stderr.read().decode().strip() == "interrupted; run the same command again to resume"
+    else:
+        proc.kill()
+        assert proc.wait(60) == -signal.SIGKILL
+    deadline = time.time() + 30
+    while _alive_in_session(proc.pid) and time.time() < deadline:
+        time.sleep(0.05)
+    assert _alive_in_session(proc.pid) == []
+    assert not (tmp_path / "stopped" / "manifest.json").exists()
+    build_dataset(_big_config(big_source), tmp_path / "stopped", show_progress=False, workers=0)
+    assert _dataset_files(tmp_path / "stopped") == _dataset_files(big_full)
 
 
 def test_two_process_build_equals_one_process_build(big_source, tmp_path):

@@ -87,8 +87,8 @@ def test_training_compiles_both_unets_in_channels_last_with_the_vae_swapped(data
     loop.train(cfg, show_progress=False)
     assert len(compiled) == 2 and all(_channels_last(m) for m in compiled)  # policy and reference
     assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
-    key = cache_key(dataset, "tiny", 64, None, vae=str(vae_folder))
-    assert key["vae"] and "vae" not in cache_key(dataset, "tiny", 64, None)
+    key = cache_key(dataset, "tiny", 64, vae=str(vae_folder))
+    assert key["vae"] and "vae" not in cache_key(dataset, "tiny", 64)
     assert (tmp_path / "run" / "model_index.json").is_file()
 
 

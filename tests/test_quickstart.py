@@ -7,7 +7,10 @@ import math
 import shutil
 import subprocess
 import tempfile
+from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -15,13 +18,45 @@ from PIL import Image
 from rich.console import Console
 
 from styleprefs.quickstart import Plan, quickstart, seed_spread
+from styleprefs.trainer import cache as cache_module
+
+
+@contextmanager
+def counting_encodes() -> Iterator[Counter]:
+    """Pairs whose latents (and text embeddings), and whose CLIP embeddings, the cache computes meanwhile."""
+    counts: Counter = Counter()
+    real = cache_module._encode_for_cache
+
+    def counted(c, clip, pairs, *args):
+        counts["latents"] += len(pairs) if c is not None else 0
+        counts["clip"] += len(pairs) if clip is not None else 0
+        return real(c, clip, pairs, *args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cache_module, "_encode_for_cache", counted)
+        yield counts
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
+def first_run(tmp_path_factory) -> tuple[Path, Counter]:
     out = tmp_path_factory.mktemp("quickstart")
-    quickstart(out, plan=Plan.reduced(), console=Console(quiet=True))
-    return out
+    with counting_encodes() as counts:
+        quickstart(out, plan=Plan.reduced(), console=Console(quiet=True))
+    return out, counts
+
+
+@pytest.fixture(scope="module")
+def report(first_run) -> Path:
+    return first_run[0]
+
+
+def test_the_training_set_is_cached_once_for_every_stage(first_run):
+    """The cache stage computes latents, text and CLIP embeddings once; SFT (no CLIP) and RPO use that cache."""
+    out, counts = first_run
+    caches = list((out / "data" / ".cache").glob("*/cache.json"))
+    assert len(caches) == 1
+    pairs = json.loads(caches[0].read_text())["count"]
+    assert counts == {"latents": pairs, "clip": pairs}
 
 
 def test_report_files_and_numbers(report):
@@ -76,7 +111,9 @@ def _snow_fraction(folder: Path) -> float:
 
 def test_second_run_reuses_finished_stages(report):
     console = Console(record=True, width=200)
-    quickstart(report, plan=Plan.reduced(), console=console)
+    with counting_encodes() as counts:
+        quickstart(report, plan=Plan.reduced(), console=console)
+    assert sum(counts.values()) == 0  # the cache is complete: nothing is encoded again
     lines = console.export_text().splitlines()
     reused = [line for line in lines if line.endswith("(reused)")]
     assert len(reused) == 13  # 2 builds, filter, 2 trainings, 3 FIDs, 3 style scores, 2 implicit accuracies

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from styleprefs.build import BuildConfig, build_dataset
 from styleprefs.errors import StyleprefsError
 from styleprefs.trainer import cache as cache_module
-from styleprefs.trainer.cache import PairBatches, build_cache, cache_dir
+from styleprefs.trainer.cache import PairBatches, build_cache, cache_dir, clip_dir
 from styleprefs.trainer.data import pair_augmentation, preprocess, read_pairs
 from styleprefs.trainer.models import encode_prompts, load_components, load_unet, resolve_model, sdxl_time_ids
 
@@ -200,11 +200,11 @@ def test_same_flip_for_both_images_of_a_pair(dataset: Path, clip_cache: Path) ->
 
 def test_cache_is_keyed_and_reused(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = build_cache(dataset, "tiny", 64, show_progress=False)
-    assert path == cache_dir(dataset, "tiny", 64, None) and path.parent == dataset / ".cache"
-    assert cache_dir(dataset, "tiny", 32, None) != path
-    assert cache_dir(dataset, "tiny", 64, "tiny") != path
-    assert cache_dir(dataset, "tiny", 64, None, ties="random") != path
-    assert cache_dir(dataset, "tiny-sdxl", 64, None) != path
+    assert path == cache_dir(dataset, "tiny", 64) and path.parent == dataset / ".cache"
+    assert cache_dir(dataset, "tiny", 32) != path
+    assert cache_dir(dataset, "tiny", 64, ties="random") != path
+    assert cache_dir(dataset, "tiny-sdxl", 64) != path
+    assert clip_dir(path, "tiny").parent == path  # CLIP embeddings are kept within, per CLIP model
 
     def no_encoding(*args, **kwargs):
         raise AssertionError("a complete cache must not be recomputed")
@@ -213,6 +213,39 @@ def test_cache_is_keyed_and_reused(dataset: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(cache_module, "read_pairs", no_encoding)
     assert build_cache(dataset, "tiny", 64, show_progress=False) == path
     assert PairBatches(dataset, "tiny", 64).cache == path
+
+
+def _no_encoding(*args, **kwargs):
+    raise AssertionError("encoded again")
+
+
+def test_clip_embeddings_added_to_a_finished_cache_are_all_that_is_computed(dataset: Path, sd, monkeypatch) -> None:
+    path = build_cache(dataset, "tiny", 40, shard_pairs=4, show_progress=False)
+    latents = {p.name: p.read_bytes() for p in path.glob("*.safetensors")}
+    monkeypatch.setattr(cache_module, "load_components", _no_encoding)  # no VAE, no text encoder
+    encode = cache_module._encode_for_cache
+    seen = []
+    monkeypatch.setattr(cache_module, "_encode_for_cache", lambda c, clip, *a: seen.append((c, clip)) or encode(c, clip, *a))
+    assert build_cache(dataset, "tiny", 40, clip_model="tiny", shard_pairs=4, show_progress=False) == path
+    assert seen and all(c is None and clip is not None for c, clip in seen)
+    assert {p.name: p.read_bytes() for p in path.glob("*.safetensors")} == latents
+    assert sorted(p.name for p in clip_dir(path, "tiny").glob("pairs-*")) == sorted(
+        n for n in latents if n.startswith("pairs-"))
+    cached = PairBatches(dataset, "tiny", 40, clip_model="tiny")
+    live = PairBatches(dataset, "tiny", 40, clip_model="tiny", components=sd, use_cache=False)
+    assert cached.cache == path
+    _assert_batches_close(cached.batch([5, 0, 3], 1), live.batch([5, 0, 3], 1))
+
+
+def test_a_cache_with_clip_embeddings_serves_stages_without_them(dataset: Path, clip_cache: Path, monkeypatch) -> None:
+    """SFT and DPO (no CLIP model) take the RPO cache as it is: nothing is read or encoded again."""
+    folders = sorted((dataset / ".cache").iterdir())
+    monkeypatch.setattr(cache_module, "load_components", _no_encoding)
+    monkeypatch.setattr(cache_module, "read_pairs", _no_encoding)
+    assert build_cache(dataset, "tiny", 64, show_progress=False) == clip_cache
+    batch = PairBatches(dataset, "tiny", 64).batch([0, 1], 0)
+    assert "clip_image_w" not in batch and batch["latent_mean"].shape == (4, 4, 8, 8)
+    assert sorted((dataset / ".cache").iterdir()) == folders
 
 
 def test_interrupted_cache_build_keeps_finished_shards(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -228,7 +261,7 @@ def test_interrupted_cache_build_keeps_finished_shards(dataset: Path, monkeypatc
     monkeypatch.setattr(cache_module, "_encode_for_cache", counted)
     with pytest.raises(KeyboardInterrupt):
         build_cache(dataset, "tiny", 32, batch_size=2, shard_pairs=2, show_progress=False)
-    path = cache_dir(dataset, "tiny", 32, None)
+    path = cache_dir(dataset, "tiny", 32)
     first = path / "pairs-0000000-0000002.safetensors"
     assert sorted(p.name for p in path.glob("pairs-*")) == [first.name] and not (path / "cache.json").exists()
     assert not list(path.glob(".*.tmp"))

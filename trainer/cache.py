@@ -2,7 +2,10 @@
 
 ``DATASET/.cache/<key hash>/`` holds ``pairs-<start>-<end>.safetensors`` shards of up to
 ``SHARD_PAIRS`` pairs, ``empty.safetensors`` (the empty caption's embeddings, for caption dropout)
-and ``cache.json`` (key, count, shard list), written last. Each shard is written to a temporary
+and ``cache.json`` (key, count, shard list), written last. CLIP embeddings sit beside them in
+``clip-<CLIP model hash>/`` (the same shard names, then ``clip.json``), one folder per CLIP model, so one
+cache serves every stage: SFT and DPO read the latents and text embeddings, RPO adds a CLIP model's
+embeddings, and adding them to a finished cache computes only them. Each shard is written to a temporary
 file and renamed, so an interrupted build keeps its finished shards and later computes only the missing ones.
 
 Tensors per shard (``_w`` winner, ``_l`` loser; N pairs; axis "flip": 0 as is, 1 mirrored):
@@ -10,7 +13,7 @@ Tensors per shard (``_w`` winner, ``_l`` loser; N pairs; axis "flip": 0 as is, 1
   original_size_*               [N, 2]           (h, w) before resizing
   crop_top_left_*               [N, 2, 2]        centre crop (top, left), then the same crop in the mirrored frame
   prompt_embeds                 [N, 77, D]       (+ SDXL pooled_prompt_embeds [N, P])
-  clip_image_w, clip_image_l, clip_text [N, E]   unnormalised CLIP embeddings (only with a CLIP model)
+  clip_image_w, clip_image_l, clip_text [N, E]   unnormalised CLIP embeddings (in ``clip-<hash>/``)
   index                         [N]              Pair.index, the pair's row in the dataset
 Storage is float16 (half the disk of float32), except latent std in bfloat16: the VAE clamps log-variance
 to [-30, 20], so std can sit far below float16's smallest normal value (6e-5). :class:`PairBatches`
@@ -50,12 +53,13 @@ from styleprefs.trainer.data import (Pair, dataset_files, flipped_crop, pair_aug
 from styleprefs.trainer.models import (SDComponents, encode_latent_dist, encode_prompts, load_components, quiet_loading,
                                        resolve_model, sdxl_time_ids)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: CLIP embeddings in clip-<hash>/ beside the latents, not in the key
 SHARD_PAIRS = 256
 OPEN_SHARDS = 32  # memory-mapped shard files kept open for random access
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 ENCODER_FOLDERS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
 FLIP_FIELDS = ("latent_mean_w", "latent_mean_l", "latent_std_w", "latent_std_l", "crop_top_left_w", "crop_top_left_l")
+CLIP_FIELDS = ("clip_image_w", "clip_image_l", "clip_text")
 STORAGE = {"latent_mean": "float16", "latent_std": "bfloat16", "embeddings": "float16"}
 _FULL_HASH_BYTES = 1 << 20
 _SAMPLE_BLOCKS, _BLOCK_BYTES = 16, 1 << 16
@@ -63,29 +67,36 @@ _SAMPLE_BLOCKS, _BLOCK_BYTES = 16, 1 << 16
 
 # --- key -------------------------------------------------------------------------------------------
 
-def cache_key(dataset: Path | str, model: str, resolution: int, clip_model: str | None, *,
-              ties: str = "drop", seed: int = 0, vae: str | None = None) -> dict:
-    """What the cached tensors depend on: dataset content, VAE and text encoders, resolution, CLIP model, ties policy;
-    a swapped-in ``vae`` (``--vae``) adds its identity."""
+def cache_key(dataset: Path | str, model: str, resolution: int, *, ties: str = "drop", seed: int = 0,
+              vae: str | None = None) -> dict:
+    """What the latents and text embeddings depend on: dataset content, VAE and text encoders, resolution, ties
+    policy; a swapped-in ``vae`` (``--vae``) adds its identity. CLIP embeddings are keyed by their model within."""
     return {
         "version": CACHE_VERSION,
         "dataset": _dataset_identity(dataset),
         "model": _model_identity(model),
         "resolution": resolution,
-        "clip_model": _clip_identity(clip_model) if clip_model else None,
         "ties": ties if ties == "drop" else f"{ties} (seed {seed})",
     } | ({"vae": _vae_identity(vae)} if vae else {})
 
 
-def cache_dir(dataset: Path | str, model: str, resolution: int, clip_model: str | None, *,
-              ties: str = "drop", seed: int = 0, vae: str | None = None) -> Path:
+def cache_dir(dataset: Path | str, model: str, resolution: int, *, ties: str = "drop", seed: int = 0,
+              vae: str | None = None) -> Path:
     """``DATASET/.cache/<16 hex digits of the key's sha256>`` (beside the files for a Parquet file or glob)."""
-    return _dir_for(dataset, cache_key(dataset, model, resolution, clip_model, ties=ties, seed=seed, vae=vae))
+    return _dir_for(dataset, cache_key(dataset, model, resolution, ties=ties, seed=seed, vae=vae))
+
+
+def clip_dir(cache: Path, clip_model: str) -> Path:
+    """Where ``cache`` keeps ``clip_model``'s embeddings: ``clip-<16 hex digits of its identity's sha256>``."""
+    return cache / f"clip-{_digest(_clip_identity(clip_model))}"
 
 
 def _dir_for(dataset: Path | str, key: dict) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return _cache_root(dataset) / ".cache" / digest
+    return _cache_root(dataset) / ".cache" / _digest(key)
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _cache_root(dataset: Path | str) -> Path:
@@ -141,34 +152,28 @@ def _fingerprint(root: Path, folders: list[str]) -> str:
     return digest.hexdigest()
 
 
-def _find_cache(dataset: Path | str, key: dict) -> Path | None:
-    """The complete cache for ``key``; without a CLIP model, a cache that also holds CLIP embeddings serves too."""
-    exact = _dir_for(dataset, key)
-    if _is_complete(exact, key):
-        return exact
-    if key["clip_model"] is not None:
+def _find_cache(dataset: Path | str, key: dict, clip_model: str | None) -> tuple[Path, Path | None] | None:
+    """The complete cache for ``key`` and, given a CLIP model, its complete embeddings folder; None if either is not."""
+    path = _dir_for(dataset, key)
+    clip = clip_dir(path, clip_model) if clip_model else None
+    if not _is_complete(path, key) or (clip is not None and not _clip_is_complete(clip, path)):
         return None
-    for info in sorted((_cache_root(dataset) / ".cache").glob("*/cache.json")):
-        found = read_json(info)["key"]
-        if {**found, "clip_model": None} == key and _is_complete(info.parent, found):
-            return info.parent
-    return None
+    return path, clip
 
 
 def find_clip_cache(dataset: Path | str, model: str, resolution: int, *, ties: str = "drop", seed: int = 0,
                     vae: str | None = None) -> Path:
-    """The complete cache of ``dataset`` for ``model`` at ``resolution`` that holds CLIP embeddings, whichever CLIP
-    model made them (for RPO with ``--clip-model none``); a one-line StyleprefsError if there is none, or several."""
-    key = cache_key(dataset, model, resolution, None, ties=ties, seed=seed, vae=vae)
-    found = []
-    for info in sorted((_cache_root(dataset) / ".cache").glob("*/cache.json")):
-        stored = read_json(info)["key"]
-        if stored["clip_model"] is not None and {**stored, "clip_model": None} == key \
-                and _is_complete(info.parent, stored):
-            found.append(info.parent)
+    """The complete CLIP embeddings folder of the complete cache of ``dataset`` for ``model`` at ``resolution``,
+    whichever CLIP model made them (for RPO with ``--clip-model none``); a one-line StyleprefsError if there is
+    none, or several."""
+    key = cache_key(dataset, model, resolution, ties=ties, seed=seed, vae=vae)
+    path = _dir_for(dataset, key)
+    found = [info.parent for info in sorted(path.glob("clip-*/clip.json")) if _clip_is_complete(info.parent, path)] \
+        if _is_complete(path, key) else []
     if len(found) > 1:
-        raise StyleprefsError(f"{dataset} has caches with the embeddings of {len(found)} CLIP models for {model} at "
-                              f"{resolution} px: give --clip-model to choose one")
+        names = ", ".join(read_json(clip / "clip.json")["clip_model"] for clip in found)
+        raise StyleprefsError(f"the cache of {dataset} for {model} at {resolution} px holds the embeddings of "
+                              f"{len(found)} CLIP models ({names}): give --clip-model to choose one")
     if not found:
         raise StyleprefsError(f"RPO weights need CLIP embeddings and {dataset} has no cache with them for {model} at "
                               f"{resolution} px: give --clip-model (e.g. {DEFAULT_CLIP_MODEL}) or run `styleprefs "
@@ -182,6 +187,16 @@ def _is_complete(path: Path, key: dict) -> bool:
         return False
     info = read_json(info_path)
     return info["key"] == key and all((path / s["path"]).is_file() for s in info["shards"])
+
+
+def _clip_is_complete(clip: Path, cache: Path) -> bool:
+    """``clip`` holds embeddings for every shard of the (complete) ``cache``."""
+    info_path = clip / "clip.json"
+    if not info_path.is_file():
+        return False
+    info = read_json(info_path)
+    return info["shards"] == read_json(cache / "cache.json")["shards"] and all(
+        (clip / s["path"]).is_file() for s in info["shards"])
 
 
 def _check_resolution(resolution: int) -> None:
@@ -249,11 +264,22 @@ def _encode_clip(clip: ClipEncoder, images_w: list[Image.Image], images_l: list[
     return {"clip_image_w": image_emb[:n], "clip_image_l": image_emb[n:], "clip_text": clip.texts(captions).float().cpu()}
 
 
-def _encode_for_cache(c: SDComponents, clip: ClipEncoder | None, pairs: list[Pair], resolution: int,
+def _encode_for_cache(c: SDComponents | None, clip: ClipEncoder | None, pairs: list[Pair], resolution: int,
                       batch_size: int) -> dict[str, Tensor]:
-    """The cache tensors (see the module docstring) of ``pairs``, float32."""
+    """The cache tensors (see the module docstring) of ``pairs``, float32: latents and text embeddings with ``c``,
+    CLIP embeddings with ``clip``."""
     decoded = thread_map(_decode_pair, pairs)
     images = [w for w, _ in decoded] + [l for _, l in decoded]
+    n = len(pairs)
+    tensors = {} if c is None else _encode_latents(c, images, pairs, resolution, batch_size)
+    if clip is not None:
+        tensors |= _encode_clip(clip, images[:n], images[n:], [p.caption for p in pairs])
+    return tensors
+
+
+def _encode_latents(c: SDComponents, images: list[Image.Image], pairs: list[Pair], resolution: int,
+                    batch_size: int) -> dict[str, Tensor]:
+    """Latent distributions, sizes, crops and text embeddings of ``pairs`` (``images``: winners, then losers)."""
     prepared = thread_map(lambda image: preprocess(image, resolution, None, False), images)
     pixels = torch.stack([p for p, _, _ in prepared])
     mean, std = _encode_pixels(c, torch.cat([pixels, pixels.flip(-1)]), batch_size)
@@ -263,14 +289,11 @@ def _encode_for_cache(c: SDComponents, clip: ClipEncoder | None, pairs: list[Pai
                           for _, size, crop in prepared])
     # mean/std rows: [winners, losers] as is, then [winners, losers] mirrored -> [side, N, flip, ...]
     mean, std = (t.unflatten(0, (2, 2, n)).permute(1, 2, 0, 3, 4, 5) for t in (mean, std))
-    tensors = {"index": torch.tensor([p.index for p in pairs]),
-               "latent_mean_w": mean[0], "latent_mean_l": mean[1], "latent_std_w": std[0], "latent_std_l": std[1],
-               "original_size_w": sizes[:n], "original_size_l": sizes[n:],
-               "crop_top_left_w": crops[:n], "crop_top_left_l": crops[n:],
-               **_encode_text(c, [p.caption for p in pairs])}
-    if clip is not None:
-        tensors |= _encode_clip(clip, images[:n], images[n:], [p.caption for p in pairs])
-    return tensors
+    return {"index": torch.tensor([p.index for p in pairs]),
+            "latent_mean_w": mean[0], "latent_mean_l": mean[1], "latent_std_w": std[0], "latent_std_l": std[1],
+            "original_size_w": sizes[:n], "original_size_l": sizes[n:],
+            "crop_top_left_w": crops[:n], "crop_top_left_l": crops[n:],
+            **_encode_text(c, [p.caption for p in pairs])}
 
 
 def _storage(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -289,41 +312,71 @@ def build_cache(dataset: Path | str, model: str, resolution: int, *, clip_model:
                 batch_size: int = 8, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                 show_progress: bool = True, ties: str = "drop", seed: int = 0, shard_pairs: int = SHARD_PAIRS,
                 vae: str | None = None) -> Path:
-    """Compute (or resume, or confirm) the cache of ``dataset`` for ``model`` at ``resolution`` and return its folder.
+    """Compute (or resume, or confirm) the cache of ``dataset`` for ``model`` at ``resolution``, with ``clip_model``'s
+    embeddings if given, and return its folder.
 
     Pairs come from :func:`~styleprefs.trainer.data.read_pairs` with ``ties`` and ``seed`` (both in
     the key). Images are resized and centre-cropped; the latents of the mirrored crops are stored
-    too, so training can flip from the cache (random crops need on-the-fly encoding). ``batch_size``
+    too, so training can flip from the cache (random crops need on-the-fly encoding). Only what is missing is
+    computed: CLIP embeddings added to a finished cache need neither the VAE nor the text encoders. ``batch_size``
     is images per VAE forward pass and pairs per text/CLIP forward pass; ``dtype`` is the compute dtype. ``vae``
     (``--vae``) encodes the images instead of the model's VAE.
     """
     _check_resolution(resolution)
-    key = cache_key(dataset, model, resolution, clip_model, ties=ties, seed=seed, vae=vae)
+    key = cache_key(dataset, model, resolution, ties=ties, seed=seed, vae=vae)
     out = _dir_for(dataset, key)
-    if _is_complete(out, key):
+    if _find_cache(dataset, key, clip_model):
         return out
     with folder_lock(out):  # a second builder of the same cache gets a one-line error
         pairs, stats = read_pairs(dataset, ties=ties, seed=seed)
         if not pairs:
             raise StyleprefsError(
                 f"dataset {dataset} has no pairs to cache ({stats['read']} read, {stats['ties_dropped']} ties dropped)")
-        shards = [{"path": f"pairs-{start:07d}-{min(start + shard_pairs, len(pairs)):07d}.safetensors", "start": start,
-                   "count": min(shard_pairs, len(pairs) - start)} for start in range(0, len(pairs), shard_pairs)]
-        todo = [s for s in shards if not (out / s["path"]).is_file()]
-        c = load_components(model, dtype=dtype, device=device, include_unet=False, vae=vae)
-        clip = ClipEncoder.load(clip_model, device, dtype) if clip_model else None
-        _save(_storage({k: v[0] for k, v in _encode_text(c, [""]).items()}), out / "empty.safetensors")
-        with _progress(len(pairs), len(pairs) - sum(s["count"] for s in todo), show_progress) as advance:
-            for shard in todo:
-                chunk, parts = pairs[shard["start"] : shard["start"] + shard["count"]], []
-                for i in range(0, len(chunk), batch_size):
-                    parts.append(_encode_for_cache(c, clip, chunk[i : i + batch_size], resolution, batch_size))
-                    advance(len(parts[-1]["index"]))
-                _save(_storage({name: torch.cat([p[name] for p in parts]) for name in parts[0]}), out / shard["path"])
-        _remove_strays(out, {s["path"] for s in shards})
-        write_json({"key": key, "kind": c.kind, "count": len(pairs), "shards": shards, "empty": "empty.safetensors",
-                    "stats": stats, "storage": STORAGE}, out / "cache.json")
+        complete = _is_complete(out, key)
+        shards = read_json(out / "cache.json")["shards"] if complete else _layout(len(pairs), shard_pairs)
+        clip_out = clip_dir(out, clip_model) if clip_model else None
+        if clip_out is not None:
+            clip_out.mkdir(exist_ok=True)
+        todo = [(s, not (out / s["path"]).is_file(), clip_out is not None and not (clip_out / s["path"]).is_file())
+                for s in shards]
+        c = None if complete else load_components(model, dtype=dtype, device=device, include_unet=False, vae=vae)
+        clip = ClipEncoder.load(clip_model, device, dtype) if any(t[2] for t in todo) else None
+        if c is not None:
+            _save(_storage({k: v[0] for k, v in _encode_text(c, [""]).items()}), out / "empty.safetensors")
+        _encode_shards(pairs, [t for t in todo if t[1] or t[2]], c, clip, out, clip_out, resolution, batch_size,
+                       show_progress)
+        if not complete:
+            _remove_strays(out, {s["path"] for s in shards})
+            write_json({"key": key, "kind": c.kind, "count": len(pairs), "shards": shards, "empty": "empty.safetensors",
+                        "stats": stats, "storage": STORAGE}, out / "cache.json")
+        if clip_out is not None:
+            _remove_strays(clip_out, {s["path"] for s in shards})
+            write_json({"clip_model": clip_model, "identity": _clip_identity(clip_model), "shards": shards},
+                       clip_out / "clip.json")
         return out
+
+
+def _layout(count: int, shard_pairs: int) -> list[dict]:
+    return [{"path": f"pairs-{start:07d}-{min(start + shard_pairs, count):07d}.safetensors", "start": start,
+             "count": min(shard_pairs, count - start)} for start in range(0, count, shard_pairs)]
+
+
+def _encode_shards(pairs: list[Pair], todo: list[tuple[dict, bool, bool]], c: SDComponents | None,
+                   clip: ClipEncoder | None, out: Path, clip_out: Path | None, resolution: int, batch_size: int,
+                   show_progress: bool) -> None:
+    """Encode and save each (shard, its latents missing, its CLIP embeddings missing) of ``todo``."""
+    with _progress(len(pairs), len(pairs) - sum(s["count"] for s, _, _ in todo), show_progress) as advance:
+        for shard, latents, embeddings in todo:
+            chunk, parts = pairs[shard["start"] : shard["start"] + shard["count"]], []
+            for i in range(0, len(chunk), batch_size):
+                parts.append(_encode_for_cache(c if latents else None, clip if embeddings else None,
+                                               chunk[i : i + batch_size], resolution, batch_size))
+                advance(len(chunk[i : i + batch_size]))
+            tensors = _storage({name: torch.cat([p[name] for p in parts]) for name in parts[0]})
+            if embeddings:
+                _save({name: tensors.pop(name) for name in CLIP_FIELDS}, clip_out / shard["path"])
+            if latents:
+                _save(tensors, out / shard["path"])
 
 
 def _save(tensors: dict[str, Tensor], path: Path) -> None:
@@ -352,35 +405,39 @@ def _progress(total: int, done: int, enabled: bool) -> Iterator[Callable[[int], 
 # --- batches ------------------------------------------------------------------------------------------
 
 class _CachedPairs:
-    """Rows of a finished cache, read by memory-mapped slices of its shards."""
+    """Rows of a finished cache (and of its ``clip`` embeddings folder, if given), read by memory-mapped slices."""
 
-    def __init__(self, path: Path, seed: int, resolution: int, random_flip: bool):
+    def __init__(self, path: Path, clip: Path | None, seed: int, resolution: int, random_flip: bool):
         info = read_json(path / "cache.json")
-        self.path, self.seed, self.resolution, self.random_flip = path, seed, resolution, random_flip
+        self.path, self.clip, self.seed, self.resolution, self.random_flip = path, clip, seed, resolution, random_flip
         self.kind, self.count, self.stats, self.shards = info["kind"], info["count"], info["stats"], info["shards"]
         self.starts = [s["start"] for s in self.shards]
         self.empty = {name: t.float() for name, t in load_file(path / info["empty"]).items()}
-        self._open: OrderedDict[int, object] = OrderedDict()
+        self._open: OrderedDict[Path, object] = OrderedDict()
 
-    def _handle(self, shard: int):
-        if shard in self._open:
-            self._open.move_to_end(shard)
+    def _handle(self, path: Path):
+        if path in self._open:
+            self._open.move_to_end(path)
         else:
-            self._open[shard] = safe_open(self.path / self.shards[shard]["path"], framework="pt")
+            self._open[path] = safe_open(path, framework="pt")
             if len(self._open) > OPEN_SHARDS:
                 self._open.popitem(last=False)
-        return self._open[shard]
+        return self._open[path]
 
     def rows(self, positions: list[int], epoch: int) -> dict[str, Tensor]:
         rows = []
         for position in positions:
             shard = bisect_right(self.starts, position) - 1
-            f, offset = self._handle(shard), position - self.starts[shard]
+            name, offset = self.shards[shard]["path"], position - self.starts[shard]
+            f = self._handle(self.path / name)
             sizes = tuple(tuple(f.get_slice(f"original_size_{side}")[offset].tolist()) for side in "wl")
             index = int(f.get_slice("index")[offset])
             flip = int(pair_augmentation(self.seed, index, epoch, sizes, self.resolution, False, self.random_flip)[2])
-            rows.append({name: f.get_slice(name)[offset, flip] if name in FLIP_FIELDS else f.get_slice(name)[offset]
-                         for name in f.keys()})
+            row = {k: f.get_slice(k)[offset, flip] if k in FLIP_FIELDS else f.get_slice(k)[offset] for k in f.keys()}
+            if self.clip is not None:
+                embeddings = self._handle(self.clip / name)
+                row |= {k: embeddings.get_slice(k)[offset] for k in CLIP_FIELDS}
+            rows.append(row)
         return {name: torch.stack([row[name] for row in rows]) for name in rows[0]}
 
 
@@ -420,11 +477,11 @@ class _LivePairs:
 class PairBatches:
     """Random access to training batches of preference pairs, from the cache when one matches, else encoded on the fly.
 
-    A complete cache for (dataset, model's VAE and text encoders, resolution, CLIP model, ties
-    policy) is used unless ``use_cache`` is False or ``random_crop`` is set (the cache holds centre
-    crops only); a cache built with CLIP embeddings also serves ``clip_model=None``. ``cached_clip``
-    (with ``clip_model=None``) takes the CLIP embeddings from such a cache, whichever CLIP model made
-    them (:func:`find_clip_cache`), and raises StyleprefsError when there is none. Otherwise
+    A complete cache for (dataset, model's VAE and text encoders, resolution, ties policy), with the
+    embeddings of ``clip_model`` if one is given, is used unless ``use_cache`` is False or ``random_crop`` is
+    set (the cache holds centre crops only). ``cached_clip`` (with ``clip_model=None``) takes the CLIP
+    embeddings the cache holds, whichever CLIP model made them (:func:`find_clip_cache`), and raises
+    StyleprefsError when there are none. Otherwise
     ``components`` (VAE, text encoders) must be given and images are encoded per batch; the CLIP
     model, if any, is loaded here. Flips (and random crops) come from
     :func:`~styleprefs.trainer.data.pair_augmentation` per (seed, pair index, epoch), one for both
@@ -441,14 +498,16 @@ class PairBatches:
         if cached_clip and (clip_model is not None or not use_cache or random_crop):
             raise ValueError("cached_clip needs clip_model=None, use_cache and no random_crop")
         self.resolution, self.has_clip = resolution, clip_model is not None or cached_clip
-        self.cache: Path | None = None
+        found: tuple[Path, Path | None] | None = None
         if cached_clip:
-            self.cache = find_clip_cache(dataset, model, resolution, ties=ties, seed=seed, vae=vae)
+            clip = find_clip_cache(dataset, model, resolution, ties=ties, seed=seed, vae=vae)
+            found = clip.parent, clip
         elif use_cache and not random_crop:
-            self.cache = _find_cache(dataset, cache_key(dataset, model, resolution, clip_model, ties=ties, seed=seed,
-                                                        vae=vae))
-        if self.cache is not None:
-            self._rows: _CachedPairs | _LivePairs = _CachedPairs(self.cache, seed, resolution, random_flip)
+            found = _find_cache(dataset, cache_key(dataset, model, resolution, ties=ties, seed=seed, vae=vae),
+                                clip_model)
+        self.cache: Path | None = found[0] if found else None
+        if found is not None:
+            self._rows: _CachedPairs | _LivePairs = _CachedPairs(*found, seed, resolution, random_flip)
         elif components is None:
             raise StyleprefsError(
                 f"no cache of {dataset} for {model} at {resolution} px: run `styleprefs cache` first or pass components")

@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,30 @@ class SourcePair:
         if self.label_1 > self.label_0:
             return "jpg_1"
         return "tie"
+
+
+@dataclass(frozen=True)
+class DeferredPair:
+    """A pair known by key and caption whose images are made only when ``load()`` is called.
+
+    A source whose images are expensive to make (the ``sample`` source draws them) offers these through
+    ``deferred()``, so the work happens where the row is processed (a build's worker process) and not at all
+    for rows that are skipped, quarantined or processed by another process. ``load`` must be picklable.
+    """
+
+    key: str
+    caption: str
+    load: Callable[[], SourcePair]
+
+
+def materialize(item: SourcePair | DeferredPair) -> SourcePair:
+    return item.load() if isinstance(item, DeferredPair) else item
+
+
+def source_rows(source: Source) -> Iterator[SourcePair | DeferredPair]:
+    """The source's rows in order: deferred where the source offers it, else its pairs."""
+    deferred = getattr(source, "deferred", None)
+    return deferred() if deferred is not None else iter(source)
 
 
 def key_to_int(key: str) -> int:

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from styleprefs.errors import StyleprefsError
-from styleprefs.sources.base import SourcePair
+from styleprefs.sources.base import DeferredPair, SourcePair
 
 RGB = tuple[int, int, int]
 T = TypeVar("T")
@@ -202,9 +202,13 @@ class SampleSource:
         self.split = split
 
     def __iter__(self) -> Iterator[SourcePair]:
+        return (row.load() for row in self.deferred())
+
+    def deferred(self) -> Iterator[DeferredPair]:
+        """The pairs with their images drawn on ``load()``: captions are cheap, drawing is most of the cost."""
         indices = (i for i in range(SCENE_COUNT) if self.split is None or split_of(scene_for(i)) == self.split)
         for _, index in zip(range(self.num_scenes), indices):
-            yield make_pair(index, self.size)
+            yield DeferredPair(_key(index), scene_for(index).caption, partial(make_pair, index, self.size))
 
     def describe(self) -> dict:
         split = {"split": self.split} if self.split else {}
@@ -218,7 +222,7 @@ def make_pair(index: int, size: int = 512) -> SourcePair:
     """Scene ``index`` as a Pick-a-Pic pair: both images JPEG-encoded, labels drawn from the index."""
     label_0, label_1 = labels_for(index)
     return SourcePair(
-        key=f"sample-{index:06d}",
+        key=_key(index),
         caption=scene_for(index).caption,
         jpg_0=_jpeg(render_scene(index, 0, size)),
         jpg_1=_jpeg(render_scene(index, 1, size)),
@@ -232,6 +236,10 @@ def make_pair(index: int, size: int = 512) -> SourcePair:
         user_id=index % 97,
         created_at=_EPOCH + timedelta(minutes=index),
     )
+
+
+def _key(index: int) -> str:
+    return f"sample-{index:06d}"
 
 
 def image_uid(index: int, variant: int) -> str:

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from styleprefs.errors import StyleprefsError, one_line
 from styleprefs.parallel import prefetch
-from styleprefs.sources.base import Source, SourcePair
+from styleprefs.sources.base import DeferredPair, Source, SourcePair, source_rows
 from styleprefs.sources.pickapic import PickapicSource, check_parquet_schema, pickapic_pair
 
 SAMPLES = ("sequential", "random")
@@ -107,6 +107,16 @@ class RowFilter:
             self.per_prompt[prompt] += 1
         return None
 
+    @property
+    def needs_pairs(self) -> bool:
+        """Whether the filters read more than a row's caption (a deferred row has only its key and caption)."""
+        return self.models is not None or self.has_label
+
+    def reason_for_pair(self, item: SourcePair | DeferredPair) -> str | None:
+        if isinstance(item, DeferredPair):
+            return self.reason(item.caption, "", "", math.nan)
+        return self.reason(item.caption, item.model_0, item.model_1, item.label_0)
+
     def reason_for_row(self, row: dict[str, Any]) -> str | None:
         """``reason`` for a row of a Parquet file (only ``columns`` need be present)."""
         label = row.get("label_0")
@@ -141,8 +151,8 @@ class Selection:
         digest = hashlib.sha256("\n".join(self.keys[:read]).encode("utf-8")).hexdigest()
         return {"skipped": dict(sorted(self.skipped_by.items())), "rows": read, "rows_sha256": digest}
 
-    def take(self, n: int) -> list[SourcePair]:
-        taken: list[SourcePair] = []
+    def take(self, n: int) -> list[SourcePair | DeferredPair]:
+        taken: list[SourcePair | DeferredPair] = []
         for item in self.rows:
             if isinstance(item, str):
                 self.skipped_by[item] += 1
@@ -153,13 +163,13 @@ class Selection:
                 break
         return taken
 
-    def _stream(self) -> Iterator[SourcePair | str]:
+    def _stream(self) -> Iterator[SourcePair | DeferredPair | str]:
         """Each source row in selection order: the pair, or the reason it is skipped."""
         if self.plan is not None:
             yield from self.plan.rows(self.filter)
             return
-        for pair in self.source:
-            yield self.filter.reason(pair.caption, pair.model_0, pair.model_1, pair.label_0) or pair
+        for item in iter(self.source) if self.filter.needs_pairs else source_rows(self.source):
+            yield self.filter.reason_for_pair(item) or item
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,67 @@
+"""styleprefs.parallel.WorkerPool: input order, bounded work in flight, a dead worker, memory shared after fork."""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+
+import psutil
+import pytest
+
+from styleprefs.errors import StyleprefsError
+from styleprefs.parallel import IN_FLIGHT_PER_WORKER, WorkerPool, parse_workers
+
+
+def _square_slowly_every_tenth(i: int) -> int:
+    time.sleep(0.2 if i % 10 == 0 else 0.001)  # later items finish first
+    return i * i
+
+
+def test_results_in_input_order_with_a_bounded_number_in_flight():
+    pulled: list[int] = []
+
+    def items():
+        for i in range(40):
+            pulled.append(i)
+            yield i
+
+    results = []
+    with WorkerPool(_square_slowly_every_tenth, 2) as pool:
+        for result in pool.map(items()):
+            results.append(result)
+            assert len(pulled) - len(results) < 2 * IN_FLIGHT_PER_WORKER
+    assert results == [i * i for i in range(40)]
+
+
+def _die_on_three(i: int) -> int:
+    if i == 3:
+        os._exit(1)
+    return i
+
+
+def test_a_dead_worker_is_a_one_line_error():
+    with pytest.raises(StyleprefsError, match="a worker process died"), WorkerPool(_die_on_three, 2) as pool:
+        list(pool.map(range(8)))
+
+
+def _unique_memory_after_a_full_collection(_: int) -> int:
+    before = psutil.Process().memory_full_info().uss
+    gc.collect()
+    return psutil.Process().memory_full_info().uss - before
+
+
+def test_a_workers_garbage_collection_leaves_the_parents_pages_shared():
+    """Without gc.freeze() before the fork, a full collection writes to every page of the parent's objects (here
+    torch's and diffusers' modules) and copies about 150 MB into each worker."""
+    import styleprefs.build  # noqa: F401  the objects of a build's parent process
+
+    with WorkerPool(_unique_memory_after_a_full_collection, 1) as pool:
+        assert list(pool.map([0]))[0] < 20 * 2**20
+
+
+def test_workers_option():
+    assert parse_workers("auto") is None and parse_workers("0") == 0 and parse_workers("3") == 3
+    for bad in ("-1", "two", "1.5"):
+        with pytest.raises(StyleprefsError, match="--workers"):
+            parse_workers(bad)
