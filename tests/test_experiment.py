@@ -25,4 +25,4 @@ def test_quick_style_alignment_gives_a_finite_table(tmp_path):
     assert (tmp_path / "grid" / "report_grid.png").is_file()
     # Two-stage methods share their first stage (one SFT-half run per seed) and chain from it.
     runs = {p.name for p in (tmp_path / "seed-0" / "runs").iterdir()}
-    assert runs == {"sft-8", "sft-4", "sft-4+sft-4", "sft-4+dpo-4", "sft-4+rpo-tau1-4", "dpo-8", "rpo-tau1-8"}
+    assert runs == {"sft-4", "sft-2", "sft-2+sft-2", "sft-2+dpo-2", "sft-2+rpo-tau1-2", "dpo-4", "rpo-tau1-4"}

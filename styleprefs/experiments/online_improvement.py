@@ -60,8 +60,8 @@ class OnlinePlan(MiniPlan):
 
     @classmethod
     def quick(cls) -> OnlinePlan:
-        return cls(num_pairs=32, heldout_pairs=8, prompts=4, generation_steps=3, batch_size=4, improver_steps=4,
-                   sft_steps=4, iterations=2, iteration_steps=2, online_pairs=8)
+        return cls(num_pairs=16, heldout_pairs=4, prompts=2, generation_steps=2, batch_size=2, improver_steps=2,
+                   sft_steps=2, iterations=2, iteration_steps=1, online_pairs=4)
 
 
 def run_online_experiment(out: Path, plan: OnlinePlan = OnlinePlan(), console: Console | None = None) -> dict:

@@ -46,8 +46,8 @@ class ExperimentPlan(MiniPlan):
 
     @classmethod
     def quick(cls) -> ExperimentPlan:
-        return cls(seeds=(0, 1), steps=8, num_pairs=48, heldout_pairs=8, prompts=6, generation_steps=4,
-                   batch_size=4, taus=(1.0,))
+        return cls(seeds=(0, 1), steps=4, num_pairs=16, heldout_pairs=4, prompts=2, generation_steps=2,
+                   batch_size=2, taus=(1.0,))
 
     @property
     def methods(self) -> dict[str, tuple[Step, ...]]:
