@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 from threadpoolctl import threadpool_limits
 
+from styleprefs import build as build_module
 from styleprefs import shards as shards_module
 from styleprefs.build import BuildConfig, build_dataset
 from styleprefs.editors import load_editor
@@ -81,8 +82,8 @@ def sequential(style: str, pairs: int) -> float:
 
 
 def timed_build(style: str, pairs: int, workers: int | None, totals: dict) -> float:
-    with tempfile.TemporaryDirectory() as tmp, timed(shards_module, "write_parquet", totals), \
-            timed(shards_module, "sha256_file", totals):
+    with tempfile.TemporaryDirectory() as tmp, timed(build_module, "_save_part", totals), \
+            timed(shards_module, "_write_groups", totals), timed(shards_module, "sha256_file", totals):
         start = time.perf_counter()
         build_dataset(BuildConfig(style=style, source="sample", num_pairs=pairs, shard_size=128),
                       Path(tmp) / "out", batch_size=8, show_progress=False, workers=workers)
@@ -159,8 +160,8 @@ def main() -> None:
     table.add_row("build, --workers auto (" + str(auto_workers()) + "), pairs/s", f"{args.pairs / workers_s:.1f}", "")
     table.add_row("in-process build time / baseline", f"{in_process_s / base_s:.2f}", "")
     table.add_row("build time / baseline", f"{workers_s / base_s:.2f}", f"<= {GOAL_TIME_RATIO:.2f}")
-    table.add_row("share of build: writing Parquet", f"{totals.get('write_parquet', 0) / workers_s:.1%}", "")
-    table.add_row("share of build: sha256 of shards", f"{totals.get('sha256_file', 0) / workers_s:.1%}", "")
+    for name, what in (("_save_part", "saving parts"), ("_write_groups", "writing shards"), ("sha256_file", "sha256 of shards")):
+        table.add_row(f"share of build (main process): {what}", f"{totals.get(name, 0) / workers_s:.1%}", "")
     table.add_row(f"peak memory (RSS + workers' USS), build of {args.rss_pairs[0]} pairs, MiB", f"{small:.0f}", "")
     table.add_row(f"peak memory (RSS + workers' USS), build of {args.rss_pairs[1]} pairs, MiB", f"{large:.0f}", "")
     table.add_row(f"peak memory {args.rss_pairs[1]} / {args.rss_pairs[0]} pairs", f"{large / small:.2f}",

@@ -92,7 +92,7 @@ class _Part:
     skipped: int  # rows skipped by selection (duplicate captions) while filling this part
     start: int = 0  # position of the part's first row in the selection
     table: pa.Table | None = None  # kept rows; None for a part loaded from disk
-    ready: list = field(default_factory=list)  # (position, rows.prepare's result) awaiting the editor
+    ready: list = field(default_factory=list)  # (position, rows.prepare's result for the editor, or a worker's row)
     reject_positions: list[int] = field(default_factory=list)  # of the rejects found before editing
 
     @property

@@ -248,6 +248,19 @@ def test_a_cache_with_clip_embeddings_serves_stages_without_them(dataset: Path, 
     assert sorted((dataset / ".cache").iterdir()) == folders
 
 
+def test_each_clip_model_has_its_embeddings_in_the_one_cache(dataset: Path, tmp_path: Path) -> None:
+    dataset = Path(shutil.copytree(dataset, tmp_path / "copy", ignore=shutil.ignore_patterns(".cache")))
+    clip_cache = build_cache(dataset, "tiny", 64, clip_model="tiny", show_progress=False)
+    assert build_cache(dataset, "tiny", 64, clip_model="mini-clip", show_progress=False) == clip_cache
+    assert sorted(p.parent for p in clip_cache.glob("clip-*/clip.json")) == sorted(
+        [clip_dir(clip_cache, "tiny"), clip_dir(clip_cache, "mini-clip")])
+    tiny, mini = (PairBatches(dataset, "tiny", 64, clip_model=name).batch([0], 0)["clip_text"] for name in
+                  ("tiny", "mini-clip"))
+    assert tiny.shape[-1] != mini.shape[-1] or not torch.equal(tiny, mini)
+    with pytest.raises(StyleprefsError, match="holds the embeddings of 2 CLIP models .*give --clip-model"):
+        PairBatches(dataset, "tiny", 64, cached_clip=True)
+
+
 def test_interrupted_cache_build_keeps_finished_shards(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     encode = cache_module._encode_for_cache
     calls, interrupt_at = [], 2
