@@ -66,6 +66,13 @@ miniature, never with published FID.
 | VAE | {cfg['vae_steps']} | {cfg['vae_batch']} | {cfg['vae_lr']} | {final.get('vae', float('nan')):.4f} | {minutes.get('vae', '-')} |
 | UNet (EMA {cfg['ema_decay']}) | {cfg['unet_steps']} | {cfg['unet_batch']} | {cfg['unet_lr']} | {final.get('unet', float('nan')):.4f} | {minutes.get('unet', '-')} |
 
+- `mini-clip`: CLIP's contrastive loss, with hard negatives as in NegCLIP: each caption with its time of
+  day, and its house colour, swapped for another (never to a held-out pairing) is an extra wrong candidate
+  for its image. A share of {cfg.get('clip_relight', 0)} of the images is seen under a random coloured light (per-channel
+  gains in 0.4-1), which teaches colour constancy: a red house stays red under the night's blue light.
+- UNet: epsilon prediction with Min-SNR loss weighting (gamma {cfg.get('snr_gamma', 'off')}), captions dropped
+  {cfg['uncond_prob']:.0%} of the time for classifier-free guidance.
+
 AdamW, warm-up {cfg['warmup']} steps then cosine decay, gradient clipping at 1, {cfg['threads']} CPU threads,
 torch {record['torch']}. Total {record['total_seconds'] / 60:.1f} minutes of wall time (data {minutes.get('data', '-')}),
 as measured: on a shared machine this includes time spent waiting for the CPU.

@@ -20,11 +20,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.training_utils import compute_snr
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextModel, CLIPTokenizer
 
 from styleprefs.mini import models, world
-from styleprefs.sources.sample import scene_for
+from styleprefs.sources.sample import HELD_OUT, scene_for
 from styleprefs.style import load_style
 from styleprefs.tiny import bpe_tokenizer
 
@@ -36,17 +37,19 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 class MiniConfig:
     seed: int = 0
     scenes: int = 16000
-    clip_steps: int = 1500
+    clip_steps: int = 1200
     clip_batch: int = 64  # scenes per batch; each comes with its styled twin
     clip_lr: float = 1e-3
-    vae_steps: int = 1500
+    clip_relight: float = 0.5  # share of CLIP images under a random illuminant
+    vae_steps: int = 1000
     vae_batch: int = 16
     vae_lr: float = 5e-4
     vae_kl: float = 1e-6
-    unet_steps: int = 3500
+    unet_steps: int = 3000
     unet_batch: int = 32
     unet_lr: float = 4e-4
     uncond_prob: float = 0.1
+    snr_gamma: float = 5.0  # Min-SNR loss weighting (Hang et al. 2023), as diffusers' --snr_gamma
     ema_decay: float = 0.999
     warmup: int = 100
     threads: int = 2
@@ -66,12 +69,25 @@ class Pool:
         indices = world.split_indices(held_out=False, count=cfg.scenes, seed=cfg.seed)
         items = world.draw_items(indices, cfg.seed)
         self.originals, self.edits = world.render_items(items)
-        self.captions = [scene_for(i).caption for i in indices]
-        styles = {name: load_style(name) for name in world.STYLES}
-        self.styled = [styles[item.style].styled_caption(c) for item, c in zip(items, self.captions)]
+        self.scenes = [scene_for(i) for i in indices]
+        self.captions = [s.caption for s in self.scenes]
+        self.styles = [load_style(item.style) for item in items]
+        self.styled = [style.styled_caption(c) for style, c in zip(self.styles, self.captions)]
 
     def __len__(self) -> int:
         return len(self.captions)
+
+    def negatives(self, i: int, rng: np.random.Generator) -> tuple[list[str], list[str]]:
+        """Hard negatives of scene ``i``'s caption and styled caption: its time of day, and its house
+        colour if it has a house, swapped for another drawn from ``rng``. No negative names a held-out
+        pairing: those stay unseen, as images and as text."""
+        scene = self.scenes[i]
+        times = [t for t in world.TIMES if t != scene.sky.name and (scene.house, t) not in HELD_OUT]
+        plain = [world.swap_attribute(self.captions[i], scene, "time", str(rng.choice(times)))]
+        if scene.house:
+            colors = [c for c in world.COLORS if c != scene.house and (c, scene.sky.name) not in HELD_OUT]
+            plain.append(world.swap_attribute(self.captions[i], scene, "color", str(rng.choice(colors))))
+        return plain, [self.styles[i].styled_caption(c) for c in plain]
 
 
 def to_unit(images: np.ndarray) -> torch.Tensor:
@@ -79,10 +95,33 @@ def to_unit(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def clip_pixels(images: np.ndarray) -> torch.Tensor:
-    """uint8 64 px images normalised as CLIPImageProcessor does (no resize needed at 64 px)."""
+def clip_pixels(images: np.ndarray, gains: np.ndarray | None = None) -> torch.Tensor:
+    """uint8 64 px images normalised as CLIPImageProcessor does (no resize needed at 64 px), each
+    first multiplied by its per-channel ``gains`` [N, 3] if given."""
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0)
+    if gains is not None:
+        x = x * torch.from_numpy(gains).float().view(-1, 3, 1, 1)
     return (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+
+
+def illuminants(count: int, share: float, rng: np.random.Generator) -> np.ndarray:
+    """Per-channel gains [count, 3]: ones, or for ``share`` of the images a random coloured light as
+    dim and blue as the sample world's night. Seeing known colours under many lights teaches CLIP
+    colour constancy, which held-out pairings such as a red house at night need."""
+    gains = rng.uniform(0.4, 1.0, (count, 3))
+    return np.where(rng.random((count, 1)) < share, gains, 1.0)
+
+
+def contrastive_loss(model: CLIPModel, texts: dict, pixel_values: torch.Tensor,
+                     negatives: dict | None = None) -> torch.Tensor:
+    """CLIP's symmetric loss, with hard-negative captions as extra candidates for each image (as NegCLIP)."""
+    images = F.normalize(model.visual_projection(model.vision_model(pixel_values=pixel_values).pooler_output), dim=-1)
+    groups = (texts,) if negatives is None else (texts, negatives)
+    candidates = torch.cat([model.text_projection(model.text_model(**t).pooler_output) for t in groups])
+    candidates = F.normalize(candidates, dim=-1)
+    logits = model.logit_scale.exp() * images @ candidates.T
+    target = torch.arange(len(images))
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :len(images)].T, target)) / 2
 
 
 def cosine_lr(step: int, steps: int, warmup: int) -> float:
@@ -125,9 +164,14 @@ def train_clip(cfg: MiniConfig, pool: Pool, tokenizer: CLIPTokenizer) -> CLIPMod
         flip = rng.random(len(images)) < 0.5
         images[flip] = images[flip, :, ::-1]
         texts = [pool.captions[i] for i in pick] + [pool.styled[i] for i in pick]
-        tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-        return model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
-                     pixel_values=clip_pixels(images), return_loss=True).loss
+        plain, styled = zip(*(pool.negatives(i, rng) for i in pick))
+        negatives = [c for group in plain + styled for c in group]
+        pixels = clip_pixels(images, illuminants(len(images), cfg.clip_relight, rng))
+        return contrastive_loss(model, tokens(texts), pixels, tokens(negatives))
+
+    def tokens(texts: list[str]) -> dict:
+        encoded = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        return {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask}
 
     _loop("mini-clip", cfg.clip_steps, cfg.clip_lr, cfg.warmup, list(model.parameters()), step,
           cfg.curves.setdefault("clip", []))
@@ -193,7 +237,9 @@ def train_unet(cfg: MiniConfig, pool: Pool, vae: AutoencoderKL, text_encoder: CL
                            empty, captions[pick])
         noise = torch.randn(z.shape, generator=generator)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(pick),), generator=generator)
-        return F.mse_loss(unet(scheduler.add_noise(z, noise, t), t, cond).sample, noise)
+        error = F.mse_loss(unet(scheduler.add_noise(z, noise, t), t, cond).sample, noise, reduction="none")
+        snr = compute_snr(scheduler, t)
+        return (error.mean(dim=(1, 2, 3)) * snr.clamp(max=cfg.snr_gamma) / snr).mean()
 
     _loop("mini unet", cfg.unet_steps, cfg.unet_lr, cfg.warmup, list(unet.parameters()), step,
           cfg.curves.setdefault("unet", []))
