@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 
 from styleprefs.mini import ship, world
 from styleprefs.mini.quality import measure
-from styleprefs.mini.train import MiniConfig, train_mini
-from styleprefs.sources.sample import SampleSource, scene_for, split_of
+from styleprefs.mini.models import new_clip
+from styleprefs.mini.train import MiniConfig, Pool, clip_pixels, contrastive_loss, illuminants, train_mini
+from styleprefs.sources.sample import HELD_OUT, SKIES, SampleSource, scene_for, split_of
 from styleprefs.tiny import resolve
 
 
@@ -79,25 +80,63 @@ def test_training_script_writes_loadable_models_that_pack_and_unpack(tmp_path):
     assert clip.config.vision_config.image_size == 64
 
 
+def test_hard_negatives_swap_one_attribute_and_never_name_a_held_out_pairing():
+    pool, rng = Pool(MiniConfig.quick()), np.random.default_rng(0)
+    times = {sky.phrase: sky.name for sky in SKIES}
+    for i, scene in enumerate(pool.scenes):
+        plain, styled = pool.negatives(i, rng)
+        assert len(plain) == (2 if scene.house else 1)
+        assert styled == [pool.styles[i].styled_caption(c) for c in plain]
+        for negative in plain:
+            time = next(name for phrase, name in times.items() if phrase in negative)
+            color = next((c for c in world.COLORS if f"a {c} house" in negative), None)
+            assert (color, time) not in HELD_OUT
+            assert (color != scene.house) + (time != scene.sky.name) == 1
+
+
+def test_contrastive_loss_is_clips_and_hard_negatives_are_extra_candidates_for_images():
+    torch.manual_seed(0)
+    model = new_clip().double().eval()
+    rng = np.random.default_rng(0)
+    pixels = clip_pixels(rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)).double()
+    texts = {"input_ids": torch.randint(0, 1000, (3, 7))}
+    negatives = {"input_ids": torch.randint(0, 1000, (2, 7))}
+    with torch.no_grad():
+        plain = contrastive_loss(model, texts, pixels)
+        torch.testing.assert_close(plain, model(**texts, pixel_values=pixels, return_loss=True).loss)
+        out = model(input_ids=torch.cat([texts["input_ids"], negatives["input_ids"]]), pixel_values=pixels)
+        logits = out.logits_per_image  # [3 images, 5 texts]
+        image_to_text = torch.nn.functional.cross_entropy(logits, torch.arange(3))
+        text_to_image = torch.nn.functional.cross_entropy(logits[:, :3].T, torch.arange(3))
+        torch.testing.assert_close(contrastive_loss(model, texts, pixels, negatives), (image_to_text + text_to_image) / 2)
+
+
+def test_illuminants_light_only_their_share_of_images_dimly():
+    gains = illuminants(4000, 0.25, np.random.default_rng(0))
+    lit = (gains != 1.0).any(axis=1)
+    assert abs(lit.mean() - 0.25) < 0.03 and gains.min() >= 0.4 and gains.max() <= 1.0
+    assert (illuminants(10, 0.0, np.random.default_rng(0)) == 1.0).all()
+
+
 @pytest.fixture(scope="module")
 def quality() -> dict:
     return measure(scenes=40, steps=15)
 
 
-# Floors on 40 held-out scenes (fixed seeds). Where the shipped models meet the goals of the model card
-# (>= 0.9 / 0.95 for mini-clip, >= 3x chance for generations) with a margin, the test asserts the goal; the
-# house colour does not reach it (0.80 and 0.45 here), so it asserts a floor below the measured level.
+# The model card's goals, asserted on 40 held-out scenes (fixed seeds): >= 0.9 / 0.95 for mini-clip on real
+# images, >= 3x chance for what it reads from mini's generations. One goal is not met: mini draws houses
+# faintly, so their colour is read at 0.40 here (2x chance); the test asserts a floor below that level.
 
 
 def test_mini_clip_reads_held_out_real_scenes(quality):
     assert quality["clip_time_accuracy"] >= 0.9
     assert quality["clip_winter_accuracy"] >= 0.95
-    assert quality["clip_color_accuracy"] >= 0.7  # goal 0.9, not met
+    assert quality["clip_color_accuracy"] >= 0.9
 
 
 def test_mini_generations_follow_held_out_captions(quality):
     assert quality["generated_both_accuracy"] >= 3 * quality["both_chance"]
-    assert quality["generated_time_accuracy"] >= 2.5 * quality["time_chance"]
+    assert quality["generated_time_accuracy"] >= 3 * quality["time_chance"]
     assert quality["generated_color_accuracy"] >= 1.75 * quality["color_chance"]  # goal 3x chance, not met
     assert quality["generated_winter_probability"] < 0.25  # the base draws summer
     assert quality["mini_fid_real_floor"] < quality["mini_fid_generated"]
