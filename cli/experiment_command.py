@@ -15,13 +15,17 @@ console = Console()
 def style_alignment(
     out: Path = typer.Option(Path("out/style-alignment"), help="Folder for datasets, runs, generations and results."),
     style: str = typer.Option("winter", help="Built-in style."),
-    quick: bool = typer.Option(False, help="Two seeds, a few steps: a check that everything runs (minutes)."),
+    seeds: int | None = typer.Option(None, help="Seeds to run (0, 1, ...); 3, or 2 with --quick, if not given."),
+    quick: bool = typer.Option(False, help="A few steps: a check that everything runs (minutes)."),
 ) -> None:
-    """SFT, SFT+SFT, SFT+DPO, SFT+RPO (tau 0.01, 1, 5), DPO and RPO from the mini base, 3 seeds: mean ± std table."""
+    """SFT, SFT+SFT, SFT+DPO, SFT+RPO (tau 0.01, 1, 5), DPO and RPO from the mini base: mean ± std table over seeds."""
     from styleprefs.experiments.style_alignment import ExperimentPlan, render_table, run_experiment
 
     plan = ExperimentPlan.quick() if quick else ExperimentPlan()
-    results = run_experiment(out, ExperimentPlan(**{**plan.__dict__, "style": style}), console=console)
+    if seeds is not None and seeds < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--seeds")
+    chosen = plan.seeds if seeds is None else tuple(range(seeds))
+    results = run_experiment(out, ExperimentPlan(**{**plan.__dict__, "style": style, "seeds": chosen}), console=console)
     console.print(render_table(results), markup=False, highlight=False)
     console.print(f"results: {out / 'results.json'}, grid: {out / 'grid' / 'report_grid.png'}")
 

@@ -132,6 +132,8 @@ USAGE = {
     "eval generate without model": (["eval", "generate", "--prompts", "p", "--out", "o"], "--model"),
     "train unknown option": (["train", "--bogus"], "no such option"),
     "extra argument": (["inspect", "a", "b"], "unexpected extra argument"),
+    "style experiment without seeds": (["experiment", "style-alignment", "--seeds", "0"], "--seeds"),
+    "online experiment without seeds": (["experiment", "online-improvement", "--seeds", "0"], "--seeds"),
 }
 
 
