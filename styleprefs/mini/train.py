@@ -71,7 +71,8 @@ class Pool:
         self.originals, self.edits = world.render_items(items)
         self.scenes = [scene_for(i) for i in indices]
         self.captions = [s.caption for s in self.scenes]
-        self.styles = [load_style(item.style) for item in items]
+        styles = {name: load_style(name) for name in world.STYLES}
+        self.styles = [styles[item.style] for item in items]
         self.styled = [style.styled_caption(c) for style, c in zip(self.styles, self.captions)]
 
     def __len__(self) -> int:
