@@ -1,4 +1,5 @@
-"""CPU parallelism: worker processes for per-row work, a thread pool for per-image work, background prefetch."""
+"""CPU parallelism: worker processes for per-row work, a process beside this one for a long task, a thread pool
+for per-image work, background prefetch."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import signal
 import sys
 import threading
 from collections import deque
+from contextlib import contextmanager
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import lru_cache
@@ -85,9 +87,54 @@ class WorkerPool(Generic[T, R]):
 _worker_fn: Callable | None = None
 
 
+@contextmanager
+def beside(fn: Callable[[], R]) -> Iterator[Callable[[], R]]:
+    """Run ``fn()`` in a forked process while the block runs; the block gets a call that waits for its result
+    (and re-raises its error). The process is killed if the block fails or is interrupted, and dies with this
+    one (even on kill -9). Fork before starting threads, as for :class:`WorkerPool`."""
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_run_beside, args=(fn, send, os.getpid()), daemon=True)
+    process.start()
+    send.close()
+
+    def wait() -> R:
+        try:
+            ok, value = receive.recv()
+        except EOFError:
+            raise StyleprefsError("a worker process died (out of memory?); run the same command again to resume"
+                                  ) from None
+        process.join()
+        if not ok:
+            raise value
+        return value
+
+    try:
+        yield wait
+    finally:
+        if process.is_alive():
+            process.kill()
+        process.join()
+        receive.close()
+
+
+def _run_beside(fn: Callable, send, parent: int) -> None:
+    _die_with(parent)
+    try:
+        result = (True, fn())
+    except BaseException as exc:  # handed to the waiting process, raised there
+        result = (False, exc)
+    send.send(result)
+
+
 def _start_worker(fn: Callable, parent: int) -> None:
     global _worker_fn
     _worker_fn = fn
+    _die_with(parent)
+
+
+def _die_with(parent: int) -> None:
+    """Ignore Ctrl-C (the parent handles it) and, on Linux, die when the parent process does."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

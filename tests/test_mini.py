@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from styleprefs.mini import ship, world
 from styleprefs.mini.quality import measure
 from styleprefs.mini.models import new_clip
-from styleprefs.mini.train import MiniConfig, Pool, clip_pixels, contrastive_loss, illuminants, train_mini
+from styleprefs.mini.train import (MiniConfig, Pool, clip_pixels, contrastive_loss, illuminants,
+                                   reconstruction_loss, train_mini)
 from styleprefs.sources.sample import HELD_OUT, SKIES, SampleSource, scene_for, split_of
 from styleprefs.tiny import resolve
 
@@ -78,6 +79,36 @@ def test_training_script_writes_loadable_models_that_pack_and_unpack(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)  # float16 storage
     clip = CLIPModel.from_pretrained(ship.assemble("mini-clip", tmp_path / "clip", tmp_path / "weights"))
     assert clip.config.vision_config.image_size == 64
+
+
+def test_a_rerun_keeps_finished_models_and_retrains_only_what_is_missing(tmp_path):
+    out = tmp_path / "trained"
+    first = train_mini(MiniConfig.quick(), out, command="test")
+    assert first["beside"] == {"vae": "clip"}  # trained in a process beside mini-clip: counted once in the total
+    assert first["total_seconds"] < sum(first["seconds"].values())
+    kept = {name: (out / name / "config.json").read_bytes() for name in ("mini-clip", "vae")}
+    weights = (out / "vae" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    shutil.rmtree(out / "mini")
+    (out / ".mini.partial").mkdir()  # what a killed UNet stage leaves: never taken for a finished model
+    (out / ".mini.partial" / "model_index.json").write_text("{")
+    second = train_mini(MiniConfig.quick(), out, command="test")
+    assert {name: (out / name / "config.json").read_bytes() for name in kept} == kept
+    assert (out / "vae" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == weights
+    assert second["curves"]["clip"] == first["curves"]["clip"] and not (out / ".mini.partial").exists()
+    assert (out / "mini" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_reconstruction_loss_adds_the_l1_of_image_gradients_to_pixel_losses():
+    rng = np.random.default_rng(0)
+    recon, target = rng.normal(size=(2, 3, 5, 6)), rng.normal(size=(2, 3, 5, 6))
+    error = recon - target
+    vertical = np.abs(error[:, :, 1:, :] - error[:, :, :-1, :]).mean()
+    horizontal = np.abs(error[:, :, :, 1:] - error[:, :, :, :-1]).mean()
+    reference = (error ** 2).mean() + np.abs(error).mean() + 0.7 * (vertical + horizontal)
+    got = reconstruction_loss(torch.from_numpy(recon), torch.from_numpy(target), 0.7)
+    assert got.dtype == torch.float64 and got.item() == pytest.approx(reference, rel=1e-12)
+    shifted = reconstruction_loss(torch.from_numpy(target + 1.0), torch.from_numpy(target), 5.0)
+    assert shifted.item() == pytest.approx(2.0)  # a uniform shift has the target's gradients
 
 
 def test_hard_negatives_swap_one_attribute_and_never_name_a_held_out_pairing():

@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from styleprefs.errors import StyleprefsError
-from styleprefs.parallel import IN_FLIGHT_PER_WORKER, WorkerPool, parse_workers
+from styleprefs.parallel import IN_FLIGHT_PER_WORKER, WorkerPool, beside, parse_workers
 
 
 def _square_slowly_every_tenth(i: int) -> int:
@@ -65,3 +65,37 @@ def test_workers_option():
     for bad in ("-1", "two", "1.5"):
         with pytest.raises(StyleprefsError, match="--workers"):
             parse_workers(bad)
+
+
+def test_beside_runs_alongside_the_block_and_hands_back_its_result():
+    parent = os.getpid()
+    started = time.time()
+    with beside(lambda: (os.getpid(), time.sleep(1.0))[0]) as wait:
+        time.sleep(1.0)
+        child = wait()
+    assert child != parent and time.time() - started < 1.9  # the two one-second sleeps overlapped
+
+
+def _fail() -> None:
+    raise ValueError("bad stage")
+
+
+def test_beside_re_raises_the_error_of_its_task_and_names_a_dead_process():
+    with pytest.raises(ValueError, match="bad stage"), beside(_fail) as wait:
+        wait()
+    with pytest.raises(StyleprefsError, match="a worker process died"), beside(lambda: os._exit(3)) as wait:
+        wait()
+
+
+def test_beside_kills_its_process_when_the_block_fails(tmp_path):
+    pid_file = tmp_path / "pid"
+
+    def long_task() -> None:
+        pid_file.write_text(str(os.getpid()))
+        time.sleep(60)
+
+    with pytest.raises(KeyboardInterrupt), beside(long_task):
+        while not pid_file.exists() or not pid_file.read_text():
+            time.sleep(0.01)
+        raise KeyboardInterrupt
+    assert not psutil.pid_exists(int(pid_file.read_text()))

@@ -9,6 +9,7 @@ Every draw comes from the seed; each finished model is saved at once and reused 
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import time
@@ -24,7 +25,9 @@ from diffusers.training_utils import compute_snr
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextModel, CLIPTokenizer
 
+from styleprefs.io import atomic_dir, read_json, write_json, write_text
 from styleprefs.mini import models, world
+from styleprefs.parallel import beside
 from styleprefs.sources.sample import HELD_OUT, scene_for
 from styleprefs.style import load_style
 from styleprefs.tiny import bpe_tokenizer
@@ -41,9 +44,10 @@ class MiniConfig:
     clip_batch: int = 64  # scenes per batch; each comes with its styled twin
     clip_lr: float = 1e-3
     clip_relight: float = 0.5  # share of CLIP images under a random illuminant
-    vae_steps: int = 1000
+    vae_steps: int = 3000
     vae_batch: int = 16
-    vae_lr: float = 5e-4
+    vae_lr: float = 1e-3
+    vae_edges: float = 2.0  # weight of the image-gradient term of the VAE loss (see reconstruction_loss)
     vae_kl: float = 1e-6
     unet_steps: int = 3000
     unet_batch: int = 32
@@ -125,6 +129,15 @@ def contrastive_loss(model: CLIPModel, texts: dict, pixel_values: torch.Tensor,
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :len(images)].T, target)) / 2
 
 
+def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, edges: float) -> torch.Tensor:
+    """MSE + L1, plus ``edges`` x the L1 between the images' vertical and horizontal pixel differences.
+    Pixel losses alone leave a house, a few percent of the pixels, a blur whose colour mini-clip cannot read."""
+    loss = F.mse_loss(recon, target) + F.l1_loss(recon, target)
+    for dim in (2, 3):
+        loss = loss + edges * F.l1_loss(recon.diff(dim=dim), target.diff(dim=dim))
+    return loss
+
+
 def cosine_lr(step: int, steps: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -132,10 +145,10 @@ def cosine_lr(step: int, steps: int, warmup: int) -> float:
 
 
 def _loop(name: str, steps: int, lr: float, warmup: int, params, step_fn: Callable[[int], torch.Tensor],
-          curve: list) -> None:
+          curve: list, show: bool = True) -> None:
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, steps, warmup))
-    with _progress() as progress:
+    with _progress(show) as progress:
         task = progress.add_task(name, total=steps, loss=float("nan"))
         for step in range(steps):
             loss = step_fn(step)
@@ -148,9 +161,10 @@ def _loop(name: str, steps: int, lr: float, warmup: int, params, step_fn: Callab
             progress.update(task, advance=1, loss=float(np.mean(curve[-50:])))
 
 
-def _progress() -> Progress:
+def _progress(show: bool) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn())
+                    TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    disable=not show)
 
 
 def train_clip(cfg: MiniConfig, pool: Pool, tokenizer: CLIPTokenizer) -> CLIPModel:
@@ -179,7 +193,7 @@ def train_clip(cfg: MiniConfig, pool: Pool, tokenizer: CLIPTokenizer) -> CLIPMod
     return model.eval()
 
 
-def train_vae(cfg: MiniConfig, pool: Pool) -> AutoencoderKL:
+def train_vae(cfg: MiniConfig, pool: Pool, show: bool = True) -> AutoencoderKL:
     torch.manual_seed(cfg.seed)
     vae = models.new_vae()
     vae.train()
@@ -190,10 +204,10 @@ def train_vae(cfg: MiniConfig, pool: Pool) -> AutoencoderKL:
         x = to_unit(images[rng.choice(len(images), cfg.vae_batch, replace=False)])
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
-        return F.mse_loss(recon, x) + F.l1_loss(recon, x) + cfg.vae_kl * posterior.kl().mean()
+        return reconstruction_loss(recon, x, cfg.vae_edges) + cfg.vae_kl * posterior.kl().mean()
 
     _loop("mini vae", cfg.vae_steps, cfg.vae_lr, cfg.warmup, list(vae.parameters()), step,
-          cfg.curves.setdefault("vae", []))
+          cfg.curves.setdefault("vae", []), show)
     vae.eval()
     with torch.no_grad():
         sample = to_unit(images[rng.choice(len(images), min(len(images), 1024), replace=False)])
@@ -214,36 +228,80 @@ def encode_texts(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, texts: l
 
 
 def train_unet(cfg: MiniConfig, pool: Pool, vae: AutoencoderKL, text_encoder: CLIPTextModel,
-               tokenizer: CLIPTokenizer) -> UNet2DConditionModel:
+               tokenizer: CLIPTokenizer, store: Path | None = None) -> UNet2DConditionModel:
+    """``mini``'s UNet (its EMA) on the pool's originals, encoded once by ``vae`` and ``text_encoder`` here.
+
+    Given ``store`` (a file for the process group) and 2+ threads, two processes of half the threads each
+    train it by DDP over gloo, each on half of every batch: on these small convolutions two one-thread
+    processes step faster than one two-thread process."""
     with torch.no_grad():
         posteriors = [vae.encode(to_unit(pool.originals[s:s + 256])).latent_dist for s in range(0, len(pool), 256)]
-    mean, std = torch.cat([p.mean for p in posteriors]), torch.cat([p.std for p in posteriors])
     texts = encode_texts(text_encoder, tokenizer, pool.captions + [""])
-    captions, empty = texts[:-1], texts[-1:]
+    inputs = _UNetInputs(torch.cat([p.mean for p in posteriors]), torch.cat([p.std for p in posteriors]),
+                         texts[:-1], texts[-1:], vae.config.scaling_factor)
+    if store is None or cfg.threads < 2:
+        return _train_unet_process(cfg, inputs, 0, 1, None)
+    store.unlink(missing_ok=True)
+    with beside(lambda: _train_unet_process(cfg, inputs, 1, 2, store)) as wait:
+        ema = _train_unet_process(cfg, inputs, 0, 2, store)
+        wait()
+    torch.set_num_threads(cfg.threads)
+    return ema
+
+
+@dataclass
+class _UNetInputs:
+    mean: torch.Tensor  # latent posteriors of the originals, unscaled
+    std: torch.Tensor
+    captions: torch.Tensor  # encoded captions [N, 77, width]
+    empty: torch.Tensor  # the encoded empty prompt [1, 77, width]
+    scale: float
+
+
+def _train_unet_process(cfg: MiniConfig, inputs: _UNetInputs, rank: int, world: int, store: Path | None
+                        ) -> UNet2DConditionModel | None:
+    """Process ``rank`` of ``world``'s share of UNet training; the EMA model from process 0, None from others."""
+    torch.set_num_threads(max(1, cfg.threads // world))
+    if world > 1:
+        torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                                             timeout=datetime.timedelta(minutes=5))
+    try:
+        return _unet_loop(cfg, inputs, rank, world)
+    finally:
+        if world > 1:
+            torch.distributed.destroy_process_group()
+
+
+def _unet_loop(cfg: MiniConfig, inputs: _UNetInputs, rank: int, world: int) -> UNet2DConditionModel | None:
     torch.manual_seed(cfg.seed)
     unet, ema = models.new_unet(), models.new_unet()
     ema.load_state_dict(unet.state_dict())
     unet.train()
+    model = torch.nn.parallel.DistributedDataParallel(unet) if world > 1 else unet
     scheduler = models.train_scheduler()
-    generator = torch.Generator().manual_seed(cfg.seed)
-    rng = np.random.default_rng([cfg.seed, 3])
-    scale = vae.config.scaling_factor
+    rng = np.random.default_rng([cfg.seed, 3, rank])
+    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    batch = cfg.unet_batch // world
 
     def step(index: int) -> torch.Tensor:
-        if index:
+        if index and rank == 0:
             _ema_update(ema, unet, min(cfg.ema_decay, (1 + index) / (10 + index)))
-        pick = torch.from_numpy(rng.choice(len(pool), cfg.unet_batch, replace=False))
-        z = (mean[pick] + std[pick] * torch.randn(mean[pick].shape, generator=generator)) * scale
-        cond = torch.where(torch.from_numpy(rng.random(len(pick)) < cfg.uncond_prob).view(-1, 1, 1),
-                           empty, captions[pick])
+        pick = torch.from_numpy(rng.choice(len(inputs.mean), batch, replace=False))
+        mean = inputs.mean[pick]
+        z = (mean + inputs.std[pick] * torch.randn(mean.shape, generator=generator)) * inputs.scale
+        cond = torch.where(torch.from_numpy(rng.random(batch) < cfg.uncond_prob).view(-1, 1, 1),
+                           inputs.empty, inputs.captions[pick])
         noise = torch.randn(z.shape, generator=generator)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(pick),), generator=generator)
-        error = F.mse_loss(unet(scheduler.add_noise(z, noise, t), t, cond).sample, noise, reduction="none")
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
+        error = F.mse_loss(model(scheduler.add_noise(z, noise, t), t, cond).sample, noise, reduction="none")
         snr = compute_snr(scheduler, t)
         return (error.mean(dim=(1, 2, 3)) * snr.clamp(max=cfg.snr_gamma) / snr).mean()
 
+    # DDP averages the gradients, so every process clips and steps alike; the curve is process 0's half-batches.
     _loop("mini unet", cfg.unet_steps, cfg.unet_lr, cfg.warmup, list(unet.parameters()), step,
-          cfg.curves.setdefault("unet", []))
+          cfg.curves.setdefault("unet", []), show=rank == 0)
+    if rank:
+        return None
     _ema_update(ema, unet, min(cfg.ema_decay, (1 + cfg.unet_steps) / (10 + cfg.unet_steps)))
     return ema.eval()
 
@@ -279,9 +337,9 @@ def save_pipeline(vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder: 
 def train_mini(cfg: MiniConfig, out: Path, command: str = "") -> dict:
     """Train ``mini-clip`` and ``mini`` into ``out``; returns the training record (also ``out/training.json``).
 
-    Stages run in order (CLIP, VAE, UNet); each saves its model as it ends and is
-    skipped by a rerun, whose record keeps the finished stages' times and curves (``out/stages.json``).
-    Runs on ``cfg.threads`` torch threads and gives the caller back its own thread count."""
+    The VAE trains in a process beside ``mini-clip`` (each on half of ``cfg.threads``), then the UNet on all of
+    them. Each stage saves its model as it ends and is skipped by a rerun, whose record keeps the finished
+    stages' times and curves (``out/stages.json``). Gives the caller back its own torch thread count."""
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
@@ -292,50 +350,59 @@ def train_mini(cfg: MiniConfig, out: Path, command: str = "") -> dict:
 
 def _train_stages(cfg: MiniConfig, out: Path, command: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    stages = json.loads((out / "stages.json").read_text(encoding="utf-8")) if (out / "stages.json").is_file() else {}
+    stages = read_json(out / "stages.json")
     tokenizer = bpe_tokenizer()
-    with _timed(stages, "data"):
-        pool = Pool(cfg)
-    clip_dir, mini_dir = out / "mini-clip", out / "mini"
+    start = time.time()
+    pool = Pool(cfg)
+    stages["data"] = {"seconds": round(time.time() - start, 1)}
+    clip_dir, vae_dir, mini_dir = out / "mini-clip", out / "vae", out / "mini"
 
-    def run(name: str, done: Path, work: Callable[[], None]) -> None:
-        if not done.is_file():
-            with _timed(stages, name):
-                work()
-            stages[name]["curve"] = cfg.curves.get(name, [])
-            (out / "stages.json").write_text(json.dumps(stages) + "\n", encoding="utf-8")
+    def run(name: str, path: Path, save: Callable[[Path], None], threads: int = cfg.threads) -> None:
+        if not path.is_dir():
+            stages[name] = _stage(cfg, name, path, save, threads)
+            write_json(stages, out / "stages.json")
 
-    run("clip", clip_dir / "model.safetensors",
-        lambda: save_clip(train_clip(cfg, pool, tokenizer), tokenizer, clip_dir))
+    def clip(path: Path) -> None:
+        save_clip(train_clip(cfg, pool, tokenizer), tokenizer, path)
+
+    def vae(path: Path, show: bool = True) -> None:
+        train_vae(cfg, pool, show).save_pretrained(path, safe_serialization=True)
+
+    side = cfg.threads // 2 if not (clip_dir.is_dir() or vae_dir.is_dir()) else 0
+    if side:  # the VAE does not need mini-clip: it trains in a process beside it, on its share of the threads
+        with beside(lambda: _stage(cfg, "vae", vae_dir, lambda path: vae(path, show=False), side)) as wait_vae:
+            run("clip", clip_dir, clip, cfg.threads - side)
+            stages["vae"] = wait_vae() | {"beside": "clip"}
+        write_json(stages, out / "stages.json")
+    run("clip", clip_dir, clip)
+    run("vae", vae_dir, vae)
     text_encoder = text_encoder_of(CLIPModel.from_pretrained(clip_dir))
-    run("vae", mini_dir / "vae" / "config.json",
-        lambda: train_vae(cfg, pool).save_pretrained(mini_dir / "vae", safe_serialization=True))
-    run("unet", mini_dir / "model_index.json", lambda: save_pipeline(
-        AutoencoderKL.from_pretrained(mini_dir / "vae"),
-        train_unet(cfg, pool, AutoencoderKL.from_pretrained(mini_dir / "vae"), text_encoder, tokenizer),
-        text_encoder, tokenizer, mini_dir))
+    run("unet", mini_dir, lambda path: save_pipeline(
+        AutoencoderKL.from_pretrained(vae_dir),
+        train_unet(cfg, pool, AutoencoderKL.from_pretrained(vae_dir), text_encoder, tokenizer, out / ".unet-store"),
+        text_encoder, tokenizer, path))
     return write_record(out, cfg, stages, command)
 
 
+def _stage(cfg: MiniConfig, name: str, path: Path, save: Callable[[Path], None], threads: int) -> dict:
+    """Train and save one model (``save(folder)``) on ``threads`` threads into ``path``, which appears only once
+    complete; returns the stage's wall time and loss curve."""
+    start = time.time()
+    torch.set_num_threads(threads)
+    with atomic_dir(path) as partial:
+        save(partial)
+    return {"seconds": round(time.time() - start, 1), "curve": cfg.curves.get(name, [])}
+
+
 def write_record(out: Path, cfg: MiniConfig, stages: dict, command: str) -> dict:
-    """``out/training.json``: the configuration, each stage's wall time and loss curve, and the command."""
+    """``out/training.json``: the configuration, each stage's wall time and loss curve, and the command.
+    A stage trained beside another adds only the time by which it outlasted it to the total."""
+    seconds = {k: v["seconds"] for k, v in stages.items()}
+    total = sum(max(0.0, s - seconds[stages[k]["beside"]]) if "beside" in stages[k] else s for k, s in seconds.items())
     record = {"config": {k: v for k, v in asdict(cfg).items() if k != "curves"},
-              "seconds": {k: v["seconds"] for k, v in stages.items()},
-              "total_seconds": sum(v["seconds"] for v in stages.values()),
+              "seconds": seconds, "total_seconds": round(total, 1),
+              "beside": {k: v["beside"] for k, v in stages.items() if "beside" in v},
               "curves": {k: v["curve"] for k, v in stages.items() if v.get("curve")},
               "held_out": sorted(world.HELD_OUT), "torch": torch.__version__, "command": command}
-    (out / "training.json").write_text(json.dumps(record) + "\n", encoding="utf-8")
+    write_text(json.dumps(record) + "\n", out / "training.json")
     return record
-
-
-class _timed:
-    """Record the block's wall time as ``stages[name]["seconds"]``."""
-
-    def __init__(self, stages: dict, name: str):
-        self.stages, self.name = stages, name
-
-    def __enter__(self) -> None:
-        self.start = time.time()
-
-    def __exit__(self, *exc) -> None:
-        self.stages[self.name] = {"seconds": round(time.time() - self.start, 1)}
