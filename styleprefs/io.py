@@ -36,14 +36,18 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 @contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield an empty folder ``.NAME.partial`` beside ``path``; rename it over ``path`` only if the block succeeds,
-    so ``path`` either does not exist or is complete. A partial folder left by a killed process is cleared."""
+    """Yield an empty folder ``.NAME.partial`` beside ``path`` (which must not exist); rename it to ``path`` only if
+    the block succeeds, so ``path`` either does not exist or is complete. A partial folder left by a killed process
+    is cleared."""
     partial = path.with_name(f".{path.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    yield partial
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(partial, path)
+    try:
+        yield partial
+        os.replace(partial, path)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
 
 
 def remove_temp_files(folder: Path) -> None:

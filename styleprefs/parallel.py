@@ -111,11 +111,27 @@ def beside(fn: Callable[[], R]) -> Iterator[Callable[[], R]]:
 
     try:
         yield wait
+    except BaseException as exc:
+        failure = _failure(receive)
+        if failure is not None:  # the task failed first, and the block with it: the task's error explains both
+            raise failure from exc
+        raise
     finally:
         if process.is_alive():
             process.kill()
         process.join()
         receive.close()
+
+
+def _failure(receive) -> BaseException | None:
+    """The error a finished task sent, if it sent one."""
+    try:
+        if receive.poll():
+            ok, value = receive.recv()
+            return None if ok else value
+    except EOFError:
+        pass
+    return None
 
 
 def _run_beside(fn: Callable, send, parent: int) -> None:

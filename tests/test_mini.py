@@ -84,8 +84,8 @@ def test_training_script_writes_loadable_models_that_pack_and_unpack(tmp_path):
 def test_a_rerun_keeps_finished_models_and_retrains_only_what_is_missing(tmp_path):
     out = tmp_path / "trained"
     first = train_mini(MiniConfig.quick(), out, command="test")
-    assert first["beside"] == {"vae": "clip"}  # trained in a process beside mini-clip: counted once in the total
-    assert first["total_seconds"] < sum(first["seconds"].values())
+    assert first["threads"] == {"clip": 1, "vae": 1, "unet": 2}  # the VAE beside mini-clip, then the UNet on both
+    assert first["total_seconds"] < sum(first["seconds"].values())  # side by side: counted once
     kept = {name: (out / name / "config.json").read_bytes() for name in ("mini-clip", "vae")}
     weights = (out / "vae" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
     shutil.rmtree(out / "mini")

@@ -70,10 +70,10 @@ def test_workers_option():
 def test_beside_runs_alongside_the_block_and_hands_back_its_result():
     parent = os.getpid()
     started = time.time()
-    with beside(lambda: (os.getpid(), time.sleep(1.0))[0]) as wait:
-        time.sleep(1.0)
+    with beside(lambda: (os.getpid(), time.sleep(3.0))[0]) as wait:
+        time.sleep(3.0)
         child = wait()
-    assert child != parent and time.time() - started < 1.9  # the two one-second sleeps overlapped
+    assert child != parent and time.time() - started < 5.0  # the two three-second sleeps overlapped
 
 
 def _fail() -> None:
@@ -97,5 +97,13 @@ def test_beside_kills_its_process_when_the_block_fails(tmp_path):
     with pytest.raises(KeyboardInterrupt), beside(long_task):
         while not pid_file.exists() or not pid_file.read_text():
             time.sleep(0.01)
+        interrupted = time.time()
         raise KeyboardInterrupt
-    assert not psutil.pid_exists(int(pid_file.read_text()))
+    assert time.time() - interrupted < 10 and not psutil.pid_exists(int(pid_file.read_text()))
+
+
+def test_when_the_block_fails_because_the_task_did_the_tasks_error_is_raised():
+    with pytest.raises(ValueError, match="bad stage") as raised, beside(_fail):
+        time.sleep(2.0)  # the task fails meanwhile; the block then fails for want of its result
+        raise ConnectionError("peer closed")
+    assert isinstance(raised.value.__cause__, ConnectionError)

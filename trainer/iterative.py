@@ -39,7 +39,7 @@ import pyarrow as pa
 from rich.console import Console
 
 from styleprefs.errors import StyleprefsError
-from styleprefs.io import read_json, write_json, write_text
+from styleprefs.io import atomic_dir, read_json, write_json, write_text
 from styleprefs.schema import DATASET_SCHEMA
 from styleprefs.trainer.config import CONFIG_FILE, TrainConfig
 
@@ -175,13 +175,12 @@ def _write_rows(records: list, row: Callable[[int, object], dict], out: Path, ma
 
     if out.is_dir():
         return
-    partial = out.with_name(f".{out.name}.partial")
     tables = (pa.Table.from_pylist([row(j, r) for j, r in enumerate(records[start:start + ROWS_PER_TABLE], start)],
                                    schema=DATASET_SCHEMA) for start in range(0, len(records), ROWS_PER_TABLE))
-    shards = write_shards(tables, len(records), partial / "data", SHARD_ROWS)
-    if manifest is not None:
-        write_json(manifest | {"shards": shards}, partial / "manifest.json")
-    os.replace(partial, out)
+    with atomic_dir(out) as partial:
+        shards = write_shards(tables, len(records), partial / "data", SHARD_ROWS)
+        if manifest is not None:
+            write_json(manifest | {"shards": shards}, partial / "manifest.json")
 
 
 def _row(caption: str, jpg_0: bytes, jpg_1: bytes, uid_0: str, uid_1: str, j: int, k: int, model_0: str,

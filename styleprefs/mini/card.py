@@ -100,8 +100,8 @@ Command:
     return path
 
 
-
 def _beside(record: dict) -> str:
-    if "vae" not in record.get("beside", {}):
+    if record["total_seconds"] >= sum(record["seconds"].values()):
         return ""
-    return "The VAE trained in its own process beside mini-clip, each on half of the threads; the UNet then used all. "
+    return ("mini-clip and the VAE trained side by side, in two processes, and on 2 threads the UNet as two one-thread "
+            "processes (DDP); the total counts time once. ")

@@ -9,8 +9,8 @@ Every draw comes from the seed; each finished model is saved at once and reused 
 
 from __future__ import annotations
 
+import copy
 import datetime
-import json
 import math
 import time
 from collections.abc import Callable
@@ -25,13 +25,14 @@ from diffusers.training_utils import compute_snr
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextModel, CLIPTokenizer
 
-from styleprefs.io import atomic_dir, read_json, write_json, write_text
+from styleprefs.io import atomic_dir, read_json, write_json
 from styleprefs.mini import models, world
 from styleprefs.parallel import beside
 from styleprefs.sources.sample import HELD_OUT, scene_for
 from styleprefs.style import load_style
 from styleprefs.tiny import bpe_tokenizer
 
+STAGE_FILE = "stage.json"  # in each model's folder: its stage's wall-clock span, threads and loss curve
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -231,16 +232,18 @@ def train_unet(cfg: MiniConfig, pool: Pool, vae: AutoencoderKL, text_encoder: CL
                tokenizer: CLIPTokenizer, store: Path | None = None) -> UNet2DConditionModel:
     """``mini``'s UNet (its EMA) on the pool's originals, encoded once by ``vae`` and ``text_encoder`` here.
 
-    Given ``store`` (a file for the process group) and 2+ threads, two processes of half the threads each
-    train it by DDP over gloo, each on half of every batch: on these small convolutions two one-thread
-    processes step faster than one two-thread process."""
+    Given ``store`` (a file for the process group) and exactly 2 threads, two one-thread processes train it by
+    DDP over gloo, each on half of every batch: on these small convolutions that steps about 1.3x as fast as
+    one two-thread process. (The second process is forked after torch has started its threads, which is safe
+    only for a process that uses one.)"""
     with torch.no_grad():
         posteriors = [vae.encode(to_unit(pool.originals[s:s + 256])).latent_dist for s in range(0, len(pool), 256)]
     texts = encode_texts(text_encoder, tokenizer, pool.captions + [""])
     inputs = _UNetInputs(torch.cat([p.mean for p in posteriors]), torch.cat([p.std for p in posteriors]),
                          texts[:-1], texts[-1:], vae.config.scaling_factor)
-    if store is None or cfg.threads < 2:
+    if store is None or cfg.threads != 2:
         return _train_unet_process(cfg, inputs, 0, 1, None)
+    store = store.resolve()
     store.unlink(missing_ok=True)
     with beside(lambda: _train_unet_process(cfg, inputs, 1, 2, store)) as wait:
         ema = _train_unet_process(cfg, inputs, 0, 2, store)
@@ -261,10 +264,10 @@ class _UNetInputs:
 def _train_unet_process(cfg: MiniConfig, inputs: _UNetInputs, rank: int, world: int, store: Path | None
                         ) -> UNet2DConditionModel | None:
     """Process ``rank`` of ``world``'s share of UNet training; the EMA model from process 0, None from others."""
-    torch.set_num_threads(max(1, cfg.threads // world))
+    torch.set_num_threads(cfg.threads // world)
     if world > 1:
-        torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
-                                             timeout=datetime.timedelta(minutes=5))
+        torch.distributed.init_process_group("gloo", store=torch.distributed.FileStore(str(store), world), rank=rank,
+                                             world_size=world, timeout=datetime.timedelta(minutes=5))
     try:
         return _unet_loop(cfg, inputs, rank, world)
     finally:
@@ -273,9 +276,11 @@ def _train_unet_process(cfg: MiniConfig, inputs: _UNetInputs, rank: int, world: 
 
 
 def _unet_loop(cfg: MiniConfig, inputs: _UNetInputs, rank: int, world: int) -> UNet2DConditionModel | None:
+    if cfg.unet_batch % world:
+        raise ValueError(f"unet_batch {cfg.unet_batch} does not split evenly over {world} processes")
     torch.manual_seed(cfg.seed)
-    unet, ema = models.new_unet(), models.new_unet()
-    ema.load_state_dict(unet.state_dict())
+    unet = models.new_unet()
+    ema = copy.deepcopy(unet) if rank == 0 else None
     unet.train()
     model = torch.nn.parallel.DistributedDataParallel(unet) if world > 1 else unet
     scheduler = models.train_scheduler()
@@ -284,7 +289,7 @@ def _unet_loop(cfg: MiniConfig, inputs: _UNetInputs, rank: int, world: int) -> U
     batch = cfg.unet_batch // world
 
     def step(index: int) -> torch.Tensor:
-        if index and rank == 0:
+        if index and ema is not None:
             _ema_update(ema, unet, min(cfg.ema_decay, (1 + index) / (10 + index)))
         pick = torch.from_numpy(rng.choice(len(inputs.mean), batch, replace=False))
         mean = inputs.mean[pick]
@@ -300,7 +305,7 @@ def _unet_loop(cfg: MiniConfig, inputs: _UNetInputs, rank: int, world: int) -> U
     # DDP averages the gradients, so every process clips and steps alike; the curve is process 0's half-batches.
     _loop("mini unet", cfg.unet_steps, cfg.unet_lr, cfg.warmup, list(unet.parameters()), step,
           cfg.curves.setdefault("unet", []), show=rank == 0)
-    if rank:
+    if ema is None:
         return None
     _ema_update(ema, unet, min(cfg.ema_decay, (1 + cfg.unet_steps) / (10 + cfg.unet_steps)))
     return ema.eval()
@@ -338,8 +343,8 @@ def train_mini(cfg: MiniConfig, out: Path, command: str = "") -> dict:
     """Train ``mini-clip`` and ``mini`` into ``out``; returns the training record (also ``out/training.json``).
 
     The VAE trains in a process beside ``mini-clip`` (each on half of ``cfg.threads``), then the UNet on all of
-    them. Each stage saves its model as it ends and is skipped by a rerun, whose record keeps the finished
-    stages' times and curves (``out/stages.json``). Gives the caller back its own torch thread count."""
+    them. Each stage saves its model (with its time and loss curve) as it ends and is skipped by a rerun.
+    Gives the caller back its own torch thread count."""
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
@@ -350,17 +355,15 @@ def train_mini(cfg: MiniConfig, out: Path, command: str = "") -> dict:
 
 def _train_stages(cfg: MiniConfig, out: Path, command: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    stages = read_json(out / "stages.json")
     tokenizer = bpe_tokenizer()
     start = time.time()
     pool = Pool(cfg)
-    stages["data"] = {"seconds": round(time.time() - start, 1)}
-    clip_dir, vae_dir, mini_dir = out / "mini-clip", out / "vae", out / "mini"
+    data_seconds = round(time.time() - start, 1)
+    folders = {"clip": out / "mini-clip", "vae": out / "vae", "unet": out / "mini"}
 
-    def run(name: str, path: Path, save: Callable[[Path], None], threads: int = cfg.threads) -> None:
-        if not path.is_dir():
-            stages[name] = _stage(cfg, name, path, save, threads)
-            write_json(stages, out / "stages.json")
+    def run(name: str, save: Callable[[Path], None], threads: int = cfg.threads) -> None:
+        if not folders[name].is_dir():
+            _stage(cfg, name, folders[name], save, threads)
 
     def clip(path: Path) -> None:
         save_clip(train_clip(cfg, pool, tokenizer), tokenizer, path)
@@ -368,41 +371,46 @@ def _train_stages(cfg: MiniConfig, out: Path, command: str) -> dict:
     def vae(path: Path, show: bool = True) -> None:
         train_vae(cfg, pool, show).save_pretrained(path, safe_serialization=True)
 
-    side = cfg.threads // 2 if not (clip_dir.is_dir() or vae_dir.is_dir()) else 0
+    side = cfg.threads // 2 if not (folders["clip"].is_dir() or folders["vae"].is_dir()) else 0
     if side:  # the VAE does not need mini-clip: it trains in a process beside it, on its share of the threads
-        with beside(lambda: _stage(cfg, "vae", vae_dir, lambda path: vae(path, show=False), side)) as wait_vae:
-            run("clip", clip_dir, clip, cfg.threads - side)
-            stages["vae"] = wait_vae() | {"beside": "clip"}
-        write_json(stages, out / "stages.json")
-    run("clip", clip_dir, clip)
-    run("vae", vae_dir, vae)
-    text_encoder = text_encoder_of(CLIPModel.from_pretrained(clip_dir))
-    run("unet", mini_dir, lambda path: save_pipeline(
-        AutoencoderKL.from_pretrained(vae_dir),
-        train_unet(cfg, pool, AutoencoderKL.from_pretrained(vae_dir), text_encoder, tokenizer, out / ".unet-store"),
+        with beside(lambda: _stage(cfg, "vae", folders["vae"], lambda path: vae(path, show=False), side)) as wait:
+            run("clip", clip, cfg.threads - side)
+            wait()
+    run("clip", clip)
+    run("vae", vae)
+    text_encoder = text_encoder_of(CLIPModel.from_pretrained(folders["clip"]))
+    run("unet", lambda path: save_pipeline(
+        AutoencoderKL.from_pretrained(folders["vae"]),
+        train_unet(cfg, pool, AutoencoderKL.from_pretrained(folders["vae"]), text_encoder, tokenizer,
+                   out / ".unet-store"),
         text_encoder, tokenizer, path))
-    return write_record(out, cfg, stages, command)
+    stages = {name: read_json(folder / STAGE_FILE) for name, folder in folders.items()}
+    return write_record(out, cfg, data_seconds, stages, command)
 
 
-def _stage(cfg: MiniConfig, name: str, path: Path, save: Callable[[Path], None], threads: int) -> dict:
+def _stage(cfg: MiniConfig, name: str, path: Path, save: Callable[[Path], None], threads: int) -> None:
     """Train and save one model (``save(folder)``) on ``threads`` threads into ``path``, which appears only once
-    complete; returns the stage's wall time and loss curve."""
+    complete, with the stage's wall-clock span and loss curve in its ``STAGE_FILE``."""
     start = time.time()
     torch.set_num_threads(threads)
     with atomic_dir(path) as partial:
         save(partial)
-    return {"seconds": round(time.time() - start, 1), "curve": cfg.curves.get(name, [])}
+        write_json({"start": start, "end": time.time(), "threads": threads, "curve": cfg.curves.get(name, [])},
+                   partial / STAGE_FILE)
 
 
-def write_record(out: Path, cfg: MiniConfig, stages: dict, command: str) -> dict:
+def write_record(out: Path, cfg: MiniConfig, data_seconds: float, stages: dict, command: str) -> dict:
     """``out/training.json``: the configuration, each stage's wall time and loss curve, and the command.
-    A stage trained beside another adds only the time by which it outlasted it to the total."""
-    seconds = {k: v["seconds"] for k, v in stages.items()}
-    total = sum(max(0.0, s - seconds[stages[k]["beside"]]) if "beside" in stages[k] else s for k, s in seconds.items())
+    The total is the data's time plus the time covered by any stage: stages that ran side by side count once."""
+    covered, reach = 0.0, -math.inf
+    for begin, end in sorted((v["start"], v["end"]) for v in stages.values()):
+        covered += max(0.0, end - max(begin, reach))
+        reach = max(reach, end)
     record = {"config": {k: v for k, v in asdict(cfg).items() if k != "curves"},
-              "seconds": seconds, "total_seconds": round(total, 1),
-              "beside": {k: v["beside"] for k, v in stages.items() if "beside" in v},
-              "curves": {k: v["curve"] for k, v in stages.items() if v.get("curve")},
+              "seconds": {"data": data_seconds} | {k: round(v["end"] - v["start"], 1) for k, v in stages.items()},
+              "total_seconds": round(data_seconds + covered, 1),
+              "threads": {k: v["threads"] for k, v in stages.items()},
+              "curves": {k: v["curve"] for k, v in stages.items() if v["curve"]},
               "held_out": sorted(world.HELD_OUT), "torch": torch.__version__, "command": command}
-    write_text(json.dumps(record) + "\n", out / "training.json")
+    write_json(record, out / "training.json")
     return record
