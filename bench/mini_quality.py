@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from styleprefs.mini.quality import measure, render_table  # noqa: E402
+from styleprefs.mini.quality import GUIDANCE, measure, render_table  # noqa: E402
 
 
 def main() -> None:
@@ -27,12 +27,13 @@ def main() -> None:
     parser.add_argument("--trained", type=Path, help="folder with mini/ and mini-clip/ (default: the shipped ones)")
     parser.add_argument("--scenes", type=int, default=200, help="held-out scenes (and generations)")
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps per generation")
+    parser.add_argument("--guidance", type=float, default=GUIDANCE, help="classifier-free guidance of the generations")
     parser.add_argument("--card", action="store_true", help="write the figures into the model card")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     model = str(args.trained / "mini") if args.trained else "mini"
     clip = str(args.trained / "mini-clip") if args.trained else "mini-clip"
-    figures = measure(model, clip, scenes=args.scenes, steps=args.steps)
+    figures = measure(model, clip, scenes=args.scenes, steps=args.steps, guidance=args.guidance)
     print(render_table(figures))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")

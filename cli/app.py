@@ -261,15 +261,20 @@ def _print_counts(counts: dict, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors become one ``error:`` line on stderr and exit code 2.
+    """Entry point of ``styleprefs``: see :func:`run`."""
+    run(app, argv)
+
+
+def run(typer_app: typer.Typer, argv: list[str] | None = None) -> None:
+    """Run ``typer_app``: user errors become one ``error:`` line on stderr and exit code 2.
 
     Anything that is not a user error (a bug) keeps its traceback; ``--debug`` or STYLEPREFS_DEBUG=1
-    shows the traceback of user errors too.
+    shows the traceback of user errors too. Every command line of the project goes through here.
     """
     global _debug
     _debug = os.environ.get("STYLEPREFS_DEBUG", "") not in ("", "0")
     try:
-        code = app(args=argv, standalone_mode=False)  # returns Ctrl-C as 130, typer.Exit as its code
+        code = typer_app(args=argv, standalone_mode=False)  # returns Ctrl-C as 130, typer.Exit as its code
     except (KeyboardInterrupt, typer.Abort):
         code = 130
     except Exception as exc:

@@ -23,6 +23,9 @@ from styleprefs.io import read_json, write_text
 RESOLUTION = 64
 MODEL, CLIP = "mini", "mini-clip"
 RUNS = {"base": "base (mini)", "sft": "SFT", "rpo": "SFT+RPO"}
+# Classifier-free guidance of every generation: SD's default. How the miniature's results depend on it is measured
+# in the README ("Guidance in the miniature").
+GUIDANCE = 7.5
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class Plan:
     prompts: int = 32  # captions generated from, per model; style FID compares as many images with as many
     images_per_prompt: int = 2  # seeds per caption: the spread of every mean over seeds is reported
     generation_steps: int = 15
+    guidance: float = GUIDANCE
     batch_size: int = 8
     sft_steps: int = 120
     rpo_steps: int = 60
@@ -110,7 +114,7 @@ def _stages(out: Path, style: str, inception: str | None, plan: Plan) -> list[St
     ]
     for name, model in models.items():
         stages.append(Stage(f"generate from {name}", f"styleprefs eval generate --model {model} --prompts {data} "
-                            f"--out {gen / name}", lambda model=model, name=name: _generate(model, data, gen / name, plan),
+                            f"--guidance {plan.guidance} --out {gen / name}", lambda model=model, name=name: _generate(model, data, gen / name, plan),
                             lambda: False))
     for name in models:
         stages += [
@@ -160,7 +164,7 @@ def _generate(model: str, data: Path, out: Path, plan: Plan) -> None:
     from styleprefs.eval.generate import generate
 
     generate(model, str(data), out, images_per_prompt=plan.images_per_prompt, seed=0, steps=plan.generation_steps,
-             resolution=RESOLUTION, limit=plan.prompts, batch_size=16, device="cpu")
+             guidance=plan.guidance, resolution=RESOLUTION, limit=plan.prompts, batch_size=16, device="cpu")
 
 
 def _fid(data: Path, generated: Path, inception: str | None, plan: Plan) -> None:

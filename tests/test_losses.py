@@ -15,6 +15,7 @@ import torch
 from styleprefs.trainer.losses import (
     combine_embeddings,
     dpo_loss,
+    min_snr_weights,
     orpo_loss,
     orrpo_loss,
     per_sample_error,
@@ -154,6 +155,27 @@ def test_per_sample_error_rejects_shape_mismatch():
 def test_sft_loss_matches_reference():
     ew, *_ = errors(7, seed=2)
     assert math.isclose(sft_loss(ew).item(), sum(as_list(ew)) / 7, rel_tol=RTOL)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_min_snr_weighted_sft_loss_matches_reference(prediction_type):
+    """Weights as Hang et al. 2023 (and diffusers' --snr_gamma) from the SNR of the scheduler's own timesteps."""
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import compute_snr
+
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    timesteps = torch.tensor([0, 10, 100, 400, 700, 999])
+    alphas = scheduler.alphas_cumprod.double()[timesteps]
+    snr = (alphas / (1 - alphas)).numpy()
+    ew, *_ = errors(6, seed=3)
+    weights = min_snr_weights(compute_snr(scheduler, timesteps).double(), 5.0, prediction_type)
+    denominator = snr + 1 if prediction_type == "v_prediction" else snr
+    expected = np.minimum(snr, 5.0) / denominator
+    assert np.allclose(weights.numpy(), expected, rtol=1e-6)
+    assert (expected[snr > 5] < 1).all() and np.allclose(expected[snr <= 5], (snr / denominator)[snr <= 5])
+    got = sft_loss(ew, weights).item()
+    assert math.isclose(got, float(np.mean(expected * np.array(as_list(ew)))), rel_tol=1e-6)
+    assert sft_loss(ew, torch.ones(6, dtype=ew.dtype)).item() == sft_loss(ew).item()
 
 
 @pytest.mark.parametrize("beta", [0.1, 500.0, 2500.0, 5000.0])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +98,35 @@ def test_a_rerun_keeps_finished_models_and_retrains_only_what_is_missing(tmp_pat
     assert (out / "vae" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == weights
     assert second["curves"]["clip"] == first["curves"]["clip"] and not (out / ".mini.partial").exists()
     assert (out / "mini" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def _mini_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "styleprefs.mini", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_mini_command_errors_are_one_line_and_touch_nothing(tmp_path):
+    """Bad input to ``python -m styleprefs.mini`` takes the project's one error path: exit 2, one line."""
+    shipped = (ship.WEIGHTS / ship.SUMS).read_bytes()
+    (tmp_path / "half").mkdir()
+    (tmp_path / "file").write_text("x")
+    cases = {("train", "--out", str(tmp_path / "t"), "--threads", "0"): "--threads must be at least 1",
+             ("train", "--out", str(tmp_path / "file" / "t"), "--quick"): "not writable",
+             ("train", "--out", str(tmp_path / "t"), "--seed", "x"): "--seed",
+             ("pack", str(tmp_path / "half")): "not a finished training folder"}
+    for args, message in cases.items():
+        result = _mini_cli(*args)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert (ship.WEIGHTS / ship.SUMS).read_bytes() == shipped and not (tmp_path / "t").exists()
+
+
+def test_a_second_training_run_on_the_same_folder_is_refused(tmp_path):
+    from styleprefs.lock import folder_lock
+
+    with folder_lock(tmp_path / "t"):  # as a first run holds it
+        result = _mini_cli("train", "--out", str(tmp_path / "t"), "--quick")
+    assert result.returncode == 2 and "in use by another styleprefs process" in result.stderr, result.stderr
+    assert [p.name for p in (tmp_path / "t").iterdir()] == [".styleprefs.lock"]
 
 
 def test_reconstruction_loss_adds_the_l1_of_image_gradients_to_pixel_losses():

@@ -75,6 +75,8 @@ def test_report_files_and_numbers(report):
     page = (report / "report.html").read_text()
     for src in ("dataset_grid.png", "runs/sft/curves.png", "runs/rpo/curves.png", "report_grid.png"):
         assert f"src='{src}'" in page
+    for name in ("base", "sft", "rpo"):
+        assert json.loads((report / "generated" / name / "generate.json").read_text())["guidance"] == Plan().guidance
     rpo_config = (report / "runs" / "rpo" / "train_config.yaml").read_text()
     assert f"init: {report / 'runs' / 'sft'}" in rpo_config and "model: mini" in rpo_config
 

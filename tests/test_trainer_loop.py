@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -226,6 +227,28 @@ def test_curves_plot(tmp_path: Path) -> None:
     assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_sft_curves_show_only_the_loss_with_its_running_mean(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    from styleprefs.trainer.plots import SMOOTHING, _running_mean
+
+    values = [float(v) for v in np.random.default_rng(0).random(50)]
+    assert np.allclose(_running_mean(values, SMOOTHING), np.convolve(values, np.ones(SMOOTHING) / SMOOTHING, "valid"))
+    rows = [{"step": i, "loss": v, "implicit_acc": None, "reward_margin": None} for i, v in enumerate(values)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert plot_curves(tmp_path / "metrics.jsonl", tmp_path / "curves.png")
+    with Image.open(tmp_path / "curves.png") as img:
+        assert img.width == 400  # one 4-inch panel at 100 dpi, not three with two of them empty
+
+
+def test_snr_gamma_weights_the_sft_loss(dataset: Path, tmp_path: Path) -> None:
+    """A gamma far below every timestep's SNR scales each pair's error by about gamma / SNR: the logged loss falls."""
+    plain = _run(dataset, tmp_path / "plain", stage="sft", max_steps=1)[0]["loss"]
+    weighted = _run(dataset, tmp_path / "weighted", stage="sft", max_steps=1, snr_gamma=1e-6)[0]["loss"]
+    assert 0 < weighted < plain * 1e-3
+
+
 def test_sdxl_tiny_trains_one_step(dataset: Path, tmp_path: Path) -> None:
     rows = _run(dataset, tmp_path / "run", model="tiny-sdxl", max_steps=1)
     assert rows[0]["loss"] == pytest.approx(LOG2, abs=1e-6)
@@ -245,6 +268,8 @@ def test_config_yaml_overrides_and_errors(tmp_path: Path) -> None:
         TrainConfig.from_yaml_and_overrides(path, {"stage": "ppo"})
     with pytest.raises(StyleprefsError, match="--batch-size must be at least 1"):
         TrainConfig.from_yaml_and_overrides(path, {"batch_size": 0})
+    with pytest.raises(StyleprefsError, match="--snr-gamma must be positive and is for --stage sft only"):
+        TrainConfig.from_yaml_and_overrides(path, {"stage": "dpo", "snr_gamma": 5.0})
     with pytest.raises(StyleprefsError, match="missing required.*--data"):
         TrainConfig.from_yaml_and_overrides(None, {"stage": "dpo", "out": "o"})
     # Learning-rate defaults: 1e-8 per pair, scaled, for full fine-tuning; 1e-5 as given with LoRA.
@@ -362,13 +387,13 @@ def test_fp16_grad_scaler_skips_through_the_scaler_and_the_schedule_waits(datase
                         property(lambda self: "fp16"))  # accelerate unscales only under fp16
     real, calls = loop.sft_loss, iter(range(100))
 
-    def loss(err_w):
+    def loss(err_w, weights=None):
         n = next(calls)
         if n == 0:
-            return real(err_w) * float("nan")
+            return real(err_w, weights) * float("nan")
         if n == 1:  # finite value, NaN gradient: d sqrt(x)/dx at 0
-            return real(err_w) + torch.sqrt(err_w.sum() * 0)
-        return real(err_w)
+            return real(err_w, weights) + torch.sqrt(err_w.sum() * 0)
+        return real(err_w, weights)
 
     monkeypatch.setattr(loop, "sft_loss", loss)
     rows = _run(dataset, tmp_path / "run", stage="sft", max_steps=4, warmup_steps=10, learning_rate=1e-3)

@@ -128,6 +128,9 @@ class TrainConfig:
                                        "loser). 0.2 as Diffusion-DPO's launchers (which Diffusion-RPO builds on): "
                                        "keeps the unconditional branch that classifier-free guidance uses trained "
                                        "on the new data. 0 trains the conditional branch only.")
+    snr_gamma: float | None = _opt(None, "SFT only: Min-SNR loss weighting (Hang et al. 2023) with this gamma, as "
+                                         "diffusers' --snr_gamma (5 is its recommended value); None weighs every "
+                                         "timestep alike, the plain denoising loss.")
     validation_prompts: list[str] = _opt([], "Prompts drawn every --validation-every steps and at the end, with "
                                              "fixed seeds, into out/validation/step-XXXXXX.png.")
     validation_every: int = _opt(500, "Steps between validation grids (0: only at the end).")
@@ -222,6 +225,9 @@ class TrainConfig:
             raise StyleprefsError(f"--checkpoints-total-limit must be at least 1, got {self.checkpoints_total_limit}")
         if self.resolution % 8:
             raise StyleprefsError(f"--resolution must be a multiple of 8, got {self.resolution}")
+        if self.snr_gamma is not None and (self.stage != "sft" or not self.snr_gamma > 0):
+            raise StyleprefsError(f"--snr-gamma must be positive and is for --stage sft only, got {self.snr_gamma} "
+                                  f"with --stage {self.stage}")
         if not 0 <= self.caption_dropout < 1:
             raise StyleprefsError(f"--caption-dropout must be in [0, 1), got {self.caption_dropout}")
         if self.stage in RPO_STAGES and self.clip_model is None and not self.use_cache:

@@ -36,6 +36,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType, set_seed
 from diffusers import UNet2DConditionModel
 from diffusers.optimization import get_scheduler
+from diffusers.training_utils import compute_snr
 from peft import LoraConfig
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -50,8 +51,8 @@ from styleprefs.trainer.checkpoint import (base_pipeline, checkpoint_dir, list_c
                                            save_checkpoint, save_pipeline)
 from styleprefs.trainer.config import CONFIG_FILE, ITERATIVE_STAGES, REFERENCE_STAGES, RPO_STAGES, TrainConfig
 from styleprefs.trainer.improve import add_image_channels, check_improver_base, draw_tasks, improve_inputs, task_metrics
-from styleprefs.trainer.losses import (combine_embeddings, dpo_loss, orpo_loss, orrpo_loss, per_sample_error,
-                                       rpo_loss, rpo_weights, sft_loss)
+from styleprefs.trainer.losses import (combine_embeddings, dpo_loss, min_snr_weights, orpo_loss, orrpo_loss,
+                                       per_sample_error, rpo_loss, rpo_weights, sft_loss)
 from styleprefs.trainer.metrics import preference_metrics
 from styleprefs.trainer.models import (SDComponents, check_unet_source, load_components, load_unet, quiet_loading,
                                        resolve_model)
@@ -407,8 +408,9 @@ def _micro_step(cfg: TrainConfig, run: _Run, micro: int) -> tuple[Tensor, dict[s
     inputs, target = _model_inputs(batch, draws, components)
     if cfg.stage == "sft":  # its loss uses the winners only
         err_w = _errors(run.policy, _winners(inputs), _winners(target), accelerator)
-        loss = sft_loss(err_w)
-        return loss, {"err_w": err_w.detach()}
+        weights = None if cfg.snr_gamma is None else min_snr_weights(
+            compute_snr(components.noise_scheduler, draws.timesteps), cfg.snr_gamma, components.prediction_type)
+        return sft_loss(err_w, weights), {"err_w": err_w.detach()}
     err_w, err_l = _errors(run.policy, inputs, target, accelerator).chunk(2)
     ref_w = ref_l = None
     if run.reference is not None:

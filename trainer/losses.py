@@ -39,10 +39,21 @@ def implicit_reward(err: Tensor, ref_err: Tensor, beta: float) -> Tensor:
     return -(beta / 2) * (err - ref_err)
 
 
-def sft_loss(err_w: Tensor) -> Tensor:
-    """``loss = mean_i e_theta(w_i)``."""
+def sft_loss(err_w: Tensor, weights: Tensor | None = None) -> Tensor:
+    """``loss = mean_i weight_i * e_theta(w_i)``, every weight 1 unless ``weights`` are given (see min_snr_weights)."""
     _check_same_1d(err_w=err_w)
-    return err_w.mean()
+    if weights is None:
+        return err_w.mean()
+    _check_same_1d(err_w=err_w, weights=weights)
+    return (weights.to(err_w.dtype) * err_w).mean()
+
+
+def min_snr_weights(snr: Tensor, gamma: float, prediction_type: str) -> Tensor:
+    """Min-SNR-gamma weights (Hang et al. 2023) of per-sample losses at ``snr``: ``min(snr, gamma) / snr`` for
+    epsilon prediction, ``min(snr, gamma) / (snr + 1)`` for v-prediction. They cap the weight that the plain loss
+    gives low-noise timesteps (fine detail), leaving more to the high-noise ones that set colour and layout."""
+    clipped = torch.clamp(snr, max=gamma)
+    return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
 
 
 def dpo_logits(err_w: Tensor, err_l: Tensor, ref_err_w: Tensor, ref_err_l: Tensor, beta: float) -> Tensor:

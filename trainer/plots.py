@@ -11,6 +11,7 @@ from PIL import Image
 from styleprefs.io import atomic_path
 
 CURVES = (("loss", "loss"), ("implicit_acc", "implicit accuracy"), ("reward_margin", "reward margin"))
+SMOOTHING = 20  # steps in the running mean drawn over each noisy per-step curve
 
 
 def matplotlib_available() -> bool:
@@ -18,7 +19,8 @@ def matplotlib_available() -> bool:
 
 
 def plot_curves(metrics_path: Path, out_png: Path) -> bool:
-    """Plot loss, implicit accuracy and reward margin per step (skipped steps and missing values left out) into ``out_png``.
+    """Plot loss, implicit accuracy and reward margin per step, with a running mean, into ``out_png``; skipped steps
+    and missing values are left out, and so is a curve the run does not log (SFT has no implicit accuracy).
 
     Returns False, writing nothing, when matplotlib is not installed.
     """
@@ -31,10 +33,15 @@ def plot_curves(metrics_path: Path, out_png: Path) -> bool:
 
     rows = [json.loads(line) for line in Path(metrics_path).read_text(encoding="utf-8").splitlines() if line.strip()]
     rows = [r for r in rows if not r.get("skipped")]
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2), constrained_layout=True)
-    for ax, (key, title) in zip(axes, CURVES):
+    curves = [(key, title) for key, title in CURVES if any(r.get(key) is not None for r in rows)] or CURVES[:1]
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2), constrained_layout=True, squeeze=False)
+    for ax, (key, title) in zip(axes[0], curves):
         shown = [r for r in rows if r.get(key) is not None]  # sft logs no implicit accuracy or margin
-        ax.plot([r["step"] for r in shown], [r[key] for r in shown], lw=1)
+        steps, values = [r["step"] for r in shown], [r[key] for r in shown]
+        ax.plot(steps, values, lw=1, alpha=0.4 if len(values) > SMOOTHING else 1.0)
+        if len(values) > SMOOTHING:
+            ax.plot(steps[SMOOTHING - 1:], _running_mean(values, SMOOTHING), lw=1.5, label=f"mean of {SMOOTHING}")
+            ax.legend(loc="best", fontsize="small")
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -42,6 +49,13 @@ def plot_curves(metrics_path: Path, out_png: Path) -> bool:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return True
+
+
+def _running_mean(values: list[float], window: int) -> list[float]:
+    sums = [0.0]
+    for value in values:
+        sums.append(sums[-1] + value)
+    return [(sums[i + window] - sums[i]) / window for i in range(len(values) - window + 1)]
 
 
 def save_grid(images: list[Image.Image], path: Path) -> None:

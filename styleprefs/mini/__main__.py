@@ -8,9 +8,11 @@ from pathlib import Path
 
 import typer
 
+from styleprefs.errors import StyleprefsError
+from styleprefs.lock import folder_lock
 from styleprefs.mini.train import MiniConfig, train_mini
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
 
 
 @app.command()
@@ -20,11 +22,13 @@ def train(out: Path = typer.Option(..., help="folder for mini/, mini-clip/ and t
           threads: int = typer.Option(2, help="CPU threads; the same seed and thread count give the same weights")
           ) -> None:
     """Train mini-clip, then mini's VAE and UNet, from scratch on the sample scenes (a rerun resumes)."""
+    if threads < 1:
+        raise StyleprefsError(f"--threads must be at least 1, got {threads}")
     cfg = MiniConfig.quick(seed) if quick else MiniConfig(seed=seed)
     cfg.threads = threads
-    record = train_mini(cfg, out, command="python -m styleprefs.mini " + shlex.join(sys.argv[1:]))
+    with folder_lock(out):  # a second run on the same folder gets a one-line error, not a race on its stages
+        record = train_mini(cfg, out, command="python -m styleprefs.mini " + shlex.join(sys.argv[1:]))
     typer.echo(f"trained in {record['total_seconds'] / 60:.1f} min: {out / 'mini'}, {out / 'mini-clip'}")
-
 
 
 @app.command()
@@ -38,4 +42,6 @@ def pack(trained: Path = typer.Argument(..., help="a folder written by `train`")
 
 
 if __name__ == "__main__":
-    app()
+    from styleprefs.cli.app import run
+
+    run(app)

@@ -378,12 +378,14 @@ def _train_stages(cfg: MiniConfig, out: Path, command: str) -> dict:
             wait()
     run("clip", clip)
     run("vae", vae)
-    text_encoder = text_encoder_of(CLIPModel.from_pretrained(folders["clip"]))
-    run("unet", lambda path: save_pipeline(
-        AutoencoderKL.from_pretrained(folders["vae"]),
-        train_unet(cfg, pool, AutoencoderKL.from_pretrained(folders["vae"]), text_encoder, tokenizer,
-                   out / ".unet-store"),
-        text_encoder, tokenizer, path))
+
+    def unet(path: Path) -> None:
+        autoencoder = AutoencoderKL.from_pretrained(folders["vae"])
+        text_encoder = text_encoder_of(CLIPModel.from_pretrained(folders["clip"]))
+        trained = train_unet(cfg, pool, autoencoder, text_encoder, tokenizer, out / ".unet-store")
+        save_pipeline(autoencoder, trained, text_encoder, tokenizer, path)
+
+    run("unet", unet)
     stages = {name: read_json(folder / STAGE_FILE) for name, folder in folders.items()}
     return write_record(out, cfg, data_seconds, stages, command)
 
