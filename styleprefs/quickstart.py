@@ -114,8 +114,8 @@ def _stages(out: Path, style: str, inception: str | None, plan: Plan) -> list[St
     ]
     for name, model in models.items():
         stages.append(Stage(f"generate from {name}", f"styleprefs eval generate --model {model} --prompts {data} "
-                            f"--guidance {plan.guidance} --out {gen / name}", lambda model=model, name=name: _generate(model, data, gen / name, plan),
-                            lambda: False))
+                            f"--guidance {plan.guidance} --out {gen / name}",
+                            lambda model=model, name=name: _generate(model, data, gen / name, plan), lambda: False))
     for name in models:
         stages += [
             Stage(f"style FID of {name}", f"styleprefs eval style-fid --data {data} --generated {gen / name} {fid_flag}",

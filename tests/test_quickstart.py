@@ -81,6 +81,23 @@ def test_report_files_and_numbers(report):
     assert f"init: {report / 'runs' / 'sft'}" in rpo_config and "model: mini" in rpo_config
 
 
+def test_every_generation_uses_the_plans_guidance(tmp_path, monkeypatch):
+    """The plan's guidance reaches eval generate (not its 7.5 default) and the command each stage stands for."""
+    from dataclasses import replace
+
+    from styleprefs import quickstart as quickstart_module
+    from styleprefs.eval import generate as generate_module
+
+    calls = []
+    monkeypatch.setattr(generate_module, "generate", lambda *args, **kwargs: calls.append(kwargs))
+    plan = replace(Plan.reduced(), guidance=3.0)
+    stages = [s for s in quickstart_module._stages(tmp_path, "winter", None, plan) if s.name.startswith("generate")]
+    for stage in stages:
+        assert "--guidance 3.0 " in stage.command
+        stage.run()
+    assert len(calls) == 3 and all(call["guidance"] == 3.0 for call in calls)
+
+
 def test_held_out_pairs_are_scenes_training_never_saw(report):
     import pyarrow.parquet as pq
 

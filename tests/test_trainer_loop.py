@@ -233,8 +233,9 @@ def test_sft_curves_show_only_the_loss_with_its_running_mean(tmp_path: Path) -> 
 
     from styleprefs.trainer.plots import SMOOTHING, _running_mean
 
+    ramp = [float(i) for i in range(50)]  # the mean of steps i .. i + SMOOTHING - 1 of a ramp is its midpoint
+    assert np.allclose(_running_mean(ramp, SMOOTHING), [i + (SMOOTHING - 1) / 2 for i in range(51 - SMOOTHING)])
     values = [float(v) for v in np.random.default_rng(0).random(50)]
-    assert np.allclose(_running_mean(values, SMOOTHING), np.convolve(values, np.ones(SMOOTHING) / SMOOTHING, "valid"))
     rows = [{"step": i, "loss": v, "implicit_acc": None, "reward_margin": None} for i, v in enumerate(values)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert plot_curves(tmp_path / "metrics.jsonl", tmp_path / "curves.png")

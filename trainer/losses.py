@@ -41,9 +41,7 @@ def implicit_reward(err: Tensor, ref_err: Tensor, beta: float) -> Tensor:
 
 def sft_loss(err_w: Tensor, weights: Tensor | None = None) -> Tensor:
     """``loss = mean_i weight_i * e_theta(w_i)``, every weight 1 unless ``weights`` are given (see min_snr_weights)."""
-    _check_same_1d(err_w=err_w)
-    if weights is None:
-        return err_w.mean()
+    weights = torch.ones_like(err_w) if weights is None else weights
     _check_same_1d(err_w=err_w, weights=weights)
     return (weights.to(err_w.dtype) * err_w).mean()
 

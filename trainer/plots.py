@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from styleprefs.io import atomic_path
@@ -51,11 +52,8 @@ def plot_curves(metrics_path: Path, out_png: Path) -> bool:
     return True
 
 
-def _running_mean(values: list[float], window: int) -> list[float]:
-    sums = [0.0]
-    for value in values:
-        sums.append(sums[-1] + value)
-    return [(sums[i + window] - sums[i]) / window for i in range(len(values) - window + 1)]
+def _running_mean(values: list[float], window: int) -> np.ndarray:
+    return np.convolve(values, np.ones(window) / window, mode="valid")
 
 
 def save_grid(images: list[Image.Image], path: Path) -> None:
