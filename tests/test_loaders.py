@@ -49,8 +49,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _load(out: Path) -> datasets.Dataset:
-    """What ``load_dataset(NAME, split="train")`` gives for the folder as pushed (README configs)."""
-    return datasets.load_dataset(str(out), split="train")
+    """What ``load_dataset(NAME, split="train")`` gives for the folder as pushed (README configs). The cache is the
+    folder's own: the shared one can hand back rows of an earlier run's folder of the same name."""
+    return datasets.load_dataset(str(out), split="train", cache_dir=str(out.parent / f".{out.name}-datasets-cache"))
 
 
 def _pixels(data: bytes) -> torch.Tensor:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from styleprefs.mini import ship, world
+from styleprefs.mini import card, ship, world
 from styleprefs.mini.quality import measure
 from styleprefs.mini.models import new_clip
 from styleprefs.mini.train import (MiniConfig, Pool, clip_pixels, contrastive_loss, illuminants,
@@ -81,6 +81,12 @@ def test_training_script_writes_loadable_models_that_pack_and_unpack(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)  # float16 storage
     clip = CLIPModel.from_pretrained(ship.assemble("mini-clip", tmp_path / "clip", tmp_path / "weights"))
     assert clip.config.vision_config.image_size == 64
+    architecture = card._architecture(tmp_path / "weights")  # the model card's shapes, read from what was packed
+    vision = clip.config.vision_config
+    assert f"{vision.image_size} px images in {vision.patch_size} px patches, width {vision.hidden_size}" in architecture
+    heads = unpacked.unet.config.attention_head_dim
+    widths = "/".join(str(c // heads) for c in unpacked.unet.config.block_out_channels[:2])
+    assert f"cross-attention in 2 of its 3 levels with {heads} heads ({widths} channels a head)" in architecture
 
 
 def test_a_rerun_keeps_finished_models_and_retrains_only_what_is_missing(tmp_path):

@@ -59,6 +59,9 @@ miniature, never with published FID.
   edits; `mini`'s UNet sees originals only, so the base model draws the world in summer.
 - Held out (never in training): {held_out}. Each colour and each time of day is seen, never these pairs.
 
+## Architecture
+{_architecture(folder)}
+
 ## Training
 | model | steps | batch | lr | final loss (mean of last 100) | minutes |
 |---|---|---|---|---|---|
@@ -98,6 +101,24 @@ Command:
     path = folder / "README.md"
     write_text(text, path)
     return path
+
+
+def _architecture(folder: Path) -> str:
+    """The shapes that decide the models' cost, read from the saved configs."""
+    clip = json.loads((folder / "mini-clip" / "config.json").read_text(encoding="utf-8"))
+    vision, text = clip["vision_config"], clip["text_config"]
+    unet = json.loads((folder / "mini" / "unet" / "config.json").read_text(encoding="utf-8"))
+    vae = json.loads((folder / "mini" / "vae" / "config.json").read_text(encoding="utf-8"))
+    heads = unet["attention_head_dim"]  # diffusers' UNet reads this as the number of heads (SD1.5's 8)
+    attending = [c for c, kind in zip(unet["block_out_channels"], unet["down_block_types"]) if "CrossAttn" in kind]
+    widths = "/".join(str(c // heads) for c in attending)
+    return f"""- `mini-clip`: a ViT image tower on {vision['image_size']} px images in {vision['patch_size']} px patches, \
+width {vision['hidden_size']}, {vision['num_hidden_layers']} layers; a text tower of width {text['hidden_size']}, \
+{text['num_hidden_layers']} layers; {clip['projection_dim']}-d joint embeddings.
+- `mini` UNet: channels {'/'.join(map(str, unet['block_out_channels']))}, cross-attention in {len(attending)} of its \
+{len(unet['block_out_channels'])} levels with {heads} heads ({widths} channels a head), conditioned on the text tower's {unet['cross_attention_dim']}-d \
+hidden states; VAE: channels {'/'.join(map(str, vae['block_out_channels']))}, {vae['latent_channels']} latent \
+channels."""
 
 
 def _beside(record: dict) -> str:

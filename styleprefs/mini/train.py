@@ -41,11 +41,11 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 class MiniConfig:
     seed: int = 0
     scenes: int = 16000
-    clip_steps: int = 1200
+    clip_steps: int = 1600
     clip_batch: int = 64  # scenes per batch; each comes with its styled twin
     clip_lr: float = 1e-3
     clip_relight: float = 0.5  # share of CLIP images under a random illuminant
-    vae_steps: int = 3000
+    vae_steps: int = 2000
     vae_batch: int = 16
     vae_lr: float = 1e-3
     vae_edges: float = 2.0  # weight of the image-gradient term of the VAE loss (see reconstruction_loss)
