@@ -23,8 +23,9 @@ from styleprefs.io import read_json, write_text
 RESOLUTION = 64
 MODEL, CLIP = "mini", "mini-clip"
 RUNS = {"base": "base (mini)", "sft": "SFT", "rpo": "SFT+RPO"}
-# Classifier-free guidance of every generation. The mini base's images are closest to real scenes (lowest mini FID)
-# at 3; at SD's 7.5 guidance re-saturates the colours and hides SFT's winter wash (README, "Guidance in the miniature").
+# Classifier-free guidance of every generation. At 3 SFT's winter shift shows most and the base's images are about as
+# close to real scenes (mini FID) as they get; higher guidance re-saturates the colours that the winter wash takes
+# out (README, "Guidance in the miniature").
 GUIDANCE = 3.0
 
 
