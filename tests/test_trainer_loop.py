@@ -231,10 +231,10 @@ def test_sft_curves_show_only_the_loss_with_its_running_mean(tmp_path: Path) -> 
     pytest.importorskip("matplotlib")
     from PIL import Image
 
-    from styleprefs.trainer.plots import SMOOTHING, _running_mean
+    from styleprefs.trainer.plots import SMOOTHING, running_mean
 
     ramp = [float(i) for i in range(50)]  # the mean of steps i .. i + SMOOTHING - 1 of a ramp is its midpoint
-    assert np.allclose(_running_mean(ramp, SMOOTHING), [i + (SMOOTHING - 1) / 2 for i in range(51 - SMOOTHING)])
+    assert np.allclose(running_mean(ramp, SMOOTHING), [i + (SMOOTHING - 1) / 2 for i in range(51 - SMOOTHING)])
     values = [float(v) for v in np.random.default_rng(0).random(50)]
     rows = [{"step": i, "loss": v, "implicit_acc": None, "reward_margin": None} for i, v in enumerate(values)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

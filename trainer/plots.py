@@ -41,7 +41,7 @@ def plot_curves(metrics_path: Path, out_png: Path) -> bool:
         steps, values = [r["step"] for r in shown], [r[key] for r in shown]
         ax.plot(steps, values, lw=1, alpha=0.4 if len(values) > SMOOTHING else 1.0)
         if len(values) > SMOOTHING:
-            ax.plot(steps[SMOOTHING - 1:], _running_mean(values, SMOOTHING), lw=1.5, label=f"mean of {SMOOTHING}")
+            ax.plot(steps[SMOOTHING - 1:], running_mean(values, SMOOTHING), lw=1.5, label=f"mean of {SMOOTHING}")
             ax.legend(loc="best", fontsize="small")
         ax.set_title(title)
         ax.set_xlabel("step")
@@ -52,7 +52,8 @@ def plot_curves(metrics_path: Path, out_png: Path) -> bool:
     return True
 
 
-def _running_mean(values: list[float], window: int) -> np.ndarray:
+def running_mean(values: list[float], window: int) -> np.ndarray:
+    """The mean of every ``window`` consecutive values (``len(values) - window + 1`` of them)."""
     return np.convolve(values, np.ones(window) / window, mode="valid")
 
 

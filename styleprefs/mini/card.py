@@ -11,6 +11,7 @@ from styleprefs.io import write_text
 from styleprefs.mini import world
 from styleprefs.mini.quality import render_table
 from styleprefs.mini.ship import WEIGHTS
+from styleprefs.trainer.plots import running_mean
 
 
 def plot_curves(curves: dict[str, list[float]], path: Path) -> None:
@@ -22,8 +23,7 @@ def plot_curves(curves: dict[str, list[float]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3))
     for ax, (name, values) in zip(np.atleast_1d(axes), curves.items()):
         window = max(1, len(values) // 50)
-        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
-        ax.plot(smooth)
+        ax.plot(running_mean(values, window))
         ax.set_title(f"{name} loss")
         ax.set_xlabel("step")
         ax.set_yscale("log")
@@ -110,15 +110,16 @@ def _architecture(folder: Path) -> str:
     unet = json.loads((folder / "mini" / "unet" / "config.json").read_text(encoding="utf-8"))
     vae = json.loads((folder / "mini" / "vae" / "config.json").read_text(encoding="utf-8"))
     heads = unet["attention_head_dim"]  # diffusers' UNet reads this as the number of heads (SD1.5's 8)
-    attending = [c for c, kind in zip(unet["block_out_channels"], unet["down_block_types"]) if "CrossAttn" in kind]
-    widths = "/".join(str(c // heads) for c in attending)
-    return f"""- `mini-clip`: a ViT image tower on {vision['image_size']} px images in {vision['patch_size']} px patches, \
-width {vision['hidden_size']}, {vision['num_hidden_layers']} layers; a text tower of width {text['hidden_size']}, \
-{text['num_hidden_layers']} layers; {clip['projection_dim']}-d joint embeddings.
-- `mini` UNet: channels {'/'.join(map(str, unet['block_out_channels']))}, cross-attention in {len(attending)} of its \
-{len(unet['block_out_channels'])} levels with {heads} heads ({widths} channels a head), conditioned on the text tower's {unet['cross_attention_dim']}-d \
-hidden states; VAE: channels {'/'.join(map(str, vae['block_out_channels']))}, {vae['latent_channels']} latent \
-channels."""
+    levels = unet["block_out_channels"]
+    attending = [c for c, kind in zip(levels, unet["down_block_types"]) if "CrossAttn" in kind]
+    widths, channels = "/".join(str(c // heads) for c in attending), "/".join(map(str, levels))
+    return (f"- `mini-clip`: a ViT image tower on {vision['image_size']} px images in {vision['patch_size']} px "
+            f"patches, width {vision['hidden_size']}, {vision['num_hidden_layers']} layers; a text tower of width "
+            f"{text['hidden_size']}, {text['num_hidden_layers']} layers; {clip['projection_dim']}-d joint embeddings.\n"
+            f"- `mini` UNet: channels {channels}, cross-attention in {len(attending)} of its {len(levels)} levels "
+            f"with {heads} heads ({widths} channels a head), conditioned on the text tower's "
+            f"{unet['cross_attention_dim']}-d hidden states; VAE: channels "
+            f"{'/'.join(map(str, vae['block_out_channels']))}, {vae['latent_channels']} latent channels.")
 
 
 def _beside(record: dict) -> str:

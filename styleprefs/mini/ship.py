@@ -30,7 +30,8 @@ def pack(trained: Path, weights: Path = WEIGHTS) -> list[str]:
     """Copy the shipped files of ``trained/mini`` and ``trained/mini-clip`` into ``weights`` (float16).
 
     Checks every source file first, so a wrong or unfinished folder leaves the shipped weights as they were."""
-    missing = [f"{name}/{file}" for name, files in SHIPPED.items() for file in files if not (trained / name / file).is_file()]
+    missing = [f"{name}/{file}" for name, files in SHIPPED.items() for file in files
+               if not (trained / name / file).is_file()]
     if missing:
         raise StyleprefsError(f"{trained} is not a finished training folder (no {missing[0]}): run "
                               f"`python -m styleprefs.mini train --out {trained}` to finish it, then pack again")
