@@ -129,7 +129,7 @@ def _train(cfg: TrainConfig, out: Path, show_progress: bool) -> Path:
         step, nan_steps = state["step"], state["nan_steps"]
     if main:
         _start_files(cfg, out, step)
-        _print_start(cfg, accelerator, len(run.pairs), resume_from)
+        _print_start(cfg, accelerator, len(run.pairs), resume_from, run.components.family)
     accelerator.init_trackers("styleprefs", config=_tracker_config(cfg))
 
     saturated = 0  # preference-loss steps in a row with a loss of about 0
@@ -562,7 +562,8 @@ def learning_rate_lines(cfg: TrainConfig, num_processes: int) -> list[str]:
     return lines
 
 
-def _print_start(cfg: TrainConfig, accelerator: Accelerator, n_pairs: int, resume_from: Path | None) -> None:
+def _print_start(cfg: TrainConfig, accelerator: Accelerator, n_pairs: int, resume_from: Path | None,
+                 family: Family) -> None:
     per_step = cfg.pairs_per_step(accelerator.num_processes)
     reference = {"sft": "none", "orpo": "none", "orrpo": "none", "improve": "none"}.get(
         cfg.stage, _reference_source(cfg) or f"{cfg.init or cfg.model} (policy with LoRA adapters disabled)")
@@ -570,14 +571,16 @@ def _print_start(cfg: TrainConfig, accelerator: Accelerator, n_pairs: int, resum
                   f"{cfg.init or cfg.model}, "
                   f"reference {reference}; {n_pairs} pairs, {cfg.batch_size} pairs x "
                   f"{accelerator.num_processes} processes x {cfg.gradient_accumulation_steps} accumulation = "
-                  f"{per_step} pairs per step, {cfg.max_steps} steps"
+                  f"{per_step} pairs per step, {cfg.max_steps} steps; model family {family.name}"
                   + (f"; resuming from {resume_from}" if resume_from else ""))
     for line in learning_rate_lines(cfg, accelerator.num_processes):
         console.print(line)
     if cfg.stage in REFERENCE_STAGES:
-        console.print(f"beta {cfg.beta:g} on Diffusion-DPO's official scale: logit = -(beta/2) * "
-                      f"((e_theta(w) - e_ref(w)) - (e_theta(l) - e_ref(l))), e = per-element mean squared error; "
-                      f"the paper's beta*T on summed errors = beta / (2*C*H*W)")
+        target = "velocity (noise - x0)" if family.denoiser_folder == "transformer" else "noise (or v)"
+        console.print(f"beta {cfg.beta:g} (the {family.name} default is {family.default_beta:g}) on Diffusion-DPO's "
+                      f"official scale: logit = -(beta/2) * ((e_theta(w) - e_ref(w)) - (e_theta(l) - e_ref(l))), "
+                      f"e = per-element mean squared error of the {target} prediction; the paper's beta*T on "
+                      f"summed errors = beta / (2*C*H*W)")
     elif cfg.stage == "improve":
         console.print(f"tasks per pair: improve (winner | loser, prompt) "
                       f"{1 - cfg.reconstruct_prob - cfg.unconditional_prob:.3g}, reconstruct (x | x) "

@@ -95,7 +95,7 @@ class Family:
     def scale_latents(self, latents: Tensor, vae: AutoencoderKL) -> Tensor:
         """VAE latents as the denoiser sees them: ``(x - shift_factor) * scaling_factor``."""
         shift = vae.config.get("shift_factor") or 0.0
-        return (latents - shift) * vae.config.scaling_factor
+        return (latents - shift) * vae.config["scaling_factor"]
 
 
 def cast_inputs(inputs: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:

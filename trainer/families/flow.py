@@ -3,11 +3,13 @@
 ``noise - x0`` (:mod:`styleprefs.trainer.flow_matching`). Prompts are encoded by the family's own pipeline class, so
 training sees exactly the conditioning that sampling does.
 
-The beta of DPO and RPO on flow errors (:attr:`FlowFamily.default_beta`): a velocity error ``e_v`` at noise level
-sigma is an epsilon error ``(1 - sigma)^2 e_v`` (``eps_hat = x_t + (1 - sigma) v_hat``), so Diffusion-DPO's 5000 on
-epsilon errors corresponds to ``5000 * E[(1 - sigma)^2]`` on velocity errors. Under SD3's logit-normal draw with
-shift 3, ``E[(1 - sigma)^2]`` is about 0.10 (see ``tests/test_flow_family.py``), hence 500. flow_grpo's Flow-DPO uses
-100 with the same ``-beta/2`` convention (online pairs, LoRA): lower it if a run saturates.
+The beta of DPO and RPO on flow errors (``default_beta``): a velocity error ``e_v`` at noise level sigma is an
+epsilon error ``(1 - sigma)^2 e_v`` (``eps_hat = x_t + (1 - sigma) v_hat``), so Diffusion-DPO's 5000 on epsilon
+errors corresponds to ``5000 * E[(1 - sigma)^2]`` on velocity errors. Under the logit-normal draw,
+``E[(1 - sigma)^2]`` is 0.11 on SD3's schedule (shift 3) and 0.29 on FLUX.1's (its training schedule is unshifted:
+the shift is dynamic, applied at sampling), hence 500 and 1500 (``tests/test_flow_family.py`` measures both).
+flow_grpo's Flow-DPO uses 100 with the same ``-beta/2`` convention (online pairs, LoRA): lower beta if a run
+saturates.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ class FlowFamily(Family):
     denoiser_folder = "transformer"
     scheduler_class = FlowMatchEulerDiscreteScheduler
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
-    default_beta = 500.0  # see the module docstring
     text_inputs = ("prompt_embeds", "pooled_prompt_embeds")
     max_sequence_length: int
 
@@ -84,6 +85,7 @@ class StableDiffusion3(FlowFamily):
                   ("text_encoder_2", CLIPTextModelWithProjection, "tokenizer_2", CLIPTokenizer),
                   ("text_encoder_3", T5EncoderModel, "tokenizer_3", T5TokenizerFast))
     optional_text_parts = ("text_encoder_3",)
+    default_beta = 500.0  # see the module docstring
     validation_guidance = 7.0  # StableDiffusion3Pipeline's default
     max_sequence_length = 256  # StableDiffusion3Pipeline's default T5 length
 
@@ -110,6 +112,7 @@ class Flux(FlowFamily):
     text_parts = (("text_encoder", CLIPTextModel, "tokenizer", CLIPTokenizer),
                   ("text_encoder_2", T5EncoderModel, "tokenizer_2", T5TokenizerFast))
     validation_guidance = 3.5  # FLUX.1-dev's sampling guidance
+    default_beta = 1500.0  # see the module docstring
     max_sequence_length = 512  # FluxPipeline's default T5 length
 
     def _encode(self, pipe, captions: list[str]) -> dict[str, Tensor]:
