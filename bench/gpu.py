@@ -143,7 +143,7 @@ def train_config(setup: Setup, args: argparse.Namespace, data: Path, out: Path, 
         resolution=setup.resolution, batch_size=args.train_batch, gradient_accumulation_steps=1, max_steps=10**6,
         learning_rate=1e-6, scale_lr=False, warmup_steps=0, checkpoint_every=0, report_to="none", use_cache=use_cache,
         compile=compile, mixed_precision="fp16" if cuda(args.device) else "no",
-        optimizer="adafactor" if setup.sdxl else "adamw", gradient_checkpointing=setup.sdxl).resolved()
+        optimizer="adafactor" if setup.sdxl else "adamw", gradient_checkpointing=setup.sdxl)
 
 
 def train_rows(setup: Setup, args: argparse.Namespace, data: Path, tmp: Path) -> list[tuple[str, float, str]]:
@@ -152,7 +152,8 @@ def train_rows(setup: Setup, args: argparse.Namespace, data: Path, tmp: Path) ->
     for stage in STAGES:
         for use_cache in (True, False):
             for compile in (False, True):
-                cfg = train_config(setup, args, data, tmp / f"{stage}-{use_cache}-{compile}", stage, use_cache, compile)
+                cfg = loop.training_config(train_config(setup, args, data, tmp / f"{stage}-{use_cache}-{compile}",
+                                                        stage, use_cache, compile))
                 AcceleratorState._reset_state(reset_partial_state=False)
                 run = loop._setup(cfg, Accelerator(cpu=not cuda(args.device)), show_progress=False)
                 seconds, peak = measure(lambda i: loop._train_step(cfg, run, i), args.steps, args.device)

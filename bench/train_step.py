@@ -63,7 +63,8 @@ def make_run(name: str, args: argparse.Namespace, data: Path, tmp: Path):
     cfg = TrainConfig(stage=stage, data=str(data), out=str(tmp / name.replace(" ", "-")), model=args.model,
                       clip_model="tiny", resolution=args.resolution, batch_size=args.batch_size,
                       gradient_accumulation_steps=1, max_steps=10**6, learning_rate=1e-6, scale_lr=False, warmup_steps=0,
-                      checkpoint_every=0, report_to="none", use_cache=use_cache).resolved()
+                      checkpoint_every=0, report_to="none", use_cache=use_cache)
+    cfg = loop.training_config(cfg)
     AcceleratorState._reset_state(reset_partial_state=False)
     return cfg, loop._setup(cfg, Accelerator(), show_progress=False)
 

@@ -106,7 +106,8 @@ def test_every_stage_trains_and_writes_a_loadable_pipeline(dataset: Path, tmp_pa
         assert rows[0]["loss"] == pytest.approx(LOG2, abs=1e-6)
         assert rows[0]["mse_w"] == rows[0]["ref_mse_w"] and rows[1]["mse_w"] != rows[1]["ref_mse_w"]
     saved = yaml.safe_load((tmp_path / "run" / "train_config.yaml").read_text())
-    assert TrainConfig(**saved) == _cfg(dataset, tmp_path / "run", stage=stage, **validation).resolved()
+    assert TrainConfig(**saved) == loop.training_config(_cfg(dataset, tmp_path / "run", stage=stage, **validation))
+    assert saved["beta"] == 5000  # the SD1.5 family's default, recorded
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "run")
     assert not _same(pipe.unet, load_denoiser("tiny", StableDiffusion()))  # it trained
     if stage == "sft":

@@ -267,13 +267,11 @@ class TrainConfig:
         return 1e-5 if self.lora_rank > 0 else 1e-8
 
     def resolved(self) -> TrainConfig:
-        """A copy with defaults that depend on other fields filled in (learning rate, its scaling, the base model
-        and the beta of its family)."""
+        """A copy with defaults that depend on other fields filled in (learning rate, its scaling, the base model).
+        A beta of None stays None here: it is the model family's, known once the model is loaded."""
         scale_lr = self.lora_rank == 0 if self.scale_lr is None else self.scale_lr
         model = self.model or (recorded_base(self.init) if self.init else None) or DEFAULT_MODEL
-        beta = self.beta if self.beta is not None else default_beta(model)
-        return dataclasses.replace(self, learning_rate=self.base_learning_rate, scale_lr=scale_lr, model=model,
-                                   beta=beta)
+        return dataclasses.replace(self, learning_rate=self.base_learning_rate, scale_lr=scale_lr, model=model)
 
     def pairs_per_step(self, num_processes: int) -> int:
         return self.batch_size * self.gradient_accumulation_steps * num_processes
@@ -290,13 +288,6 @@ class TrainConfig:
         """sha256 of the fields that determine the trained weights (all but RESUMABLE_CHANGES)."""
         fields = {k: v for k, v in dataclasses.asdict(self.resolved()).items() if k not in RESUMABLE_CHANGES}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
-
-
-def default_beta(model: str) -> float:
-    """The DPO/RPO beta of ``model``'s family (see the ``beta`` option)."""
-    from styleprefs.trainer.models import family_of
-
-    return family_of(model).default_beta
 
 
 def recorded_base(source: str) -> str | None:

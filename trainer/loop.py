@@ -36,6 +36,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType, set_seed
 from diffusers.optimization import get_scheduler
+from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -54,7 +55,8 @@ from styleprefs.trainer.families import Components, Family, PairDraws
 from styleprefs.trainer.losses import (combine_embeddings, dpo_loss, orpo_loss, orrpo_loss, per_sample_error, rpo_loss,
                                        rpo_weights, sft_loss)
 from styleprefs.trainer.metrics import preference_metrics
-from styleprefs.trainer.models import check_denoiser_source, load_components, load_denoiser, quiet_loading, resolve_model
+from styleprefs.trainer.models import (check_denoiser_source, family_of, load_components, load_denoiser, quiet_loading,
+                                       resolve_model)
 from styleprefs.trainer.plots import plot_curves, save_grid
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -96,13 +98,21 @@ def train(cfg: TrainConfig, *, show_progress: bool = True) -> Path:
         from styleprefs.trainer.iterative import train_iterations  # it calls this function
 
         return train_iterations(cfg, show_progress=show_progress)
-    cfg = cfg.resolved()
+    cfg = training_config(cfg)
     out = Path(cfg.out)
     _check_separate(cfg, out)
     # The launcher's RANK, not PartialState(): creating the state here, before _accelerator() sets up the
     # process group, would leave every process believing it is alone.
     with folder_lock(out) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():
         return _train(cfg, out, show_progress)
+
+
+def training_config(cfg: TrainConfig) -> TrainConfig:
+    """``cfg.resolved()`` with the model family's beta when none is given (what train_config.yaml records)."""
+    cfg = cfg.resolved()
+    if cfg.beta is None:
+        cfg = dataclasses.replace(cfg, beta=family_of(cfg.model).default_beta)
+    return cfg
 
 
 def _check_separate(cfg: TrainConfig, out: Path) -> None:
@@ -197,8 +207,10 @@ def _setup(cfg: TrainConfig, accelerator: Accelerator, show_progress: bool) -> _
             build_cache(cfg.data, cfg.model, cfg.resolution, clip_model=clip_model, device=device, dtype=weight_dtype,
                         show_progress=show_progress and accelerator.is_main_process, ties=cfg.ties, seed=cfg.seed,
                         vae=cfg.vae)
+        # From a complete cache, text encoders (T5-XXL: 9 GB in bf16) are needed only to draw validation grids.
         components = load_components(cfg.model, dtype=weight_dtype, device=device,
-                                     include_denoiser=_reference_source(cfg) == cfg.model, vae=cfg.vae)
+                                     include_denoiser=_reference_source(cfg) == cfg.model,
+                                     include_text=not cfg.use_cache or bool(cfg.validation_prompts), vae=cfg.vae)
         if cfg.stage == "improve":
             check_improver_base(components.kind)
         pairs = PairBatches(cfg.data, cfg.model, cfg.resolution, clip_model=clip_model, components=components,
@@ -312,14 +324,16 @@ def _cpu_processes() -> bool:
 
 def load_models(cfg: TrainConfig, components: Components, weight_dtype: torch.dtype
                 ) -> tuple[torch.nn.Module, torch.nn.Module | None]:
-    """The trainable policy (float32, LoRA adapters added if ``lora_rank``) and the frozen reference.
+    """The trainable policy (float32; with ``lora_rank``, float32 LoRA adapters on a frozen base in ``weight_dtype``)
+    and the frozen reference.
 
     Reference = ``ref``, else ``init``, else the base model (``components.denoiser``, loaded in
     ``weight_dtype``). It is None for reference-free stages (sft, orpo, orrpo) and for LoRA runs
     without ``ref``, whose reference is the policy with its adapters disabled (the denoiser it started from).
     """
     family = components.family
-    policy = load_denoiser(cfg.init or cfg.model, family)
+    # LoRA: the frozen base in the weight dtype, only the adapters in float32 (diffusers' cast_training_params).
+    policy = load_denoiser(cfg.init or cfg.model, family, dtype=weight_dtype if cfg.lora_rank else torch.float32)
     if cfg.stage == "improve":
         policy = add_image_channels(policy)
     policy.train()
@@ -329,6 +343,7 @@ def load_models(cfg: TrainConfig, components: Components, weight_dtype: torch.dt
         policy.requires_grad_(False)
         policy.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, init_lora_weights="gaussian",
                                       target_modules=list(family.lora_targets)))
+        cast_training_params(policy, dtype=torch.float32)
     source = _reference_source(cfg)
     if source is None:
         return policy, None
