@@ -3,7 +3,7 @@ written-out memory and GPU-hour estimates for SD3.5, FLUX.1-dev and the instruct
 
     python bench/gpu.py                                  # SD1.5 at 512 px and SDXL at 1024 px, fp16, real models
     python bench/gpu.py --model tiny --device cpu --editor-steps 1 --batches 1 --pairs 8 --train-batch 2 --steps 1
-    python bench/gpu.py --estimate-only                  # the estimates alone, on any machine, in a second
+    python bench/gpu.py --estimate-only                  # the estimates alone, any machine (= bench/estimates.py)
 
 Rows, per model: InstructPix2Pix and Prompt Diffusion images/s at the style's steps (``--editor-steps`` overrides)
 for each of ``--batches`` (the editors are SD1.5 models: SDXL's rows say so); the cache's pairs/s (VAE, text
@@ -43,6 +43,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from PIL import Image
 
+from estimates import parse_mfu, print_estimates  # bench/estimates.py, beside this file
 from styleprefs import memory_estimate as est
 from styleprefs.build import BuildConfig, build_dataset
 from styleprefs.editors import load_editor
@@ -195,72 +196,26 @@ def hours_rows(rows: list[tuple[str, float | None, str]], args: argparse.Namespa
 
 def instruction_editor_rows(args: argparse.Namespace) -> list[tuple[str, float | None, str]]:
     """(measure, images/s or None, peak) per instruction editor, offload and batch size; a skipped row says why."""
+    tiny = args.model == "tiny"
+    options = {"steps": args.editor_steps} if args.editor_steps else {}
     rows = []
-    for name in args.instruction_editors:
-        for offload in OFFLOADS:
-            estimate = est.inference_memory(est.EDITORS[name].arch, offload == "model") / est.GB
-            for batch in args.batches:
-                label = f"{name} images/s, batch {batch}, offload {offload}"
-                options = {"steps": args.editor_steps} if args.editor_steps else {}
-                try:
-                    editor = load_editor(name, load_style(args.style), model="tiny" if args.model == "tiny" else None,
-                                         device=args.device, dtype="bf16" if cuda(args.device) else "fp32",
-                                         offload=offload, **options)
-                except StyleprefsError as exc:
-                    rows.append((f"{label} (skipped: {exc})", None, "-"))
-                    break
-                batch_images = images(batch, 64 if args.model == "tiny" else 1024)
-                seconds, peak = measure(lambda i: editor.edit(batch_images, ["a photo"] * batch, list(range(batch))),
-                                        args.repeats, args.device)
-                steps = editor.params().get("num_inference_steps")
-                rows.append((f"{label}, {steps} steps (estimated peak at batch 1: {estimate:.1f} GB)", batch / seconds,
-                             peak))
-            clear_cache()
+    for name, offload in ((name, offload) for name in args.instruction_editors for offload in OFFLOADS):
+        estimate = est.inference_memory(est.EDITORS[name].arch, offload == "model") / est.GB
+        note = "" if tiny else f" (estimated peak at batch 1: {estimate:.1f} GB)"
+        for batch in args.batches:
+            label = f"{name} images/s, batch {batch}, offload {offload}"
+            try:
+                editor = load_editor(name, load_style(args.style), model="tiny" if tiny else None, device=args.device,
+                                     dtype="bf16" if cuda(args.device) else "fp32", offload=offload, **options)
+            except StyleprefsError as exc:
+                rows.append((f"{label} (skipped: {exc})", None, "-"))
+                break
+            batch_images = images(batch, 64 if tiny else 1024)
+            seconds, peak = measure(lambda i: editor.edit(batch_images, ["a photo"] * batch, list(range(batch))),
+                                    args.repeats, args.device)
+            rows.append((f"{label}, {editor.params().get('num_inference_steps')} steps{note}", batch / seconds, peak))
+        clear_cache()
     return rows
-
-
-def print_grid(title: str, header: list[str], rows: list[list[str]], text_columns: int = 1) -> None:
-    """A table whose first ``text_columns`` columns are left-aligned and the others right-aligned."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    print(f"\n{title}")
-    for row in [header, *rows]:
-        print("  ".join(f"{c:<{w}}" if i < text_columns else f"{c:>{w}}"
-                        for i, (c, w) in enumerate(zip(row, widths))).rstrip())
-
-
-def gb(n_bytes: float) -> str:
-    return f"{n_bytes / est.GB:.1f}"
-
-
-def print_estimates(mfu: float) -> None:
-    """The written-out estimates (styleprefs.memory_estimate): memory, cross-checks and GPU-hours."""
-    parts = ["weights", "gradients", "optimizer", "reference", "encoders", "activations"]
-    print_grid("Estimated training memory, GB: 1024 px, batch 1 preference pair (2 images through the policy), "
-               "bf16, one GPU", ["model", "recipe", *parts, "total", "fits 80 GB"],
-               [[model, recipe, *(gb(getattr(b, p)) for p in parts), gb(b.total), est.fit(b.total, 80)]
-                for model, recipe, b in est.training_rows()], text_columns=2)
-    print_grid("Estimated editing memory, GB: bf16 inference at 1024 px, batch 1",
-               ["editor", "setting", "peak", "fits 24 GB", "fits 80 GB"],
-               [[name, setting, gb(total), est.fit(total, 24), est.fit(total, 80)]
-                for name, setting, total in est.editing_rows()], text_columns=2)
-    print_grid("Estimate against reported figures", ["reported", "source", "estimate GB", "agrees"],
-               [[c.what, c.source, gb(c.estimate()), "yes" if c.agrees() else "no"] for c in est.CROSS_CHECKS],
-               text_columns=2)
-    rows = est.iteration_rows(mfu)
-    print_grid(f"Estimated A100-hours per iteration of iterative DPO: 38,400 images generated (50 steps, CFG) and "
-               f"improved, 5000 DPO steps x 2048 pairs (8 forward passes a pair); hours = TFLOPs / "
-               f"({est.A100_BF16_TFLOPS:.0f} TFLOP/s x MFU {mfu}) / 3600",
-               ["policy, improver", "generate", "improve", "train", "total"],
-               [[recipe, *(f"{hours[k]:.0f}" for k in ("generate", "improve", "train", "total"))]
-                for recipe, hours in rows])
-    sd15 = est.FORWARD_TFLOPS["SD1.5", 512]
-    print(f"Training the improver once (200k steps x 2048 pairs, forward + backward on one 512 px image): "
-          f"{est.improver_training_hours(mfu):.0f} A100-hours.")
-    print(f"Check: the formula gives SD1.5 DPO {est.pairs_per_second(sd15, mfu):.1f} pairs/s per A100; Diffusion-DPO's "
-          f"SD1.5 launcher reports ~24 h per 2000 steps of 2048 pairs on 16 GPUs = "
-          f"{est.OFFICIAL_SD15_DPO_PAIRS_PER_S:.1f} pairs/s (no caching, batch 1 per GPU), i.e. MFU "
-          f"{est.OFFICIAL_SD15_DPO_PAIRS_PER_S * est.PAIR_FORWARDS * sd15 / est.A100_BF16_TFLOPS:.2f}: "
-          f"rerun with --mfu to match a measured rate.")
 
 
 def print_table(title: str, rows: list[tuple[str, float | None, str]]) -> None:
@@ -291,15 +246,13 @@ def main() -> None:
                         help=f"comma-separated, of {', '.join(INSTRUCTION_EDITORS)}; empty: none")
     parser.add_argument("--estimate-only", action="store_true",
                         help="print the written-out estimates only (no model is loaded; any machine)")
-    parser.add_argument("--mfu", type=float, default=est.DEFAULT_MFU,
+    parser.add_argument("--mfu", type=parse_mfu, default=est.DEFAULT_MFU,
                         help="model FLOP utilisation assumed for the GPU-hour estimates")
     args = parser.parse_args()
     args.dtype = "fp16" if cuda(args.device) else "fp32"
     unknown = sorted(set(args.instruction_editors) - set(INSTRUCTION_EDITORS))
     if unknown:
         parser.error(f"unknown --instruction-editors {', '.join(unknown)}: use {', '.join(INSTRUCTION_EDITORS)}")
-    if not 0 < args.mfu <= 1:
-        parser.error(f"--mfu must be in (0, 1], got {args.mfu}")
     if args.estimate_only:
         print_estimates(args.mfu)
         return

@@ -16,8 +16,8 @@ Everything here is arithmetic on stated numbers; no model is loaded. GB means 10
 - T5 v1.1 XXL encoder (d_model 4096, d_ff 10240, 24 layers, 64 heads): 4,762,310,656 (~4.7B).
 - CLIP ViT-L/14 text encoder with projection: 123,650,304; OpenCLIP ViT-bigG/14 text encoder with projection:
   694,659,840.
-- Qwen2.5-VL-7B-Instruct (the edit pipelines load ``Qwen2_5_VLForConditionalGeneration``, LM head included): 8,292,166,656
-  (card: 7B; the untied 152,064 x 3,584 LM head is 545M of it).
+- Qwen2.5-VL-7B-Instruct (the edit pipelines load ``Qwen2_5_VLForConditionalGeneration``, LM head included):
+  8,292,166,656 (card: 7B; the untied 152,064 x 3,584 LM head is 545M of it).
 - VAEs: the 16-channel ``AutoencoderKL`` of SD3/FLUX 83,821,011; ``AutoencoderKLQwenImage`` 126,892,531.
 
 **Tokens at 1024 px.** SD3: 128x128 latents in 2x2 patches = 4096 image tokens + 333 text tokens (77 CLIP + 256 T5).
@@ -32,7 +32,7 @@ log-sum-exp (flash and memory-efficient SDPA keep no token x token matrix). Weig
 with rank-32 LoRA on the attention projections ("LoRA": the frozen linears no longer save their inputs):
 
 - SD3 joint block (Medium and Large alike): 58.3 full, 48.6 LoRA;
-- SD3.5-M joint block with dual attention (layers 0-12): 80.9 full, 77.8 LoRA;
+- SD3.5-M joint block with dual attention (layers 0-12): 80.9 full, 77.9 LoRA;
 - FLUX double-stream block: 56.2 full, 44.4 LoRA; FLUX single-stream block: 50.1 full, 38.2 LoRA;
 - Qwen-Image block: 56.2 full, 48.4 LoRA.
 
@@ -116,7 +116,7 @@ class Architecture:
 CLIP_L, CLIP_G, T5_XXL = 123_650_304, 694_659_840, 4_762_310_656
 VAE_16, VAE_QWEN, QWEN_VL_7B = 83_821_011, 126_892_531, 8_292_166_656
 SD3_BLOCK = (58.3, 48.6)
-SD3_DUAL_BLOCK = (80.9, 77.8)  # SD3.5-M layers 0-12: a joint block with a second image self-attention
+SD3_DUAL_BLOCK = (80.9, 77.9)  # SD3.5-M layers 0-12: a joint block with a second image self-attention
 FLUX_ENCODERS = {"T5-XXL": T5_XXL, "CLIP-L": CLIP_L, "VAE": VAE_16}
 
 SD35_MEDIUM = Architecture(
@@ -271,7 +271,8 @@ class Editor:
     passes: int
 
 
-EDITORS = {"kontext": Editor(KONTEXT, steps=28, passes=1), "qwen-image-edit": Editor(QWEN_IMAGE_EDIT, steps=40, passes=2)}
+EDITORS = {"kontext": Editor(KONTEXT, steps=28, passes=1),
+           "qwen-image-edit": Editor(QWEN_IMAGE_EDIT, steps=40, passes=2)}
 
 
 def editing_rows() -> list[tuple[str, str, float]]:

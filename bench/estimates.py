@@ -1,0 +1,74 @@
+"""The written-out estimates of ``styleprefs.memory_estimate``, as tables: training memory per model and recipe and
+whether it fits one 80 GB GPU, editing memory against 24 and 80 GB cards, the cross-checks against reported
+figures, and the A100-hours of one iteration of iterative DPO with each improver. No model is loaded.
+
+    python bench/estimates.py [--mfu 0.35]         # also printed by python bench/gpu.py (--estimate-only: alone)
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from styleprefs import memory_estimate as est
+
+
+def print_grid(title: str, header: list[str], rows: list[list[str]], text_columns: int = 1) -> None:
+    """A table whose first ``text_columns`` columns are left-aligned and the others right-aligned."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    print(f"\n{title}")
+    for row in [header, *rows]:
+        print("  ".join(f"{c:<{w}}" if i < text_columns else f"{c:>{w}}"
+                        for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+
+
+def gb(n_bytes: float) -> str:
+    return f"{n_bytes / est.GB:.1f}"
+
+
+def print_estimates(mfu: float) -> None:
+    """The written-out estimates (styleprefs.memory_estimate): memory, cross-checks and GPU-hours."""
+    parts = ["weights", "gradients", "optimizer", "reference", "encoders", "activations"]
+    print_grid("Estimated training memory, GB: 1024 px, batch 1 preference pair (2 images through the policy), "
+               "bf16, one GPU", ["model", "recipe", *parts, "total", "fits 80 GB"],
+               [[model, recipe, *(gb(getattr(b, p)) for p in parts), gb(b.total), est.fit(b.total, 80)]
+                for model, recipe, b in est.training_rows()], text_columns=2)
+    print_grid("Estimated editing memory, GB: bf16 inference at 1024 px, batch 1",
+               ["editor", "setting", "peak", "fits 24 GB", "fits 80 GB"],
+               [[name, setting, gb(total), est.fit(total, 24), est.fit(total, 80)]
+                for name, setting, total in est.editing_rows()], text_columns=2)
+    print_grid("Estimate against reported figures", ["reported", "source", "estimate GB", "agrees"],
+               [[c.what, c.source, gb(c.estimate()), "yes" if c.agrees() else "no"] for c in est.CROSS_CHECKS],
+               text_columns=2)
+    rows = est.iteration_rows(mfu)
+    print_grid(f"Estimated A100-hours per iteration of iterative DPO: 38,400 images generated (50 steps, CFG) and "
+               f"improved, 5000 DPO steps x 2048 pairs (8 forward passes a pair); hours = TFLOPs / "
+               f"({est.A100_BF16_TFLOPS:.0f} TFLOP/s x MFU {mfu}) / 3600",
+               ["policy, improver", "generate", "improve", "train", "total"],
+               [[recipe, *(f"{hours[k]:.0f}" for k in ("generate", "improve", "train", "total"))]
+                for recipe, hours in rows])
+    sd15 = est.FORWARD_TFLOPS["SD1.5", 512]
+    print(f"Training the improver once (200k steps x 2048 pairs, forward + backward on one 512 px image): "
+          f"{est.improver_training_hours(mfu):.0f} A100-hours.")
+    print(f"Check: the formula gives SD1.5 DPO {est.pairs_per_second(sd15, mfu):.1f} pairs/s per A100; Diffusion-DPO's "
+          f"SD1.5 launcher reports ~24 h per 2000 steps of 2048 pairs on 16 GPUs = "
+          f"{est.OFFICIAL_SD15_DPO_PAIRS_PER_S:.1f} pairs/s (no caching, batch 1 per GPU), i.e. MFU "
+          f"{est.OFFICIAL_SD15_DPO_PAIRS_PER_S * est.PAIR_FORWARDS * sd15 / est.A100_BF16_TFLOPS:.2f}: "
+          f"rerun with --mfu to match a measured rate.")
+
+
+def parse_mfu(value: str) -> float:
+    mfu = float(value)
+    if not 0 < mfu <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return mfu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mfu", type=parse_mfu, default=est.DEFAULT_MFU,
+                        help="model FLOP utilisation assumed for the GPU-hour estimates")
+    print_estimates(parser.parse_args().mfu)
+
+
+if __name__ == "__main__":
+    main()
