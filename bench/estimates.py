@@ -25,35 +25,51 @@ def gb(n_bytes: float) -> str:
     return f"{n_bytes / est.GB:.1f}"
 
 
-def print_estimates(mfu: float) -> None:
-    """The written-out estimates (styleprefs.memory_estimate): memory, cross-checks and GPU-hours."""
-    parts = ["weights", "gradients", "optimizer", "reference", "encoders", "activations"]
+def print_training() -> None:
+    parts = list(est.PARTS)
     print_grid("Estimated training memory, GB: 1024 px, batch 1 preference pair (2 images through the policy), "
                "bf16, one GPU", ["model", "recipe", *parts, "total", "fits 80 GB"],
                [[model, recipe, *(gb(getattr(b, p)) for p in parts), gb(b.total), est.fit(b.total, 80)]
                 for model, recipe, b in est.training_rows()], text_columns=2)
+
+
+def print_editing() -> None:
     print_grid("Estimated editing memory, GB: bf16 inference at 1024 px, batch 1",
                ["editor", "setting", "peak", "fits 24 GB", "fits 80 GB"],
                [[name, setting, gb(total), est.fit(total, 24), est.fit(total, 80)]
                 for name, setting, total in est.editing_rows()], text_columns=2)
+
+
+def print_cross_checks() -> None:
     print_grid("Estimate against reported figures", ["reported", "source", "estimate GB", "agrees"],
                [[c.what, c.source, gb(c.estimate()), "yes" if c.agrees() else "no"] for c in est.CROSS_CHECKS],
                text_columns=2)
-    rows = est.iteration_rows(mfu)
-    print_grid(f"Estimated A100-hours per iteration of iterative DPO: 38,400 images generated (50 steps, CFG) and "
-               f"improved, 5000 DPO steps x 2048 pairs (8 forward passes a pair); hours = TFLOPs / "
-               f"({est.A100_BF16_TFLOPS:.0f} TFLOP/s x MFU {mfu}) / 3600",
-               ["policy, improver", "generate", "improve", "train", "total"],
+
+
+def print_hours(mfu: float) -> None:
+    it = est.Iteration(policy_tflops=0, improve_tflops=0)  # the recipe's sizes
+    print_grid(f"Estimated A100-hours per iteration of iterative DPO: {it.images:,} images generated "
+               f"({it.sample_steps} steps, CFG) and improved, {it.dpo_steps} DPO steps x {it.global_batch} pairs "
+               f"({est.PAIR_FORWARDS} forward passes a pair); hours = TFLOPs / ({est.A100_BF16_TFLOPS:.0f} TFLOP/s x "
+               f"MFU {mfu}) / 3600", ["policy; improver", "generate", "improve", "train", "total"],
                [[recipe, *(f"{hours[k]:.0f}" for k in ("generate", "improve", "train", "total"))]
-                for recipe, hours in rows])
+                for recipe, hours in est.iteration_rows(mfu)])
     sd15 = est.FORWARD_TFLOPS["SD1.5", 512]
-    print(f"Training the improver once (200k steps x 2048 pairs, forward + backward on one 512 px image): "
-          f"{est.improver_training_hours(mfu):.0f} A100-hours.")
+    t = est.IMPROVER_TRAINING
+    print(f"Training the improver once ({t['steps']:,} steps x {t['global_batch']} pairs, forward + backward on one "
+          f"512 px image): {est.improver_training_hours(mfu):.0f} A100-hours.")
     print(f"Check: the formula gives SD1.5 DPO {est.pairs_per_second(sd15, mfu):.1f} pairs/s per A100; Diffusion-DPO's "
           f"SD1.5 launcher reports ~24 h per 2000 steps of 2048 pairs on 16 GPUs = "
           f"{est.OFFICIAL_SD15_DPO_PAIRS_PER_S:.1f} pairs/s (no caching, batch 1 per GPU), i.e. MFU "
-          f"{est.OFFICIAL_SD15_DPO_PAIRS_PER_S * est.PAIR_FORWARDS * sd15 / est.A100_BF16_TFLOPS:.2f}: "
-          f"rerun with --mfu to match a measured rate.")
+          f"{est.implied_mfu(est.OFFICIAL_SD15_DPO_PAIRS_PER_S, sd15):.2f}: rerun with --mfu to match a measured rate.")
+
+
+def print_estimates(mfu: float) -> None:
+    """The written-out estimates (styleprefs.memory_estimate): memory, cross-checks and GPU-hours."""
+    print_training()
+    print_editing()
+    print_cross_checks()
+    print_hours(mfu)
 
 
 def parse_mfu(value: str) -> float:

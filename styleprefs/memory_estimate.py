@@ -1,4 +1,5 @@
-"""Written-out GPU memory and compute estimates for the large flow models (``python bench/gpu.py --estimate-only``).
+"""Written-out GPU memory and compute estimates for the large flow models (printed by ``python bench/estimates.py``
+and ``python bench/gpu.py``).
 
 Everything here is arithmetic on stated numbers; no model is loaded. GB means 10^9 bytes.
 
@@ -6,7 +7,7 @@ Everything here is arithmetic on stated numbers; no model is loaded. GB means 10
 ``sum(p.numel())``; ``tests/test_bench_gpu.py`` recounts them), beside the model cards' rounded figures:
 
 - SD3.5 Medium MMDiT-X, ``SD3Transformer2DModel`` (24 layers, 24 heads x 64, dual attention in layers 0-12,
-  RMS QK-norm, pos_embed_max_size 384): 2,243,171,520. Stability AI's announcement says 2.5B for the model.
+  RMS QK-norm, pos_embed_max_size 384): 2,243,171,520. Stability AI's release says "2.5 billion parameters".
 - SD3.5 Large MMDiT (38 layers, 38 heads x 64, pos_embed_max_size 192): 8,056,627,520; card and announcement 8.1B.
 - FLUX.1 [dev] and FLUX.1 Kontext [dev], ``FluxTransformer2DModel`` (19 double + 38 single blocks, 24 heads x 128,
   guidance embedding): 11,901,408,320; both cards: "a 12 billion parameter rectified flow transformer"
@@ -40,8 +41,8 @@ with rank-32 LoRA on the attention projections ("LoRA": the frozen linears no lo
 modulation, fp32 RMS QK-norm and fp32 RoPE.) With gradient checkpointing (one checkpoint per block, as diffusers'
 ``enable_gradient_checkpointing``) a block keeps only its input, 2 bytes per token per hidden unit, and one block at
 a time is recomputed in full during backward. Not counted: the patch and time embedders, the output layer, the
-fp32 loss, and the CUDA context and allocator slack; a configuration "fits" a card when the estimate is at most 90%
-of it ("tight" up to 100%).
+fp32 loss, and the CUDA context and allocator slack; so a configuration "fits" a card when the estimate is at most
+90% of it ("tight" up to 100%), a card sold as "80 GB" holding 80 GiB (85.9 GB).
 
 **Training state per parameter.** Full fine-tuning: bf16 weights (2 B) and bf16 gradients (2 B), plus optimizer
 state: AdamW with fp32 states = fp32 master weights + first and second moments (12 B; the usual mixed-precision
@@ -54,15 +55,20 @@ fine-tuning either a second frozen bf16 copy (forward only, no saved activations
 (one extra pass over the data beforehand; each pair then keeps the noise and sigma it was scored with). Uncached
 runs also hold the text encoders and the VAE in bf16 (their forward passes run without gradients).
 
-**Compute** (for GPU-hours): forward TFLOPs per image at 1024 px (512 px for SD1.5) counted with
-``torch.utils.flop_counter.FlopCounterMode`` on the ``meta`` device; a training pair costs 8 forward passes
-(policy forward and backward on both images = 6, reference forward on both = 2). GPU-hours = total FLOPs /
-(312 TFLOP/s, the A100's dense bf16 peak, x the assumed model FLOP utilisation) / 3600.
+**Compute** (for GPU-hours): forward TFLOPs per image (``FORWARD_TFLOPS``; the editors' with the condition image's
+tokens) counted with ``torch.utils.flop_counter.FlopCounterMode`` on the ``meta`` device; a training pair costs 8
+forward passes (policy forward and backward on both images = 6, reference forward on both = 2; a LoRA backward is
+cheaper, so this is an upper bound for LoRA); text encoders, the VL encoder and the VAE are not counted.
+GPU-hours = total FLOPs / (312 TFLOP/s, the A100's dense bf16 peak, x the model FLOP utilisation, MFU) / 3600.
+The default MFU, 0.35, sits between diffusers' measured SD1.5 A100 figures (fp16, batch 16 with CFG: 3.04
+steps/s = 97 UNet passes/s x 0.803 TFLOP = 25% of peak; 4.68 steps/s compiled = 38%, diffusers' docs,
+``optimization/torch2.0``). Diffusion-DPO's own SD1.5 run (launchers/sd15.sh: "~24 hours / 2000 steps", 2048
+pairs a step on 16 GPUs, batch 1 per GPU, no caching) implies about 6%: the bench prints that check.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 GB = 1e9
@@ -168,9 +174,12 @@ class Recipe:
         return ", ".join(parts)
 
 
+PARTS = ("weights", "gradients", "optimizer", "reference", "encoders", "activations")
+
+
 @dataclass(frozen=True)
 class Breakdown:
-    """Bytes of each part of a training step's peak memory."""
+    """Bytes of each part (``PARTS``) of a training step's peak memory."""
 
     weights: float
     gradients: float
@@ -178,12 +187,10 @@ class Breakdown:
     reference: float
     encoders: float
     activations: float
-    parts: tuple[str, ...] = field(default=("weights", "gradients", "optimizer", "reference", "encoders",
-                                            "activations"), repr=False)
 
     @property
     def total(self) -> float:
-        return sum(getattr(self, part) for part in self.parts)
+        return sum(getattr(self, part) for part in PARTS)
 
 
 def lora_parameters(arch: Architecture, rank: int) -> int:
@@ -289,6 +296,11 @@ def gpu_hours(tflops: float, mfu: float = DEFAULT_MFU) -> float:
 def pairs_per_second(policy_tflops: float, mfu: float = DEFAULT_MFU) -> float:
     """DPO pairs per second per A100 that the formula implies (PAIR_FORWARDS passes a pair)."""
     return A100_BF16_TFLOPS * mfu / (PAIR_FORWARDS * policy_tflops)
+
+
+def implied_mfu(pairs_per_s: float, policy_tflops: float) -> float:
+    """The MFU at which the formula gives ``pairs_per_s`` DPO pairs per second per A100."""
+    return pairs_per_s * PAIR_FORWARDS * policy_tflops / A100_BF16_TFLOPS
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,7 @@ def test_fit_is_judged_against_the_card_in_gib() -> None:
 
 def test_gpu_hours_formula() -> None:
     assert est.gpu_hours(312 * 0.5 * 3600, mfu=0.5) == pytest.approx(1.0)
+    assert est.implied_mfu(est.pairs_per_second(2.0, mfu=0.3), 2.0) == pytest.approx(0.3)
     it = est.Iteration(policy_tflops=1.0, improve_tflops=10.0, images=100, sample_steps=5, dpo_steps=3,
                        global_batch=4)
     assert it.tflops() == {"generate": 100 * 5 * 2, "improve": 1000, "train": 3 * 4 * 8}
