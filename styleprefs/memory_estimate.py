@@ -115,8 +115,10 @@ class Architecture:
     def layers(self) -> int:
         return sum(b.count for b in self.blocks)
 
-    def tokens(self, resolution: int = 1024) -> int:
-        return round(self.image_tokens * (resolution / 1024) ** 2) + self.text_tokens
+    def tokens(self, resolution: int = 1024, text_tokens: int | None = None) -> int:
+        """Image tokens at ``resolution`` px plus ``text_tokens`` (default: the model's)."""
+        text = self.text_tokens if text_tokens is None else text_tokens
+        return round(self.image_tokens * (resolution / 1024) ** 2) + text
 
 
 CLIP_L, CLIP_G, T5_XXL = 123_650_304, 694_659_840, 4_762_310_656
@@ -163,6 +165,7 @@ class Recipe:
     images: int = 2
     rank: int = 32
     resolution: int = 1024
+    text_tokens: int | None = None  # None: the model's
 
     def label(self) -> str:
         parts = [f"LoRA r{self.rank}" if self.method == "lora" else "full",
@@ -199,9 +202,9 @@ def lora_parameters(arch: Architecture, rank: int) -> int:
 
 
 def activation_bytes(arch: Architecture, method: Method, checkpointing: bool, images: int,
-                     resolution: int = 1024) -> float:
+                     resolution: int = 1024, text_tokens: int | None = None) -> float:
     """Saved activations of ``images`` images through the trainable denoiser (see the module's table)."""
-    per_token_hidden = arch.tokens(resolution) * arch.hidden * images
+    per_token_hidden = arch.tokens(resolution, text_tokens) * arch.hidden * images
     if not checkpointing:
         return per_token_hidden * sum(b.count * b.per_token(method) for b in arch.blocks)
     largest = max(b.per_token(method) for b in arch.blocks )
@@ -225,7 +228,8 @@ def training_memory(arch: Architecture, recipe: Recipe) -> Breakdown:
         optimizer = arch.denoiser * FULL_OPTIMIZER_BYTES[recipe.optimizer]
         reference = arch.denoiser * BF16 if recipe.reference == "copy" else 0.0
     encoders = 0.0 if recipe.cached else sum(arch.encoders.values()) * BF16
-    activations = activation_bytes(arch, recipe.method, recipe.checkpointing, recipe.images, recipe.resolution)
+    activations = activation_bytes(arch, recipe.method, recipe.checkpointing, recipe.images, recipe.resolution,
+                                   recipe.text_tokens)
     return Breakdown(weights, gradients, optimizer, reference, encoders, activations)
 
 
@@ -373,13 +377,16 @@ class CrossCheck:
         return (self.estimate() > self.reported_gb * GB) == self.above
 
 
+DREAMBOOTH_TEXT_TOKENS = 77  # diffusers' DreamBooth scripts: --max_sequence_length defaults to 77
 CROSS_CHECKS = (
-    CrossCheck("FLUX.1-dev LoRA r16, 512 px, 1 image, no ckpt, text encoders and VAE loaded: over 40 GB",
-               "diffusers examples/dreambooth/README_flux.md", FLUX_DEV,
-               Recipe("lora", checkpointing=False, cached=False, images=1, rank=16, resolution=512), True, 40),
-    CrossCheck("FLUX.1-dev full fine-tune, 1024 px, 1 image, Prodigy (>= AdamW's states), one 80 GB GPU: OOM",
-               "diffusers issue #10196", FLUX_DEV,
-               Recipe("full", reference="precomputed", cached=False, images=1), True, 80),
+    CrossCheck("FLUX.1-dev LoRA r16, 512 px, 77 text tokens, 1 image, no ckpt, text encoders and VAE loaded: "
+               "over 40 GB", "diffusers examples/dreambooth/README_flux.md", FLUX_DEV,
+               Recipe("lora", checkpointing=False, cached=False, images=1, rank=16, resolution=512,
+                      text_tokens=DREAMBOOTH_TEXT_TOKENS), True, 40),
+    CrossCheck("FLUX.1-dev full fine-tune, 1024 px, 77 text tokens, 1 image, Prodigy (>= AdamW's states), "
+               "one 80 GB GPU: OOM", "diffusers issue #10196", FLUX_DEV,
+               Recipe("full", reference="precomputed", cached=False, images=1, text_tokens=DREAMBOOTH_TEXT_TOKENS),
+               True, 80),
     CrossCheck("FLUX.1 Kontext [dev] full fine-tune, 1024 px, 1 image + its condition, one 80 GB GPU: OOM",
                "flow_grpo issue #144", KONTEXT, Recipe("full", reference="precomputed", images=1), True, 80),
     CrossCheck("SD3 Medium (2.0B; estimated as SD3.5-M, 2.24B) LoRA, 1024 px, 1 image, 8-bit Adam, ckpt, "

@@ -85,6 +85,7 @@ def test_lora_and_activation_arithmetic_by_hand() -> None:
     assert est.activation_bytes(toy, "full", True, images=2) == 2560 * (2 * 5 + 50)  # inputs + one block recomputed
     assert est.activation_bytes(toy, "lora", True, images=2) == 2560 * (2 * 5 + 40)
     assert est.activation_bytes(toy, "lora", False, images=1, resolution=512) == (25 + 28) * 10 * (2 * 40 + 3 * 20)
+    assert est.activation_bytes(toy, "lora", False, images=1, text_tokens=3) == (100 + 3) * 10 * (2 * 40 + 3 * 20)
 
 
 def test_bad_reference_for_the_method_is_refused() -> None:
