@@ -31,9 +31,12 @@ def test_smoke_run_prints_every_row() -> None:
     env = os.environ | {"TORCHDYNAMO_DISABLE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "gpu.py"), "--model", "tiny", "--device", "cpu", "--editor-steps", "1",
-         "--batches", "1", "--pairs", "4", "--train-batch", "2", "--steps", "1"],
+         "--batches", "1", "--pairs", "4", "--train-batch", "2", "--steps", "1", "--mfu", "0.2"],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+    estimates = subprocess.run([sys.executable, str(ROOT / "bench" / "estimates.py"), "--mfu", "0.2"],
+                               capture_output=True, text=True, cwd=ROOT, timeout=120).stdout
+    assert result.stdout.endswith(estimates) and "MFU 0.2" in estimates  # the same tables close the bench
     sections = result.stdout.strip().split("\n\n")
     titles = [s.splitlines()[0].split(" at ")[0] for s in sections]
     assert titles[:3] == ["SD1.5 (tiny)", "SDXL (tiny)", "Instruction editors (tiny)"]
@@ -52,7 +55,6 @@ def test_smoke_run_prints_every_row() -> None:
             row = next(line for line in lines if line.startswith(f"{editor} images/s, batch 1, offload {offload}"))
             assert "(skipped: " in row or row.split()[-2] != "n/a", row
     assert all("skipped: " in line for line in lines if "offload model" in line)
-    assert "Estimated training memory" in sections[3]  # the estimates follow the measurements
 
 
 # --- the written-out estimates (styleprefs.memory_estimate) ---
@@ -354,3 +356,10 @@ def test_forward_flop_constants() -> None:
                          img_ids=torch.zeros(n, 3), txt_ids=torch.zeros(t, 3))
     assert sd15 == pytest.approx(est.FORWARD_TFLOPS["SD1.5", 512], rel=1e-3)
     assert kontext == pytest.approx(est.FORWARD_TFLOPS["kontext", 512], rel=1e-3)
+
+
+
+def test_estimates_refuse_a_bad_mfu() -> None:
+    bad = subprocess.run([sys.executable, str(ROOT / "bench" / "estimates.py"), "--mfu", "1.5"], capture_output=True,
+                         text=True, cwd=ROOT, timeout=120)
+    assert bad.returncode == 2 and "must be in (0, 1]" in bad.stderr
