@@ -25,12 +25,14 @@ def gb(n_bytes: float) -> str:
     return f"{n_bytes / est.GB:.1f}"
 
 
-def print_training() -> None:
+def print_training(mfu: float) -> None:
     parts = list(est.PARTS)
-    print_grid("Estimated training memory, GB: 1024 px, batch 1 preference pair (2 images through the policy), "
-               "bf16, one GPU", ["model", "recipe", *parts, "total", "fits 80 GB"],
-               [[model, recipe, *(gb(getattr(b, p)) for p in parts), gb(b.total), est.fit(b.total, 80)]
-                for model, recipe, b in est.training_rows()], text_columns=2)
+    print_grid(f"Estimated training memory, GB: 1024 px, batch 1 preference pair (2 images through the policy), "
+               f"bf16, one GPU; seconds per step on an A100 at MFU {mfu}",
+               ["model", "recipe", *parts, "total", "fits 80 GB", "s/step"],
+               [[arch.name, recipe.label(), *(gb(getattr(b, p)) for p in parts), gb(b.total), est.fit(b.total, 80),
+                 f"{est.step_seconds(arch, recipe, mfu):.2f}"]
+                for arch, recipe, b in est.training_rows()], text_columns=2)
 
 
 def print_editing() -> None:
@@ -66,7 +68,7 @@ def print_hours(mfu: float) -> None:
 
 def print_estimates(mfu: float) -> None:
     """The written-out estimates (styleprefs.memory_estimate): memory, cross-checks and GPU-hours."""
-    print_training()
+    print_training(mfu)
     print_editing()
     print_cross_checks()
     print_hours(mfu)

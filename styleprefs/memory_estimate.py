@@ -58,7 +58,9 @@ runs also hold the text encoders and the VAE in bf16 (their forward passes run w
 **Compute** (for GPU-hours): forward TFLOPs per image (``FORWARD_TFLOPS``; the editors' with the condition image's
 tokens) counted with ``torch.utils.flop_counter.FlopCounterMode`` on the ``meta`` device; a training pair costs 8
 forward passes (policy forward and backward on both images = 6, reference forward on both = 2; a LoRA backward is
-cheaper, so this is an upper bound for LoRA); text encoders, the VL encoder and the VAE are not counted.
+cheaper, so this is an upper bound for LoRA); text encoders, the VL encoder and the VAE are not counted. The
+training table's seconds per step count a LoRA pair as 6 (no weight gradients), add 2 for checkpointing's
+recomputed forwards, drop the reference's 2 when its errors are precomputed, and add the encoders when uncached.
 GPU-hours = total FLOPs / (312 TFLOP/s, the A100's dense bf16 peak, x the model FLOP utilisation, MFU) / 3600.
 The default MFU, 0.35, sits between diffusers' measured SD1.5 A100 figures (fp16, batch 16 with CFG: 3.04
 steps/s = 97 UNet passes/s x 0.803 TFLOP = 25% of peak; 4.68 steps/s compiled = 38%, diffusers' docs,
@@ -147,8 +149,15 @@ QWEN_IMAGE_EDIT = Architecture(
 # One forward pass, batch 1, by (model, px): FlopCounterMode on the meta device. The SD1.5 UNet (77 tokens) is also
 # the InstructPix2Pix-format improver's (4 more input channels: +0.01%); the editors' figures include the
 # condition image's tokens.
-FORWARD_TFLOPS = {("SD1.5", 512): 0.803, ("SD3.5 Medium", 1024): 11.25, ("kontext", 1024): 165.46,
-                  ("kontext", 512): 37.66, ("qwen-image-edit", 1024): 168.60, ("qwen-image-edit", 512): 35.99}
+FORWARD_TFLOPS = {("SD1.5", 512): 0.803, ("SD3.5 Medium", 1024): 11.25, ("SD3.5 Large", 1024): 31.12,
+                  ("FLUX.1-dev", 1024): 74.38, ("kontext", 1024): 165.46, ("kontext", 512): 37.66,
+                  ("qwen-image-edit", 1024): 168.60, ("qwen-image-edit", 512): 35.99}
+# Encoding one pair when uncached: the VAE encoder on 2 images at 1024 px (4.88 TFLOPs each) and the caption's
+# text encoders once (T5-XXL at 256 tokens 2.40, at 512 tokens 4.84; CLIP-L 0.013; OpenCLIP bigG 0.098).
+VAE_ENCODE_1024_TFLOPS = 4.88
+ENCODE_PAIR_TFLOPS = {"SD3.5 Medium": 2 * VAE_ENCODE_1024_TFLOPS + 2.40 + 0.013 + 0.098,
+                      "SD3.5 Large": 2 * VAE_ENCODE_1024_TFLOPS + 2.40 + 0.013 + 0.098,
+                      "FLUX.1-dev": 2 * VAE_ENCODE_1024_TFLOPS + 4.84 + 0.013}
 
 TRAINED = (SD35_MEDIUM, SD35_LARGE, FLUX_DEV)
 
@@ -233,6 +242,23 @@ def training_memory(arch: Architecture, recipe: Recipe) -> Breakdown:
     return Breakdown(weights, gradients, optimizer, reference, encoders, activations)
 
 
+def pair_forwards(recipe: Recipe) -> int:
+    """Forward-pass equivalents of one training step on one pair: the policy's forward and backward per image (3
+    when the weights train; 2 for LoRA, whose frozen weights need no weight gradients), the reference's forward per
+    image (none when precomputed) and, with checkpointing, one more policy forward per image."""
+    policy = (3 if recipe.method == "full" else 2) + (1 if recipe.checkpointing else 0)
+    reference = 0 if recipe.reference == "precomputed" else 1
+    return recipe.images * (policy + reference)
+
+
+def step_seconds(arch: Architecture, recipe: Recipe, mfu: float = DEFAULT_MFU) -> float:
+    """Seconds per training step on one pair on an A100 at ``mfu`` (1024 px; uncached adds the encoders)."""
+    tflops = pair_forwards(recipe) * FORWARD_TFLOPS[arch.name, 1024]
+    if not recipe.cached:
+        tflops += ENCODE_PAIR_TFLOPS[arch.name]
+    return tflops / (A100_BF16_TFLOPS * mfu)
+
+
 def fit(total_bytes: float, card_gb: float) -> str:
     """``yes`` up to 90% of a card sold as ``card_gb`` GB (GiB in fact: an 80 GB A100 holds 80 x 2^30 bytes),
     ``tight`` up to 100%, else ``no``."""
@@ -257,9 +283,9 @@ RECIPES = (
 
 
 def training_rows(archs: tuple[Architecture, ...] = TRAINED,
-                  recipes: tuple[Recipe, ...] = RECIPES) -> list[tuple[str, str, Breakdown]]:
-    """(model, recipe label, breakdown) for every model and recipe."""
-    return [(arch.name, recipe.label(), training_memory(arch, recipe)) for arch in archs for recipe in recipes]
+                  recipes: tuple[Recipe, ...] = RECIPES) -> list[tuple[Architecture, Recipe, Breakdown]]:
+    """(model, recipe, breakdown) for every model and recipe."""
+    return [(arch, recipe, training_memory(arch, recipe)) for arch in archs for recipe in recipes]
 
 
 def inference_memory(arch: Architecture, offload: bool) -> float:

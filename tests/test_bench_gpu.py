@@ -135,6 +135,19 @@ def test_gpu_hours_formula() -> None:
         assert hours["total"] == pytest.approx(hours["generate"] + hours["improve"] + hours["train"])
 
 
+def test_step_time_counts_forward_passes() -> None:
+    assert est.pair_forwards(est.Recipe("full", checkpointing=False, reference="copy")) == est.PAIR_FORWARDS == 8
+    assert est.pair_forwards(est.Recipe("full", reference="copy")) == 10  # + the recomputed policy forwards
+    assert est.pair_forwards(est.Recipe("full", reference="precomputed")) == 8
+    assert est.pair_forwards(est.Recipe("lora", checkpointing=False)) == 6  # no weight gradients
+    flux = est.FORWARD_TFLOPS["FLUX.1-dev", 1024]
+    lora = est.Recipe("lora")
+    assert est.step_seconds(est.FLUX_DEV, lora, mfu=0.5) == pytest.approx(8 * flux / 156)
+    uncached = est.Recipe("lora", cached=False)
+    extra = est.step_seconds(est.FLUX_DEV, uncached, 0.5) - est.step_seconds(est.FLUX_DEV, lora, 0.5)
+    assert extra == pytest.approx((2 * est.VAE_ENCODE_1024_TFLOPS + 4.84 + 0.013) / 156)
+
+
 def test_cross_checks_agree_with_the_reports() -> None:
     assert all(check.agrees() for check in est.CROSS_CHECKS)
 
@@ -146,9 +159,9 @@ def test_estimates_print_every_row_with_fit() -> None:
     out = result.stdout
     rows = [line for line in out.splitlines() if line.split("  ")[0].strip() in {a.name for a in est.TRAINED}]
     assert len(rows) == len(est.TRAINED) * len(est.RECIPES)
-    assert all(line.split()[-1] in {"yes", "tight", "no"} for line in rows)
+    assert all(line.split()[-2] in {"yes", "tight", "no"} and float(line.split()[-1]) > 0 for line in rows)
     def verdict(model: str, recipe: str) -> str:
-        return next(line for line in rows if line.startswith(model) and recipe in line).split()[-1]
+        return next(line for line in rows if line.startswith(model) and recipe in line).split()[-2]
 
     assert verdict("FLUX.1-dev", "full, AdamW fp32, ckpt, ref copy") == "no"
     assert verdict("SD3.5 Medium", "LoRA r32, AdamW fp32, ckpt, cached") == "yes"
@@ -337,7 +350,7 @@ def test_activation_constants_match_autograd_saved_tensors(lora: bool) -> None:
 
 def test_forward_flop_constants() -> None:
     import torch
-    from diffusers import UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from torch.utils.flop_counter import FlopCounterMode
 
     def tflops(model, **inputs) -> float:
@@ -347,6 +360,9 @@ def test_forward_flop_constants() -> None:
 
     n, t = 2048, 512  # Kontext at 512 px: 1024 target + 1024 condition tokens, 512 text tokens
     with torch.device("meta"):
+        vae = AutoencoderKL(down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                            block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=16)
+        vae_encode = tflops(vae.encoder, sample=torch.randn(1, 3, 1024, 1024))
         unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
         assert _count(unet) == 859_520_964  # SD1.5's UNet
         sd15 = tflops(unet, sample=torch.randn(1, 4, 64, 64), timestep=torch.ones(1),
@@ -355,6 +371,7 @@ def test_forward_flop_constants() -> None:
                          pooled_projections=torch.randn(1, 768), timestep=torch.ones(1), guidance=torch.ones(1),
                          img_ids=torch.zeros(n, 3), txt_ids=torch.zeros(t, 3))
     assert sd15 == pytest.approx(est.FORWARD_TFLOPS["SD1.5", 512], rel=1e-3)
+    assert vae_encode == pytest.approx(est.VAE_ENCODE_1024_TFLOPS, rel=1e-3)
     assert kontext == pytest.approx(est.FORWARD_TFLOPS["kontext", 512], rel=1e-3)
 
 
