@@ -55,16 +55,16 @@ fine-tuning either a second frozen bf16 copy (forward only, no saved activations
 (one extra pass over the data beforehand; each pair then keeps the noise and sigma it was scored with). Uncached
 runs also hold the text encoders and the VAE in bf16 (their forward passes run without gradients).
 
-**Compute** (for GPU-hours): forward TFLOPs per image (``FORWARD_TFLOPS``; the editors' with the condition image's
-tokens) counted with ``torch.utils.flop_counter.FlopCounterMode`` on the ``meta`` device; a training pair costs 8
-forward passes (policy forward and backward on both images = 6, reference forward on both = 2; a LoRA backward is
-cheaper, so this is an upper bound for LoRA); text encoders, the VL encoder and the VAE are not counted. The
+**Compute**: forward TFLOPs per image (``FORWARD_TFLOPS``; the editors' include the condition image's tokens)
+counted with ``torch.utils.flop_counter.FlopCounterMode`` on the ``meta`` device. A full fine-tuning DPO pair
+costs 8 forward passes (policy forward and backward on both images = 6, reference forward on both = 2): the
+GPU-hours of the iterative recipes use that and leave out the text encoders, the VL encoder and the VAE. The
 training table's seconds per step count a LoRA pair as 6 (no weight gradients), add 2 for checkpointing's
-recomputed forwards, drop the reference's 2 when its errors are precomputed, and add the encoders when uncached.
-GPU-hours = total FLOPs / (312 TFLOP/s, the A100's dense bf16 peak, x the model FLOP utilisation, MFU) / 3600.
-The default MFU, 0.35, sits between diffusers' measured SD1.5 A100 figures (fp16, batch 16 with CFG: 3.04
-steps/s = 97 UNet passes/s x 0.803 TFLOP = 25% of peak; 4.68 steps/s compiled = 38%, diffusers' docs,
-``optimization/torch2.0``). Diffusion-DPO's own SD1.5 run (launchers/sd15.sh: "~24 hours / 2000 steps", 2048
+recomputed forwards, drop the reference's 2 when its errors are precomputed, and add the encoders
+(``ENCODE_PAIR_TFLOPS``) when uncached. Time = FLOPs / (312 TFLOP/s, the A100's dense bf16 peak, x the model
+FLOP utilisation, MFU). The default MFU, 0.35, sits between diffusers' measured SD1.5 A100 figures (fp16,
+batch 16 with CFG: 3.04 steps/s = 97 UNet passes/s x 0.803 TFLOP = 25% of peak; 4.68 steps/s compiled = 38%;
+diffusers' docs, ``optimization/torch2.0``). Diffusion-DPO's own SD1.5 run (launchers/sd15.sh: "~24 hours / 2000 steps", 2048
 pairs a step on 16 GPUs, batch 1 per GPU, no caching) implies about 6%: the bench prints that check.
 """
 
