@@ -64,8 +64,9 @@ recomputed forwards, drop the reference's 2 when its errors are precomputed, and
 (``ENCODE_PAIR_TFLOPS``) when uncached. Time = FLOPs / (312 TFLOP/s, the A100's dense bf16 peak, x the model
 FLOP utilisation, MFU). The default MFU, 0.35, sits between diffusers' measured SD1.5 A100 figures (fp16,
 batch 16 with CFG: 3.04 steps/s = 97 UNet passes/s x 0.803 TFLOP = 25% of peak; 4.68 steps/s compiled = 38%;
-diffusers' docs, ``optimization/torch2.0``). Diffusion-DPO's own SD1.5 run (launchers/sd15.sh: "~24 hours / 2000 steps", 2048
-pairs a step on 16 GPUs, batch 1 per GPU, no caching) implies about 6%: the bench prints that check.
+diffusers' docs, ``optimization/torch2.0``). Diffusion-DPO's own SD1.5 run (launchers/sd15.sh: "~24 hours /
+2000 steps", 2048 pairs a step on 16 GPUs, batch 1 per GPU, no caching) implies about 6%: the bench prints that
+check.
 """
 
 from __future__ import annotations
