@@ -1,4 +1,6 @@
-"""`bench/gpu.py --model tiny --device cpu`: the smoke run prints every row of both tables.
+"""`bench/gpu.py --model tiny --device cpu`: the smoke run prints every row of every table; the written-out
+estimates (`styleprefs.memory_estimate`, `bench/estimates.py`): their arithmetic by hand, their monotonicity, and
+every constant recounted on the real diffusers/transformers architectures on PyTorch's meta device.
 
 The --compile rows run with TORCHDYNAMO_DISABLE=1 (torch.compile then runs the module eagerly): compiling
 every variant takes minutes on one core. That --compile reaches torch.compile is tested in test_gpu_settings.
@@ -6,12 +8,21 @@ every variant takes minutes on one core. That --compile reaches torch.compile is
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import (AutoencoderKL, AutoencoderKLQwenImage, FluxTransformer2DModel, QwenImageTransformer2DModel,
+                       SD3Transformer2DModel, UNet2DConditionModel)
+from peft import LoraConfig
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import (CLIPTextConfig, CLIPTextModelWithProjection, Qwen2_5_VLConfig,
+                          Qwen2_5_VLForConditionalGeneration, T5Config, T5EncoderModel)
 
 from styleprefs import memory_estimate as est
 
@@ -160,6 +171,7 @@ def test_estimates_print_every_row_with_fit() -> None:
     rows = [line for line in out.splitlines() if line.split("  ")[0].strip() in {a.name for a in est.TRAINED}]
     assert len(rows) == len(est.TRAINED) * len(est.RECIPES)
     assert all(line.split()[-2] in {"yes", "tight", "no"} and float(line.split()[-1]) > 0 for line in rows)
+
     def verdict(model: str, recipe: str) -> str:
         return next(line for line in rows if line.startswith(model) and recipe in line).split()[-2]
 
@@ -168,15 +180,15 @@ def test_estimates_print_every_row_with_fit() -> None:
     for name in est.EDITORS:  # all on GPU and with offload, each judged against 24 and 80 GB cards
         editing = [line.split() for line in out.splitlines() if line.startswith(name)]
         assert len(editing) == 2 and all({row[-1], row[-2]} <= {"yes", "tight", "no"} for row in editing)
+    checks = next(s for s in out.split("\n\n") if s.startswith("Estimate against reported figures")).splitlines()[2:]
+    assert len(checks) == len(est.CROSS_CHECKS) and all(line.endswith("  yes") for line in checks)
     assert "A100-hours per iteration" in out and "Training the improver once" in out
-    assert out.count("  yes\n") >= len(est.CROSS_CHECKS)
 
 
 # --- the estimate's constants, recounted on the real architectures (meta device: no weights, no compute) ---
 
-def _sd3(layers: int, heads: int = 24, dual: tuple[int, ...] = (), pos: int = 384):
-    from diffusers import SD3Transformer2DModel
 
+def _sd3(layers: int, heads: int = 24, dual: tuple[int, ...] = (), pos: int = 384):
     return SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, num_layers=layers,
                                  attention_head_dim=64, num_attention_heads=heads, joint_attention_dim=4096,
                                  caption_projection_dim=64 * heads, pooled_projection_dim=2048, out_channels=16,
@@ -184,16 +196,12 @@ def _sd3(layers: int, heads: int = 24, dual: tuple[int, ...] = (), pos: int = 38
 
 
 def _flux(double: int = 19, single: int = 38):
-    from diffusers import FluxTransformer2DModel
-
     return FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=double, num_single_layers=single,
                                   attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
                                   pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
 
 
 def _qwen(layers: int = 60):
-    from diffusers import QwenImageTransformer2DModel
-
     return QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=layers,
                                        attention_head_dim=128, num_attention_heads=24, joint_attention_dim=3584,
                                        guidance_embeds=False, axes_dims_rope=(16, 56, 56))
@@ -204,11 +212,6 @@ def _count(model) -> int:
 
 
 def test_parameter_counts_match_the_published_configs() -> None:
-    import torch
-    from diffusers import AutoencoderKL, AutoencoderKLQwenImage
-    from transformers import (CLIPTextConfig, CLIPTextModelWithProjection, Qwen2_5_VLConfig,
-                              Qwen2_5_VLForConditionalGeneration, T5Config, T5EncoderModel)
-
     vl = Qwen2_5_VLConfig(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
                           num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False,
                           vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
@@ -241,16 +244,12 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", 
 
 
 def _with_lora(model, rank: int = 32):
-    from peft import LoraConfig
-
     model.requires_grad_(False)
     model.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS))
     return model
 
 
 def test_lora_parameter_counts_match_peft() -> None:
-    import torch
-
     with torch.device("meta"):
         for arch, model in ((est.SD35_MEDIUM, _sd3(24, dual=tuple(range(13)))), (est.FLUX_DEV, _flux()),
                             (est.QWEN_IMAGE_EDIT, _qwen())):
@@ -258,28 +257,25 @@ def test_lora_parameter_counts_match_peft() -> None:
             assert trainable == est.lora_parameters(arch, 32), arch.name
 
 
-class _FlashStandIn:
-    """Replaces scaled_dot_product_attention by what flash attention saves: q, k, v, output, fp32 log-sum-exp."""
+class _Flash(torch.autograd.Function):
+    """What flash attention saves for backward: q, k, v, the output and the fp32 log-sum-exp (no token x token
+    matrix); the forward only makes the output's shape (the meta device computes nothing)."""
 
-    def __enter__(self):
-        import torch
-        import torch.nn.functional as F
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = torch.empty_like(q)
+        ctx.save_for_backward(q, k, v, out, torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device))
+        return out
 
-        class Flash(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, q, k, v):
-                out = torch.empty_like(q)
-                ctx.save_for_backward(q, k, v, out, torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device))
-                return out
 
-        self._sdpa, F.scaled_dot_product_attention = F.scaled_dot_product_attention, \
-            lambda query, key, value, *a, **kw: Flash.apply(query, key, value)
-        return self
-
-    def __exit__(self, *exc):
-        import torch.nn.functional as F
-
-        F.scaled_dot_product_attention = self._sdpa
+@contextlib.contextmanager
+def _flash_attention():
+    sdpa = F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = lambda query, key, value, *args, **kwargs: _Flash.apply(query, key, value)
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = sdpa
 
 
 N_IMAGE, N_TEXT = 256, 64
@@ -287,8 +283,6 @@ N_IMAGE, N_TEXT = 256, 64
 
 def _saved_bytes(model, inputs: dict, lora: bool) -> int:
     """Bytes autograd saves for backward in one bf16 forward, parameters (and views of them) excluded."""
-    import torch
-
     model = _with_lora(model.to(torch.bfloat16)) if lora else model.to(torch.bfloat16).requires_grad_(True)
     params = {id(p) for p in model.parameters()}
     seen, total = set(), [0]
@@ -300,14 +294,12 @@ def _saved_bytes(model, inputs: dict, lora: bool) -> int:
             total[0] += base.numel() * base.element_size()
         return t
 
-    with _FlashStandIn(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with _flash_attention(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model(**inputs)
     return total[0]
 
 
 def _inputs(family: str) -> dict:
-    import torch
-
     bf = dict(dtype=torch.bfloat16)
     text = torch.randn(1, N_TEXT, 3584 if family == "qwen" else 4096, **bf)
     if family == "sd3":  # 32 x 32 latents in 2 x 2 patches: N_IMAGE tokens
@@ -325,8 +317,6 @@ def _inputs(family: str) -> dict:
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_activation_constants_match_autograd_saved_tensors(lora: bool) -> None:
     """Each block's constant = saved bytes of a model with one more such block, per token per hidden unit."""
-    import torch
-
     def per_block(family: str, hidden: int, larger, smaller) -> float:
         with torch.device("meta"):
             grown, base = (_saved_bytes(make(), _inputs(family), lora) for make in (larger, smaller))
@@ -349,10 +339,6 @@ def test_activation_constants_match_autograd_saved_tensors(lora: bool) -> None:
 
 
 def test_forward_flop_constants() -> None:
-    import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from torch.utils.flop_counter import FlopCounterMode
-
     def tflops(model, **inputs) -> float:
         with FlopCounterMode(display=False) as counter:
             model(**inputs)
