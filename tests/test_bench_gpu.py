@@ -86,6 +86,9 @@ def test_full_finetune_state_of_one_billion_parameters() -> None:
         assert est.training_memory(toy, recipe).total == expected, (optimizer, reference)
     uncached = est.Recipe("full", checkpointing=False, reference="precomputed", cached=False)
     assert est.training_memory(toy, uncached).encoders == 1e9  # 0.5B in bf16
+    sharded = est.training_memory(toy, est.Recipe("full", checkpointing=False, reference="copy", cached=False,
+                                                  shards=4))
+    assert sharded.total == 18e9 / 4 + 1e9  # the state is split over the GPUs, the encoders are not
 
 
 def test_lora_and_activation_arithmetic_by_hand() -> None:
