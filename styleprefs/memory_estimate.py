@@ -48,7 +48,9 @@ fp32 loss, and the CUDA context and allocator slack; so a configuration "fits" a
 state: AdamW with fp32 states = fp32 master weights + first and second moments (12 B; the usual mixed-precision
 16 B in all, so 1B parameters = 16 GB); 8-bit AdamW (bitsandbytes) = two 1-byte moments (2 B), with no fp32 master
 copy (pure-bf16 weights, as full-bf16 trainers run it; add 4 B with one); Adafactor = factored second moment only,
-one fp32 value per row and per column (< 0.1% of the weights, counted as 0). LoRA: the frozen base in bf16 (2 B),
+one fp32 value per row and per column (< 0.1% of the weights, counted as 0). With fp32 weights (how
+``styleprefs train`` keeps the policy under mixed precision) weights and gradients take 4 B each and AdamW needs no
+master copy: 16 B with AdamW, 10 B with 8-bit AdamW, 8 B with Adafactor. LoRA: the frozen base in bf16 (2 B; fp32: 4 B),
 the adapters (rank r on every listed hidden x hidden attention projection: r x 2 x hidden each) in fp32 with fp32
 gradients and the optimizer's state. The DPO reference: for LoRA the policy with adapters off (no memory); for full
 fine-tuning either a second frozen bf16 copy (forward only, no saved activations) or precomputed reference errors
@@ -81,8 +83,7 @@ FIT_SHARE = 0.9  # the share of a card's memory an estimate may use and still "f
 A100_BF16_TFLOPS = 312.0
 DEFAULT_MFU = 0.35
 PAIR_FORWARDS = 8  # policy forward + backward on 2 images (3 forwards each) + reference forward on 2
-FULL_OPTIMIZER_BYTES = {"adamw": 12, "adamw8bit": 2, "adafactor": 0}  # per trainable bf16 parameter
-LORA_OPTIMIZER_BYTES = {"adamw": 8, "adamw8bit": 2, "adafactor": 0}  # per fp32 adapter parameter
+MOMENT_BYTES = {"adamw": 8, "adamw8bit": 2, "adafactor": 0}  # optimizer state per trainable parameter
 
 Method = Literal["lora", "full"]
 Optimizer = Literal["adamw", "adamw8bit", "adafactor"]
@@ -177,6 +178,11 @@ class Recipe:
     resolution: int = 1024
     text_tokens: int | None = None  # None: the model's
     shards: int = 1  # GPUs that FSDP / ZeRO-3 shards the weights, gradients, optimizer state and reference over
+    fp32_weights: bool = False  # the denoiser (and a full run's gradients) in fp32, as ``styleprefs train`` keeps it
+
+    @property
+    def weight_bytes(self) -> int:
+        return FP32 if self.fp32_weights else BF16
 
     def label(self) -> str:
         parts = [f"LoRA r{self.rank}" if self.method == "lora" else "full",
@@ -187,6 +193,8 @@ class Recipe:
         parts.append("cached" if self.cached else "uncached")
         if self.shards > 1:
             parts.append(f"sharded over {self.shards} GPUs")
+        if self.fp32_weights:
+            parts.append("fp32 weights")
         return ", ".join(parts)
 
 
@@ -232,15 +240,17 @@ def training_memory(arch: Architecture, recipe: Recipe) -> Breakdown:
         if recipe.reference != "adapters-off":
             raise ValueError("a LoRA run's reference is the policy with its adapters off")
         adapters = lora_parameters(arch, recipe.rank)
-        weights = arch.denoiser * BF16 + adapters * FP32
+        weights = arch.denoiser * recipe.weight_bytes + adapters * FP32
         gradients = adapters * FP32
-        optimizer = adapters * LORA_OPTIMIZER_BYTES[recipe.optimizer]
+        optimizer = adapters * MOMENT_BYTES[recipe.optimizer]
         reference = 0.0
     else:
         if recipe.reference == "adapters-off":
             raise ValueError("full fine-tuning needs a reference copy or precomputed reference errors")
-        weights = gradients = arch.denoiser * BF16
-        optimizer = arch.denoiser * FULL_OPTIMIZER_BYTES[recipe.optimizer]
+        weights = gradients = arch.denoiser * recipe.weight_bytes
+        # AdamW on bf16 weights keeps an fp32 master copy; 8-bit AdamW and Adafactor here do not
+        master = FP32 if recipe.optimizer == "adamw" and recipe.weight_bytes == BF16 else 0
+        optimizer = arch.denoiser * (MOMENT_BYTES[recipe.optimizer] + master)
         reference = arch.denoiser * BF16 if recipe.reference == "copy" else 0.0
     encoders = 0.0 if recipe.cached else sum(arch.encoders.values()) * BF16
     activations = activation_bytes(arch, recipe.method, recipe.checkpointing, recipe.images, recipe.resolution,
@@ -288,6 +298,9 @@ RECIPES = (
     Recipe("full", "adafactor", reference="precomputed", cached=False),
     Recipe("full", reference="copy", shards=4),
     Recipe("full", reference="copy", shards=8),
+    # what ``styleprefs train`` does today: an fp32 policy, and the encoders loaded even when the cache is used
+    Recipe("lora", cached=False, fp32_weights=True),
+    Recipe("full", "adafactor", reference="copy", cached=False, fp32_weights=True),
 )
 
 

@@ -84,6 +84,12 @@ def test_full_finetune_state_of_one_billion_parameters() -> None:
     for (optimizer, reference), expected in cases.items():
         recipe = est.Recipe("full", optimizer, checkpointing=False, reference=reference)
         assert est.training_memory(toy, recipe).total == expected, (optimizer, reference)
+    fp32 = {"adamw": 16e9, "adamw8bit": 10e9, "adafactor": 8e9}  # fp32 weights and gradients, no master copy
+    for optimizer, expected in fp32.items():
+        recipe = est.Recipe("full", optimizer, checkpointing=False, reference="precomputed", fp32_weights=True)
+        assert est.training_memory(toy, recipe).total == expected, optimizer
+    lora_fp32 = est.training_memory(toy, est.Recipe("lora", checkpointing=False, rank=4, fp32_weights=True))
+    assert lora_fp32.weights == 4e9 + 560 * 4
     uncached = est.Recipe("full", checkpointing=False, reference="precomputed", cached=False)
     assert est.training_memory(toy, uncached).encoders == 1e9  # 0.5B in bf16
     sharded = est.training_memory(toy, est.Recipe("full", checkpointing=False, reference="copy", cached=False,
@@ -122,7 +128,7 @@ def test_estimates_are_monotone(arch: est.Architecture) -> None:
         assert with_ckpt.activations < without.activations
         assert total(method=method, reference=reference) < total(method=method, reference=reference, cached=False)
     for ckpt in (True, False):
-        for optimizer in est.FULL_OPTIMIZER_BYTES:
+        for optimizer in est.MOMENT_BYTES:
             lora = total(method="lora", optimizer=optimizer, checkpointing=ckpt)
             assert lora < total(method="full", optimizer=optimizer, checkpointing=ckpt, reference="precomputed")
     adamw, adam8, adafactor = (total(method="full", optimizer=o, reference="precomputed")
