@@ -25,18 +25,24 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import typer
 from safetensors.numpy import save_file
 from scipy.sparse import hstack
-from sklearn.linear_model import LogisticRegression
+
+try:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+except ImportError:  # scoring needs no scikit-learn; retraining does
+    sys.exit("error: retraining the caption model needs scikit-learn: pip install 'styleprefs[train-safety]'")
 
 from styleprefs.errors import StyleprefsError
 from styleprefs.io import atomic_dir, sha256_file, write_json, write_text
 from styleprefs.safety import corpora
 from styleprefs.safety.learned import (CHAR_NGRAMS, CONFIG_FILE, FORMAT_VERSION, MODEL_DIR, WEIGHTS_FILE,
-                                       WORD_NGRAMS, prepare, vectorizers)
+                                       WORD_NGRAMS, char_ngrams, prepare, word_ngrams)
 from styleprefs.safety.text import TextFilter, normalise
 
 NIBBLER, LABELLED, CAPTIONS = "nibbler", "labelled", "captions"
@@ -60,6 +66,19 @@ MODIFIERS = (
     "symmetrical", "full body", "portrait", "wide angle", "cgsociety", "deviantart", "pixiv", "vivid colors",
     "golden hour", "award winning", "masterpiece", "oil on canvas", "watercolor", "anime style", "3d render",
 )
+
+
+def vectorizers(word_vocabulary: Sequence[str] | None = None, char_vocabulary: Sequence[str] | None = None,
+                min_df: int = 1, max_features: int | None = None) -> tuple[TfidfVectorizer, TfidfVectorizer]:
+    """The word and character blocks, fixed to the given vocabularies or free to learn theirs."""
+    common = dict(lowercase=False, sublinear_tf=True, dtype=np.float32, min_df=min_df, max_features=max_features)
+    word = TfidfVectorizer(analyzer=word_ngrams, vocabulary=_indexed(word_vocabulary), **common)
+    char = TfidfVectorizer(analyzer=char_ngrams, vocabulary=_indexed(char_vocabulary), **common)
+    return word, char
+
+
+def _indexed(vocabulary: Sequence[str] | None) -> dict[str, int] | None:
+    return None if vocabulary is None else {term: i for i, term in enumerate(vocabulary)}
 
 
 @dataclass(frozen=True)
