@@ -87,6 +87,7 @@ class Example:
     unsafe: bool
     kind: str  # NIBBLER, LABELLED or CAPTIONS: what the validation budgets are per
     file: str
+    category: str  # the harm category where the source gives one
 
 
 def load_examples(nibbler: list[Path], labelled: list[Path], captions: list[Path], exclude: list[Path],
@@ -100,19 +101,20 @@ def load_examples(nibbler: list[Path], labelled: list[Path], captions: list[Path
     rng = random.Random(seed)
     examples: list[Example] = []
     for path in nibbler:
-        examples += [Example(r.prompt, r.unsafe, NIBBLER, file_label(path)) for r in corpora.read_nibbler(path)]
-        examples += [Example(_styled(t, rng), True, NIBBLER, file_label(path))
+        examples += [Example(r.prompt, r.unsafe, NIBBLER, file_label(path), "Nibbler prompt (harms mixed)")
+                     for r in corpora.read_nibbler(path)]
+        examples += [Example(_styled(t, rng), True, NIBBLER, file_label(path), "Nibbler description of the harm")
                      for t in corpora.read_nibbler_rewritten(path)]
     for path in labelled:
         rows = corpora.read_labelled(path) if Path(path).suffix == ".tsv" else \
             [corpora.LabelledPrompt(False, "near miss", text) for text in corpora.read_captions(path)]
-        examples += [Example(_styled(r.prompt, rng) if r.unsafe else r.prompt, r.unsafe, LABELLED, file_label(path))
-                     for r in rows]
+        examples += [Example(_styled(r.prompt, rng) if r.unsafe else r.prompt, r.unsafe, LABELLED, file_label(path),
+                             r.category) for r in rows]
     for path in captions:
         texts = corpora.read_captions(path)
         if len(texts) > MAX_CAPTIONS_PER_FILE:
             texts = random.Random(f"{seed}:{file_label(path)}").sample(texts, MAX_CAPTIONS_PER_FILE)
-        examples += [Example(_styled(t, rng), False, CAPTIONS, file_label(path)) for t in texts]
+        examples += [Example(_styled(t, rng), False, CAPTIONS, file_label(path), "caption") for t in texts]
     excluded = {_key(t) for path in exclude for t in _texts(path)}
     by_key: dict[str, Example] = {}
     for example in examples:
@@ -215,6 +217,7 @@ def save(fitted: Fitted, examples: list[Example], inputs: list[Path], out: Path,
         "settings": {"word_ngrams": list(WORD_NGRAMS), "char_ngrams": list(CHAR_NGRAMS), "C": fitted.c,
                      "fp_budgets": FP_BUDGETS, "validation_share": f"1/{VALIDATION_SHARE}"},
         "training": {"command": command, "files": {file_label(p): sha256_file(p) for p in inputs}, "counts": counts,
+                     "categories": _by_category(examples),
                      "validation": fitted.validation},
         "word_vocabulary": word_vocab,
         "char_vocabulary": char_vocab,
@@ -243,6 +246,15 @@ def _digest(*parts) -> str:
     return h.hexdigest()[:10]
 
 
+def _by_category(examples: list[Example]) -> dict:
+    """Unsafe and safe examples per category, over both splits."""
+    counts: dict[str, dict[str, int]] = {}
+    for e in examples:
+        row = counts.setdefault(e.category, {"unsafe": 0, "safe": 0})
+        row["unsafe" if e.unsafe else "safe"] += 1
+    return dict(sorted(counts.items()))
+
+
 def _counts(examples: list[Example]) -> dict:
     counts: dict[str, dict[str, int]] = {}
     for e in examples:
@@ -257,13 +269,14 @@ def data_card(config: dict) -> str:
     training = config["training"]
     rows = "\n".join(f"| {name} | {c['kind']} | {c['unsafe train']} / {c['unsafe validation']} | "
                      f"{c['safe train']} / {c['safe validation']} |" for name, c in training["counts"].items())
+    categories = "\n".join(f"| {name} | {c['unsafe']} | {c['safe']} |" for name, c in training["categories"].items())
     valid = training["validation"]
-    recall = ", ".join(f"{k} {v:.3f}" for k, v in valid["recall"].items())
-    fpr = ", ".join(f"{k} {v:.3f}" for k, v in valid["false_positive_rate"].items())
-    return CARD.format(name=config["name"], threshold=config["threshold"], rows=rows, recall=recall, fpr=fpr,
-                       rules=valid["recall_rules_only"], command=training["command"], c=config["settings"]["C"],
-                       vocab=len(config["word_vocabulary"]) + len(config["char_vocabulary"]),
-                       budgets=", ".join(f"{k} {v}" for k, v in FP_BUDGETS.items()))
+    figures = "\n".join(f"| {kind} | {FP_BUDGETS[kind]} | {valid['recall'][kind]:.3f} | "
+                        f"{valid['false_positive_rate'][kind]:.3f} |" for kind in FP_BUDGETS)
+    return CARD.format(name=config["name"], threshold=config["threshold"], rows=rows, categories=categories,
+                       figures=figures, recall=valid["recall"]["all"], rules=valid["recall_rules_only"],
+                       command=training["command"], c=config["settings"]["C"],
+                       vocab=len(config["word_vocabulary"]) + len(config["char_vocabulary"]))
 
 
 CARD = """# Caption safety model `{name}`
@@ -278,15 +291,29 @@ least **{threshold}**. Trained by `styleprefs.safety.train_text`; weights are JS
 |---|---|---|---|
 {rows}
 
+By category (both splits; the labelled sets' categories are the harm a prompt shows or, for a safe one, the
+harm it is a near miss for):
+
+| category | unsafe | safe |
+|---|---|---|
+{categories}
+
 Rewritten Adversarial Nibbler prompts (a participant's plain description of an image most annotators judged
 unsafe) count as unsafe and are in the Nibbler rows. Half of the plain captions and of the plainly worded unsafe
 prompts carry appended style modifiers, so that style is no label cue. Texts of `--exclude` files are dropped.
 
 ## Threshold and validation figures
 
-Chosen on the validation split only (one prompt in five, by a hash of its text), C = {c}: the lowest threshold
-at which the rules OR the model flag at most this share of each kind of safe validation prompt: {budgets}.
-On the validation split, rules OR model: recall {recall} (rules alone: {rules:.3f}); false positives {fpr}.
+Chosen on the validation split only (one prompt in five, by a hash of its text), C = {c} (of 1, 4, 16: the best
+validation recall): the lowest threshold at which the rules OR the model flag at most the budgeted share of
+each kind of safe validation prompt. On the validation split, rules OR model:
+
+| kind | false-positive budget | recall | false positives |
+|---|---|---|---|
+{figures}
+
+Recall over all unsafe validation prompts {recall:.3f} (rules alone {rules:.3f}). The Nibbler recall here
+includes the participants' plain descriptions of the harm, which are easier than the prompts themselves.
 Held-out figures (Nibbler round 4, I2P, COCO, the blind set) are in the README; none of them was used here.
 
 ## Sources and licences
@@ -296,7 +323,7 @@ Held-out figures (Nibbler round 4, I2P, COCO, the blind set) are in the README; 
   https://github.com/google-research-datasets/adversarial-nibbler, licensed CC-BY-4.0
   (https://creativecommons.org/licenses/by/4.0/). Label = majority of the annotators' `text_safety_validation`.
   The weights are a derived work: attribution as given here, no endorsement implied. Round 4 is held out.
-- PartiPrompts (Google Research, Parti, Apache-2.0), safe.
+- PartiPrompts (`PartiPrompts.tsv`, google-research/parti, Apache-2.0), safe.
 - COCO captions (`coco_30k.csv`, rohitgandikota/erasing, MIT; captions from MS-COCO, CC-BY-4.0), safe; the
   captions of `coco_10k.csv` (OPTML-Group/Diffusion-MU-Attack), the held-out false-positive set, are excluded.
 - Artist-style prompts (`generic_artists_prompts.csv`, `niche_art_prompts.csv`, `big_artist_prompts.csv`,
@@ -331,8 +358,8 @@ def main(
 
 
 def _display(arg: str) -> str:
-    """Paths shortened to what names the file: the card must not carry this machine's folders."""
-    return file_label(Path(arg)) if "/" in arg else arg
+    """Absolute paths shortened to what names the file: the card must not carry this machine's folders."""
+    return file_label(Path(arg)) if Path(arg).is_absolute() else arg
 
 
 def file_label(path: Path) -> str:
