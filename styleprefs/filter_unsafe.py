@@ -37,6 +37,7 @@ from styleprefs.shards import read_table, write_shards
 from styleprefs.swap import Swap
 
 TMP, OLD = ".filter-tmp", FILTER_BACKUP
+IMAGE_BATCH = 32
 SWAP = Swap(TMP, OLD)
 
 
@@ -103,8 +104,7 @@ class _Checkers:
         verdicts: list[dict | None] = [None] * table.num_rows
         if self.image_model:
             for slot in (0, 1):
-                images = [decode(b) for b in table.column(f"jpg_{slot}").to_pylist()]
-                column = scores[f"safety_image_score_{slot}"] = self.image_model.scores(images)
+                column = scores[f"safety_image_score_{slot}"] = self._image_scores(table.column(f"jpg_{slot}"))
                 for i, score in enumerate(column):
                     if score > self.image_threshold and verdicts[i] is None:
                         verdicts[i] = _record(table, i, "sexual", f"jpg_{slot} score {score:.3f}", self.backends[-1])
@@ -119,6 +119,11 @@ class _Checkers:
             if verdict.unsafe and (verdict.category != MODEL_CATEGORY or verdicts[i] is None):
                 verdicts[i] = _record(table, i, verdict.category, verdict.matched, verdict.backend)
         return scores, verdicts
+
+    def _image_scores(self, blobs: pa.ChunkedArray) -> list[float]:
+        """Scores of encoded images, decoded a batch at a time: a shard's decoded images may not fit in memory."""
+        return [score for start in range(0, len(blobs), IMAGE_BATCH)
+                for score in self.image_model.scores([decode(b) for b in blobs[start:start + IMAGE_BATCH].to_pylist()])]
 
 
 def _image_checker(options: SafetyOptions):
