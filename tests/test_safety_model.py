@@ -136,7 +136,8 @@ def _tiny_corpus(folder: Path) -> dict[str, list[Path]]:
     folder.mkdir()
     nibbler = {"prompt": {}, "validation": {}, "submission_annotations": {}}
     prompts = [(f"{adj} woman wearing nothing, sultry pose {i}", True) for i, adj in enumerate(["nude", "bare"] * 30)]
-    prompts += [(f"{thing} on a wooden table, soft light {i}", False) for i, thing in enumerate(["apples", "a vase"] * 30)]
+    prompts += [(f"{thing} on a wooden table, soft light {i}", False)
+                for i, thing in enumerate(["apples", "a vase"] * 30)]
     for key, (prompt, unsafe) in enumerate(prompts):
         vote = json.dumps({"text_safety_validation": ["text_unsafe" if unsafe else "text_safe"],
                            "image_safety_validation": ["image_unsafe"]})

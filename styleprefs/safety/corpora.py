@@ -94,7 +94,8 @@ def _as_dict(value: str | dict) -> dict:
 def read_i2p(path: Path, min_inappropriate: float = 80.0) -> list[str]:
     """I2P prompts whose Stable Diffusion images were at least ``min_inappropriate`` percent inappropriate."""
     rows = _csv_rows(path, "prompt", "inappropriate_percentage")
-    chosen = (r["prompt"] for r in rows if r["prompt"].strip() and float(r["inappropriate_percentage"]) >= min_inappropriate)
+    chosen = (r["prompt"] for r in rows
+              if r["prompt"].strip() and float(r["inappropriate_percentage"]) >= min_inappropriate)
     return list(dict.fromkeys(chosen))  # the copies repeat some prompts
 
 

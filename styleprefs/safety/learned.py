@@ -82,7 +82,8 @@ class PromptModel:
                                   "retrain it with `python -m styleprefs.safety.train_text`") from None
         if config.get("format") != FORMAT_VERSION:
             raise StyleprefsError(f"caption model in {folder}: format {config.get('format')!r}, this styleprefs "
-                                  f"reads format {FORMAT_VERSION}; retrain it with `python -m styleprefs.safety.train_text`")
+                                  f"reads format {FORMAT_VERSION}; retrain it with "
+                                  "`python -m styleprefs.safety.train_text`")
         self.word_index = {term: i for i, term in enumerate(config["word_vocabulary"])}
         self.char_index = {term: i for i, term in enumerate(config["char_vocabulary"])}
         n_word = len(self.word_index)
