@@ -161,3 +161,19 @@ def test_sd3_prediction_equals_the_transformer_call() -> None:
     draws = PairDraws(torch.tensor([1]), torch.zeros(1, 16, 8, 8), torch.zeros(1, 16, 8, 8), torch.zeros(1, 16, 8, 8),
                       torch.tensor([False]))
     assert draws.timesteps.dtype == torch.long
+
+
+def test_weighting_schemes_draw_and_weight_as_diffusers() -> None:
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    c = SimpleNamespace(noise_scheduler=scheduler)
+    index = torch.tensor([0, 500, 999])
+    _, sigmas = training_schedule(scheduler)
+    assert StableDiffusion3().for_training("logit_normal").sft_weights(index, c, None) is None
+    torch.testing.assert_close(StableDiffusion3().for_training("sigma_sqrt").sft_weights(index, c, None),
+                               sigmas[index] ** -2.0)
+    cosmap = Flux().for_training("cosmap")
+    torch.testing.assert_close(cosmap.sft_weights(index, c, None),
+                               2 / (torch.pi * (1 - 2 * sigmas[index] + 2 * sigmas[index] ** 2)))
+    uniform = [StableDiffusion3().for_training("uniform").sampling.draw_u(torch.Generator().manual_seed(k)).item()
+               for k in range(3)]
+    assert uniform == [torch.rand(1, generator=torch.Generator().manual_seed(k)).item() for k in range(3)]

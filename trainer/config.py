@@ -134,6 +134,10 @@ class TrainConfig:
     snr_gamma: float | None = _opt(None, "SFT only: Min-SNR loss weighting (Hang et al. 2023) with this gamma, as "
                                          "diffusers' --snr_gamma (5 is its recommended value); None weighs every "
                                          "timestep alike, the plain denoising loss.")
+    weighting_scheme: Literal["logit_normal", "mode", "uniform", "sigma_sqrt", "cosmap"] = _opt(
+        "logit_normal", "SD3/FLUX only: how noise levels are drawn (logit_normal: sigmoid of N(0, 1), SD3's default; "
+                        "mode; uniform) or, for sigma_sqrt and cosmap, drawn uniformly and each error weighted, as "
+                        "diffusers' --weighting_scheme.")
     validation_prompts: list[str] = _opt([], "Prompts drawn every --validation-every steps and at the end, with "
                                              "fixed seeds, into out/validation/step-XXXXXX.png.")
     validation_every: int = _opt(500, "Steps between validation grids (0: only at the end).")

@@ -211,6 +211,7 @@ def _setup(cfg: TrainConfig, accelerator: Accelerator, show_progress: bool) -> _
         components = load_components(cfg.model, dtype=weight_dtype, device=device,
                                      include_denoiser=_reference_source(cfg) == cfg.model,
                                      include_text=not cfg.use_cache or bool(cfg.validation_prompts), vae=cfg.vae)
+        components.family = components.family.for_training(cfg.weighting_scheme)
         if cfg.stage == "improve":
             check_improver_base(components.kind)
         pairs = PairBatches(cfg.data, cfg.model, cfg.resolution, clip_model=clip_model, components=components,

@@ -60,6 +60,10 @@ class Family:
     default_beta: ClassVar[float]
     validation_guidance: ClassVar[float]
 
+    def for_training(self, weighting_scheme: str) -> Family:
+        """This family as a run with these options trains it (the UNet family has no such option)."""
+        return self
+
     def encode_prompts(self, c: Components, captions: list[str]) -> dict[str, Tensor]:
         """The text conditioning of ``captions`` as the family's pipeline computes it (what the cache stores)."""
         raise NotImplementedError

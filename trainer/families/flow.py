@@ -41,6 +41,16 @@ class FlowFamily(Family):
 
     def __init__(self, sampling: FlowSampling | None = None):
         self.sampling = sampling or FlowSampling()
+        self._schedule: tuple[object, tuple[Tensor, Tensor]] | None = None
+
+    def for_training(self, weighting_scheme: str) -> FlowFamily:
+        return type(self)(FlowSampling(scheme=weighting_scheme))
+
+    def schedule(self, scheduler: FlowMatchEulerDiscreteScheduler) -> tuple[Tensor, Tensor]:
+        """``training_schedule(scheduler)``, computed once per scheduler."""
+        if self._schedule is None or self._schedule[0] is not scheduler:
+            self._schedule = (scheduler, training_schedule(scheduler))
+        return self._schedule[1]
 
     @torch.no_grad()
     def encode_prompts(self, c: Components, captions: list[str]) -> dict[str, Tensor]:
@@ -61,7 +71,7 @@ class FlowFamily(Family):
 
     def model_inputs(self, batch: dict[str, Tensor], draws: PairDraws, c: Components
                      ) -> tuple[dict[str, Any], Tensor]:
-        timesteps, sigmas = (t.to(batch["latent_mean"].device) for t in training_schedule(c.noise_scheduler))
+        timesteps, sigmas = (t.to(batch["latent_mean"].device) for t in self.schedule(c.noise_scheduler))
         index = torch.cat([draws.timesteps, draws.timesteps])
         posterior = torch.cat([draws.posterior_w, draws.posterior_l])
         latents = self.scale_latents(batch["latent_mean"] + batch["latent_std"] * posterior, c.vae)
@@ -73,7 +83,7 @@ class FlowFamily(Family):
     def sft_weights(self, timesteps: Tensor, c: Components, snr_gamma: float | None) -> Tensor | None:
         if self.sampling.scheme not in ("sigma_sqrt", "cosmap"):
             return None
-        _, sigmas = training_schedule(c.noise_scheduler)
+        _, sigmas = self.schedule(c.noise_scheduler)
         return self.sampling.weights(sigmas.to(timesteps.device)[timesteps])
 
 
