@@ -31,6 +31,7 @@ from styleprefs.io import read_json, sha256_file, write_json
 from styleprefs.trainer.config import RESUMABLE_CHANGES, STATE_FILE, TrainConfig
 from styleprefs.trainer.families import Family
 from styleprefs.trainer.models import resolve_model
+from styleprefs.trainer.sharding import full_state_dict
 
 CHECKPOINTS = "checkpoints"
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
@@ -65,12 +66,13 @@ def save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, step: int, nan_s
         shutil.rmtree(partial, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
+    state = full_state_dict(accelerator, model)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json({"step": step, "nan_steps": nan_steps, "weights_hash": cfg.weights_hash(),
                     "config": dataclasses.asdict(cfg.resolved()), "inputs": run_inputs(cfg.resolved())},
                    partial / STATE_FILE)
-        write_pipeline(cfg.resolved().model, model, partial, family)
+        write_pipeline(cfg.resolved().model, model, partial, family, state)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
         prune_checkpoints(Path(cfg.out), cfg.checkpoints_total_limit)
@@ -141,7 +143,8 @@ def base_pipeline(model_path: str, **modules: Any) -> DiffusionPipeline:
     return DiffusionPipeline.from_pretrained(model_path, **dropped, **modules)
 
 
-def save_pipeline(base: str, model: torch.nn.Module, out: Path, family: Family) -> list[str]:
+def save_pipeline(base: str, model: torch.nn.Module, out: Path, family: Family,
+                  state: dict[str, torch.Tensor] | None = None) -> list[str]:
     """Write :func:`write_pipeline` into ``out``; returns the components left out.
 
     Files are written beside ``out``'s other contents and moved in with ``model_index.json`` last,
@@ -150,7 +153,7 @@ def save_pipeline(base: str, model: torch.nn.Module, out: Path, family: Family) 
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".pipeline-", dir=out))
     try:
-        missing = write_pipeline(base, model, tmp, family)
+        missing = write_pipeline(base, model, tmp, family, state)
         for entry in sorted(tmp.iterdir(), key=lambda p: p.name == "model_index.json"):
             target = out / entry.name
             if target.is_dir():
@@ -161,7 +164,8 @@ def save_pipeline(base: str, model: torch.nn.Module, out: Path, family: Family) 
     return missing
 
 
-def write_pipeline(base: str, model: torch.nn.Module, out: Path, family: Family) -> list[str]:
+def write_pipeline(base: str, model: torch.nn.Module, out: Path, family: Family,
+                   state: dict[str, torch.Tensor] | None = None) -> list[str]:
     """Make ``out`` a diffusers pipeline folder of ``base`` with ``model`` (LoRA adapters merged) as its family's
     denoiser folder (``unet/`` or ``transformer/``).
 
@@ -169,7 +173,8 @@ def write_pipeline(base: str, model: torch.nn.Module, out: Path, family: Family)
     pipeline folder (``model_index.json`` names ``StableDiffusionInstructPix2PixPipeline``).
 
     A LoRA ``model`` also gets its adapters as ``pytorch_lora_weights.safetensors``, loadable by the family's
-    pipeline's ``load_lora_weights``. ``model`` itself is not changed. Every other component of ``base`` (safety checker
+    pipeline's ``load_lora_weights``. ``model`` itself is not changed. ``state``, if given, are the weights to save
+    (the full weights of a sharded ``model``, :func:`~styleprefs.trainer.sharding.full_state_dict`). Every other component of ``base`` (safety checker
     and feature extractor included) is hard-linked, or copied across file systems. Components that ``base``
     lists but does not hold locally (a Hub model's safety checker never downloaded) are set to null in
     ``model_index.json``; returns their names.
@@ -192,7 +197,8 @@ def write_pipeline(base: str, model: torch.nn.Module, out: Path, family: Family)
     folder = out / family.denoiser_folder
     folder.mkdir(parents=True, exist_ok=True)
     model.save_config(folder)
-    save_file({k: v.detach().cpu().contiguous() for k, v in merged_state_dict(model).items()},
+    weights = state if state is not None else merged_state_dict(model)
+    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()},
               folder / "diffusion_pytorch_model.safetensors")
     if getattr(model, "_hf_peft_config_loaded", False):
         _save_lora(model, out, family)

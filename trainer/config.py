@@ -111,6 +111,10 @@ class TrainConfig:
         "no", "Autocast precision; trainable weights stay float32, the frozen reference and encoders use it. "
               "bf16 recommended on GPUs that have it.")
     gradient_checkpointing: bool = _opt(False, "Recompute UNet activations in the backward pass to save memory.")
+    fsdp: bool = _opt(False, "Shard the trained model, its optimizer state and the reference across the processes "
+                             "with FSDP2 (torch's fully_shard, through accelerate), one shard unit per transformer "
+                             "block: full fine-tuning of models that do not fit one GPU (FLUX.1: 12B). Start several "
+                             "processes (torchrun or accelerate launch); not with LoRA or validation grids.")
     optimizer: Literal["adamw", "adafactor", "adamw8bit"] = _opt(
         "adamw", "adamw (Diffusion-DPO SD1.5), adafactor (its SDXL runs; relative_step and scale_parameter off) "
                  "or adamw8bit (needs bitsandbytes).")
@@ -241,6 +245,10 @@ class TrainConfig:
             raise StyleprefsError(f"--stage {self.stage} needs CLIP embeddings: with --clip-model none they come "
                                   f"from the cache, which --no-use-cache turns off; give --clip-model")
         self._validate_online()
+        if self.fsdp and (self.lora_rank or self.validation_prompts):
+            raise StyleprefsError("--fsdp shards full fine-tuning: LoRA adapters fit one GPU unsharded (drop --fsdp) "
+                                  "and validation grids are not drawn from a sharded model (drop "
+                                  "--validation-prompts; run `styleprefs eval generate` on a checkpoint)")
         if self.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
             raise StyleprefsError("--optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes, or use adamw")
         if self.report_to == "wandb" and importlib.util.find_spec("wandb") is None:

@@ -6,7 +6,8 @@ latents; both members of a pair share the noise and the timestep. One policy for
 and, for dpo/rpo, one reference forward (no grad) on the 2B latents give per-sample errors, from
 which the stage's loss is computed. SFT runs the policy on the B winners only.
 
-One process or DDP; DeepSpeed and FSDP are refused (:func:`check_distributed`).
+One process, DDP, or FSDP2 with ``--fsdp`` (:mod:`styleprefs.trainer.sharding`); DeepSpeed and FSDP1 are refused
+(:func:`check_distributed`).
 
 Reproducibility: micro-batch ``m`` takes the pairs at positions ``[m * G, (m + 1) * G)`` (modulo
 the epoch) of a permutation drawn from ``(seed, epoch)``, G = batch_size x processes, process r
@@ -58,6 +59,7 @@ from styleprefs.trainer.metrics import preference_metrics
 from styleprefs.trainer.models import (check_denoiser_source, family_of, load_components, load_denoiser, quiet_loading,
                                        resolve_model)
 from styleprefs.trainer.plots import plot_curves, save_grid
+from styleprefs.trainer.sharding import fsdp_plugin, full_state_dict, is_sharded, shard_frozen, shard_on_cpu
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 VALIDATION_INFERENCE_STEPS = 25
@@ -128,7 +130,7 @@ def _train(cfg: TrainConfig, out: Path, show_progress: bool) -> Path:
     # keeps its settings in a process-wide singleton, so forget them (the process group stays).
     AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = _accelerator(cfg, out)
-    check_distributed(accelerator.distributed_type)
+    check_distributed(accelerator, cfg)
     main = accelerator.is_main_process
     resume_from = _resume_point(cfg, out)
     set_seed(cfg.seed)
@@ -167,27 +169,37 @@ def _train(cfg: TrainConfig, out: Path, show_progress: bool) -> Path:
     if cfg.validation_prompts:
         _validate(cfg, accelerator, run.components, run.policy_module, step)
     _check_in_sync(accelerator, run)
+    state = full_state_dict(accelerator, run.policy_module)
     accelerator.wait_for_everyone()
     if main:
-        _finish(cfg, out, run.policy_module, run.components.family)
+        _finish(cfg, out, run.policy_module, run.components.family, state)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return out
 
 
 def _accelerator(cfg: TrainConfig, out: Path) -> Accelerator:
-    return Accelerator(cpu=_cpu_processes(), mixed_precision=cfg.mixed_precision,
-                       gradient_accumulation_steps=cfg.gradient_accumulation_steps, log_with=_tracker(cfg),
-                       project_dir=str(out / "logs"))
+    plugin = fsdp_plugin(family_of(cfg.model)) if cfg.fsdp else None
+    accelerator = Accelerator(cpu=_cpu_processes(), mixed_precision=cfg.mixed_precision, fsdp_plugin=plugin,
+                              gradient_accumulation_steps=cfg.gradient_accumulation_steps, log_with=_tracker(cfg),
+                              project_dir=str(out / "logs"))
+    if plugin is not None and not is_sharded(accelerator):
+        shard_on_cpu(accelerator, plugin)
+    return accelerator
 
 
-def check_distributed(distributed_type: DistributedType) -> None:
-    """Refuse DeepSpeed and FSDP: the loop's clipping, non-finite-step skipping, saving and validation assume that
-    every process holds the whole model (one process or DDP)."""
-    if distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
-        raise StyleprefsError(f"{distributed_type.value} is not supported: train on one process or with DDP "
-                              f"(torchrun or a multi-GPU `accelerate launch` without DeepSpeed/FSDP); to save "
-                              f"memory use --lora-rank, --gradient-checkpointing or bf16")
+def check_distributed(accelerator: Accelerator, cfg: TrainConfig) -> None:
+    """Refuse DeepSpeed, FSDP1 and LoRA or validation grids under FSDP: the loop's clipping, non-finite-step
+    skipping and saving are shown correct for one process, DDP and FSDP2 of a full fine-tuning (tests)."""
+    distributed_type = accelerator.distributed_type
+    if distributed_type == DistributedType.DEEPSPEED or (distributed_type == DistributedType.FSDP
+                                                         and not accelerator.is_fsdp2):
+        raise StyleprefsError(f"{distributed_type.value}{'' if distributed_type == DistributedType.DEEPSPEED else ' 1'} "
+                              f"is not supported: train on one process, with DDP, or sharded with --fsdp (FSDP2); "
+                              f"to save memory use --lora-rank, --gradient-checkpointing or bf16")
+    if distributed_type == DistributedType.FSDP and (cfg.lora_rank or cfg.validation_prompts):
+        raise StyleprefsError("FSDP shards full fine-tuning: train LoRA adapters unsharded and draw no validation "
+                              "grids under FSDP (drop --lora-rank or --validation-prompts)")
 
 
 def _setup(cfg: TrainConfig, accelerator: Accelerator, show_progress: bool) -> _Run:
@@ -224,18 +236,20 @@ def _setup(cfg: TrainConfig, accelerator: Accelerator, show_progress: bool) -> _
     policy, reference = load_models(cfg, components, weight_dtype)
     if cfg.channels_last:
         to_channels_last(policy, components.vae, *([reference] if reference is not None else []))
-    trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = _optimizer(cfg, trainable, cfg.optimizer_learning_rate(accelerator.num_processes))
+    optimizer = _optimizer(cfg, [p for p in policy.parameters() if p.requires_grad],
+                           cfg.optimizer_learning_rate(accelerator.num_processes))
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
                                  num_training_steps=cfg.max_steps)
     policy, optimizer = accelerator.prepare(policy, optimizer)
     # Not prepared: accelerate would step it once per process per step. Stepped once per optimizer step.
     accelerator.register_for_checkpointing(lr_scheduler)
     policy_module = accelerator.unwrap_model(policy)
+    trainable = [p for p in policy_module.parameters() if p.requires_grad]  # FSDP2 replaced them with shards
     if cfg.compile:  # after prepare: DDP wraps the module, the compiled wrapper runs it
         policy = compile_model(policy)
     if reference is not None:
-        reference = compile_model(reference.to(device)) if cfg.compile else reference.to(device)
+        reference = shard_frozen(reference, components.family) if is_sharded(accelerator) else reference.to(device)
+        reference = compile_model(reference) if cfg.compile else reference
     elif cfg.stage in REFERENCE_STAGES:
         reference = policy_module  # LoRA without --ref: the reference pass disables the adapters
     return _Run(accelerator, pairs, components, policy, policy_module, reference, trainable, optimizer, lr_scheduler)
@@ -661,9 +675,11 @@ def _validate(cfg: TrainConfig, accelerator: Accelerator, components: Components
     accelerator.wait_for_everyone()
 
 
-def _finish(cfg: TrainConfig, out: Path, model: torch.nn.Module, family: Family) -> None:
-    """Save the final pipeline (LoRA merged into the denoiser, and beside it for LoRA runs) and the curves."""
-    missing = save_pipeline(cfg.model, model.eval(), out, family)
+def _finish(cfg: TrainConfig, out: Path, model: torch.nn.Module, family: Family,
+            state: dict[str, Tensor] | None) -> None:
+    """Save the final pipeline (LoRA merged into the denoiser, and beside it for LoRA runs; ``state``: the full
+    weights of a sharded model) and the curves."""
+    missing = save_pipeline(cfg.model, model.eval(), out, family, state)
     if missing:
         console.print(f"note: {cfg.model} lists {', '.join(missing)} but they are not stored locally, so the saved "
                       f"pipeline has none")

@@ -57,6 +57,7 @@ class Family:
     text_parts: ClassVar[tuple[tuple[str, type, str, type], ...]]  # (encoder folder, class, tokenizer folder, class)
     optional_text_parts: ClassVar[tuple[str, ...]] = ()  # encoder folders a pipeline may leave out (SD3's T5)
     lora_targets: ClassVar[tuple[str, ...]]
+    fsdp_blocks: ClassVar[tuple[str, ...]]  # the denoiser's block classes, each an FSDP shard unit
     default_beta: ClassVar[float]
     validation_guidance: ClassVar[float]
 

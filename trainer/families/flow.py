@@ -91,6 +91,7 @@ class StableDiffusion3(FlowFamily):
     name = "sd3"
     pipeline_class = StableDiffusion3Pipeline
     denoiser_class = SD3Transformer2DModel
+    fsdp_blocks = ("JointTransformerBlock",)
     text_parts = (("text_encoder", CLIPTextModelWithProjection, "tokenizer", CLIPTokenizer),
                   ("text_encoder_2", CLIPTextModelWithProjection, "tokenizer_2", CLIPTokenizer),
                   ("text_encoder_3", T5EncoderModel, "tokenizer_3", T5TokenizerFast))
@@ -119,6 +120,7 @@ class Flux(FlowFamily):
     name = "flux"
     pipeline_class = FluxPipeline
     denoiser_class = FluxTransformer2DModel
+    fsdp_blocks = ("FluxTransformerBlock", "FluxSingleTransformerBlock")
     text_parts = (("text_encoder", CLIPTextModel, "tokenizer", CLIPTokenizer),
                   ("text_encoder_2", T5EncoderModel, "tokenizer_2", T5TokenizerFast))
     validation_guidance = 3.5  # FLUX.1-dev's sampling guidance
@@ -141,7 +143,7 @@ class Flux(FlowFamily):
         b, channels, h, w = latents.shape
         text = cast["prompt_embeds"]
         guidance = (torch.full((b,), FLUX_TRAINING_GUIDANCE, device=latents.device, dtype=torch.float32)
-                    if model.config.guidance_embeds else None)
+                    if getattr(model, "module", model).config.guidance_embeds else None)  # DDP wraps the model
         out = model(hidden_states=FluxPipeline._pack_latents(latents, b, channels, h, w),
                     timestep=cast["timestep"] / 1000, guidance=guidance,
                     pooled_projections=cast["pooled_prompt_embeds"], encoder_hidden_states=text,

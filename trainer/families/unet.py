@@ -36,6 +36,7 @@ class StableDiffusion(Family):
     scheduler_class = DDPMScheduler
     text_parts = (("text_encoder", CLIPTextModel, "tokenizer", CLIPTokenizer),)
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
+    fsdp_blocks = ("BasicTransformerBlock", "ResnetBlock2D")
     default_beta = 5000.0  # Diffusion-DPO's SD1.5 and SDXL runs
     validation_guidance = 7.5  # Diffusion-DPO's sampling setting
     text_inputs = ("prompt_embeds",)
