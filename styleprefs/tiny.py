@@ -281,6 +281,11 @@ def build_tiny_sd3(path: Path, seed: int = 0, *, t5: bool = True) -> Path:
 def build_tiny_flux(path: Path, seed: int = 0) -> Path:
     """Tiny FLUX.1-dev: CLIP (pooled) + T5, a transformer with double and single blocks and a guidance embedding
     over 2x2-packed 16-channel latents, FLUX.1's VAE factors and its dynamically shifted flow scheduler."""
+    return _save(FluxPipeline(**_flux_components(seed)), path)
+
+
+def _flux_components(seed: int) -> dict[str, Any]:
+    """The components of tiny FLUX.1-dev (``build_tiny_flux``), shared by tiny FLUX.1 Kontext."""
     clip_hidden, t5_dim = 32, 48
     transformer = _seeded(seed, lambda: FluxTransformer2DModel(
         patch_size=1, in_channels=64, out_channels=None, num_layers=1, num_single_layers=1, attention_head_dim=16,
@@ -288,11 +293,10 @@ def build_tiny_flux(path: Path, seed: int = 0) -> Path:
         axes_dims_rope=(4, 4, 8)))
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                                 base_image_seq_len=256, max_image_seq_len=4096)
-    pipe = FluxPipeline(
-        transformer=transformer, scheduler=scheduler, vae=_flow_vae(seed, scaling_factor=0.3611, shift_factor=0.1159),
-        text_encoder=_seeded(seed, lambda: CLIPTextModel(_text_config(clip_hidden))), tokenizer=bpe_tokenizer(),
-        text_encoder_2=_t5_encoder(seed, t5_dim), tokenizer_2=t5_tokenizer())
-    return _save(pipe, path)
+    return {"transformer": transformer, "scheduler": scheduler,
+            "vae": _flow_vae(seed, scaling_factor=0.3611, shift_factor=0.1159),
+            "text_encoder": _seeded(seed, lambda: CLIPTextModel(_text_config(clip_hidden))), "tokenizer": bpe_tokenizer(),
+            "text_encoder_2": _t5_encoder(seed, t5_dim), "tokenizer_2": t5_tokenizer()}
 
 
 def build_tiny_clip(path: Path, seed: int = 0) -> Path:
@@ -540,9 +544,7 @@ def build_tiny_kontext(path: Path, seed: int = 0) -> Path:
     as the real Kontext repository ships FLUX.1-dev-shaped components under that class."""
     from diffusers import FluxKontextPipeline
 
-    with tempfile.TemporaryDirectory(prefix=".tiny-flux-", dir=Path(path).parent) as flux:
-        components = FluxPipeline.from_pretrained(build_tiny_flux(Path(flux) / "flux", seed)).components
-        return _save(FluxKontextPipeline(**components), path)
+    return _save(FluxKontextPipeline(**_flux_components(seed)), path)
 
 
 def qwen_tokenizer():

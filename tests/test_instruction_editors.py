@@ -23,7 +23,7 @@ from styleprefs.editors import improver_editor, load_editor
 from styleprefs.editors.instruction import condition_area, kontext_size, qwen_size
 from styleprefs.errors import StyleprefsError
 from styleprefs.style import load_style
-from styleprefs.tiny import ensure_tiny
+from styleprefs.tiny import BUILDERS, ensure_tiny
 from styleprefs.trainer import loop
 from styleprefs.trainer.config import TrainConfig
 
@@ -69,6 +69,14 @@ def test_tiny_models_have_the_real_layouts(kontext, qwen) -> None:
     model_index = json.loads((ensure_tiny("tiny-qwen-image-edit") / "model_index.json").read_text())
     assert model_index["processor"] == ["transformers", "Qwen2VLProcessor"]
     assert model_index["text_encoder"] == ["transformers", "Qwen2_5_VLForConditionalGeneration"]
+
+
+@pytest.mark.parametrize("name", ["tiny-kontext", "tiny-qwen-image-edit"])
+def test_tiny_builds_are_the_same_bytes_every_time(name, tmp_path) -> None:
+    first, again = ensure_tiny(name), BUILDERS[name](tmp_path / "again")
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    assert all((first / f).read_bytes() == (again / f).read_bytes() for f in files)
 
 
 def test_kontext_sizes_follow_the_preferred_resolutions() -> None:
