@@ -140,8 +140,8 @@ def tiny_editors_table(style: str, pairs: int) -> Table:
         alone, built = tiny_editor_alone(name, style, pairs), tiny_editor_build(name, style, pairs)
         rows.append((name, f"{pairs / alone:.2f}", f"{pairs / built:.2f}", f"{built / alone:.2f}"))
     table = Table("editor", "baseline: editor alone, pairs/s", "build with the gate, pairs/s", "build / baseline time",
-                  title=f"instruction editors, tiny models, {pairs} pairs, {TINY_STEPS} steps, batch {TINY_BATCH}, CPU, "
-                        f"style {style}",
+                  title=f"instruction editors, tiny models, {pairs} pairs, {TINY_STEPS} steps, batch {TINY_BATCH}, "
+                        f"CPU, style {style}",
                   caption=f"load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f}")
     for row in rows:
         table.add_row(*row)

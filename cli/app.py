@@ -87,7 +87,8 @@ def build(
                       max_tries=max_tries, selection=SelectionConfig(sample=sample, models=models, has_label=has_label,
                                                                      max_per_prompt=max_per_prompt))
     gpu = {"channels_last": channels_last, "compile": compile} if editor != "classic" else {}
-    gpu |= ({"max_area": max_area} if max_area is not None else {}) | ({"offload": offload} if offload != "none" else {})
+    gpu |= {"max_area": max_area} if max_area is not None else {}
+    gpu |= {"offload": offload} if offload != "none" else {}
     result = build_dataset(cfg, out, batch_size=parse_batch_size(batch_size), overwrite=overwrite, device=device,
                            dtype=dtype, editor_options=gpu, workers=parse_workers(workers))
     if result.status == "complete":

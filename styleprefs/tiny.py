@@ -295,8 +295,8 @@ def _flux_components(seed: int) -> dict[str, Any]:
                                                 base_image_seq_len=256, max_image_seq_len=4096)
     return {"transformer": transformer, "scheduler": scheduler,
             "vae": _flow_vae(seed, scaling_factor=0.3611, shift_factor=0.1159),
-            "text_encoder": _seeded(seed, lambda: CLIPTextModel(_text_config(clip_hidden))), "tokenizer": bpe_tokenizer(),
-            "text_encoder_2": _t5_encoder(seed, t5_dim), "tokenizer_2": t5_tokenizer()}
+            "text_encoder": _seeded(seed, lambda: CLIPTextModel(_text_config(clip_hidden))),
+            "tokenizer": bpe_tokenizer(), "text_encoder_2": _t5_encoder(seed, t5_dim), "tokenizer_2": t5_tokenizer()}
 
 
 def build_tiny_clip(path: Path, seed: int = 0) -> Path:
@@ -587,8 +587,8 @@ def _qwen_vl(seed: int, tokenizer):
         text_config={"vocab_size": len(tokenizer), "hidden_size": _QWEN_HIDDEN, "intermediate_size": 32,
                      "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
                      "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
-                     "rope_theta": 1000000.0, "bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id,
-                     "pad_token_id": tokenizer.pad_token_id},
+                     "rope_theta": 1000000.0, "bos_token_id": tokenizer.eos_token_id,
+                     "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id},
         vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2,
                        "out_hidden_size": _QWEN_HIDDEN, "fullatt_block_indexes": [1]},
         **ids)

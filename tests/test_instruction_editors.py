@@ -217,6 +217,7 @@ def test_iterative_stage_with_kontext_as_the_improver(tmp_path) -> None:
     assert [s["iteration"] for s in summary] == [1, 2]
     for k in (1, 2):
         manifest = json.loads((tmp_path / "run" / f"iter-{k}" / "data" / "manifest.json").read_text())
-        assert manifest["config"]["editor"]["name"] == "kontext" and manifest["config"]["editor"]["model"] == "tiny-kontext"
-        assert manifest["config"]["editor"]["params"]["instruction"] == WINTER and manifest["counts"]["kept"] == 2
+        editor = manifest["config"]["editor"]
+        assert editor["name"] == "kontext" and editor["model"] == "tiny-kontext"
+        assert editor["params"]["instruction"] == WINTER and manifest["counts"]["kept"] == 2
         assert (tmp_path / "run" / f"iter-{k}" / "train" / "model_index.json").is_file()
