@@ -190,6 +190,7 @@ class InstructionEditor:
         self.settings = dict(CARD_SETTINGS[self.pipeline])
         if steps is not None:
             self.settings["num_inference_steps"] = int(steps)
+        self.steps = self.settings["num_inference_steps"]
         self.instruction = style.edit_instruction
         default_area = TINY_AREA if is_offline_name(resolved.name) else None if spec is KONTEXT else PIPELINE_AREA
         self.max_area = int(max_area) if max_area is not None else default_area
