@@ -123,6 +123,20 @@ def test_qwen_editor_equals_the_pipeline_called_directly(qwen) -> None:
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want.resize(image.size, Image.LANCZOS)))
 
 
+def test_a_qwen_image_edit_folder_takes_its_own_card_settings(qwen, tmp_path) -> None:
+    """The first release's class (``QwenImageEditPipeline``, 50 steps on its card) through the same editor."""
+    from diffusers import QwenImageEditPipeline
+
+    folder = tmp_path / "qwen-image-edit"
+    QwenImageEditPipeline(**qwen.components).save_pretrained(folder)
+    editor = load_editor("qwen-image-edit", load_style("winter"), model=str(folder), device="cpu", max_area=64 * 64)
+    assert editor.params()["pipeline"] == "QwenImageEditPipeline" and editor.steps == 50
+    editor = load_editor("qwen-image-edit", load_style("winter"), model=str(folder), device="cpu", steps=2,
+                         max_area=64 * 64)
+    edits = editor.edit([picture(4, (80, 60)), picture(5, (60, 80))], ["a", "b"], [1, 2])
+    assert [e.size for e in edits] == [(80, 60), (60, 80)]
+
+
 def test_the_condition_area_reaches_the_vae_and_is_restored(qwen, monkeypatch) -> None:
     seen = []
     encode = qwen.vae.encode

@@ -15,7 +15,7 @@ size, edited, and resized back to its own size:
   sides multiples of 32, diffusers' ``calculate_dimensions``). diffusers 0.42 encodes the condition image at a
   hard-coded 1 MP whatever the output size, so for another ``max_area`` the condition is encoded at that area too
   (the pipeline module's ``calculate_dimensions`` is redirected for the call); at 1 MP the pipeline runs as is.
-  ``QwenImageEditPlusPipeline`` takes one image per call, so a batch is edited image by image.
+  A batch is edited image by image (diffusers' ``QwenImageEditPlusPipeline`` takes one image per call).
 
 Tiny offline models (``tiny``) work at 64 x 64 px of area by default, as the other tiny editors work at their
 native 64 px. ``dtype`` ``auto`` is bf16 on CUDA (the model cards' dtype; FLUX.1 overflows in fp16), fp32 on CPU.
