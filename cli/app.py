@@ -48,7 +48,7 @@ def build(
     min_text: float = typer.Option(0.2, help="Gate: minimum CLIP image-text similarity (edit vs styled caption, original vs caption)."),
     max_tries: int = typer.Option(3, help="Gate: tries per row, each with the next seed, before rejecting it."),
     device: str = typer.Option("auto", help="Device of neural editors and the gate: auto, cpu, cuda, cuda:1 ..."),
-    dtype: str = typer.Option("auto", help="Neural editors: auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16 (the gate is fp32)."),
+    dtype: str = typer.Option("auto", help="Neural editors: auto (fp16 on GPU, bf16 for kontext and qwen-image-edit; fp32 on CPU), fp32, fp16 or bf16 (the gate is fp32)."),
     num_pairs: int = typer.Option(10000, help="Pairs to keep in the dataset."),
     seed: int = typer.Option(0, help="Seed; each row's randomness comes from (seed, row key)."),
     split: Optional[str] = typer.Option(None, help="Source split (Hub default: train)."),
