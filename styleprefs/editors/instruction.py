@@ -192,8 +192,9 @@ class InstructionEditor:
             self.settings["num_inference_steps"] = int(steps)
         self.steps = self.settings["num_inference_steps"]
         self.instruction = style.edit_instruction
-        default_area = TINY_AREA if is_offline_name(resolved.name) else None if spec is KONTEXT else PIPELINE_AREA
-        self.max_area = int(max_area) if max_area is not None else default_area
+        if max_area is None:  # Kontext: its preferred resolution as it is
+            max_area = TINY_AREA if is_offline_name(resolved.name) else None if spec is KONTEXT else PIPELINE_AREA
+        self.max_area = None if max_area is None else int(max_area)
         self.resolution = math.isqrt(self.max_area or PIPELINE_AREA)  # for --batch-size auto
         self._safety = SafetyFlagger()  # neither model ships a safety checker
 
