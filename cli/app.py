@@ -70,7 +70,7 @@ def build(
     max_area: Optional[int] = typer.Option(None, help="kontext, qwen-image-edit: working area in pixels (default: the "
                                            "model's, about 1024x1024; tiny models 64x64). Smaller is faster."),
     offload: str = typer.Option("none", help="kontext, qwen-image-edit: CPU offload for 24 GB cards: none, model "
-                                "(components in turn) or sequential (layer by layer, least memory). CUDA only."),
+                                "(components in turn) or group (layer by layer, least memory). CUDA only."),
     safety: bool = typer.Option(True, help="Quarantine captions the built-in text lists flag, before editing."),
     overwrite: bool = typer.Option(False, help="Replace a dataset built with other arguments."),
 ) -> None:

@@ -20,8 +20,9 @@ from PIL import Image
 
 from styleprefs.cli.app import main
 from styleprefs.editors import improver_editor, load_editor
-from styleprefs.editors.instruction import condition_area, kontext_size, qwen_size
+from styleprefs.editors.instruction import KONTEXT, _load_pipeline, condition_area, kontext_size, qwen_size
 from styleprefs.errors import StyleprefsError
+from styleprefs.resolve import resolve_model
 from styleprefs.style import load_style
 from styleprefs.tiny import BUILDERS, ensure_tiny
 from styleprefs.trainer import loop
@@ -121,6 +122,20 @@ def test_qwen_editor_equals_the_pipeline_called_directly(qwen) -> None:
                     generator=torch.Generator().manual_seed(5)).images[0]
     assert np.asarray(want).std() > 0
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want.resize(image.size, Image.LANCZOS)))
+
+
+@pytest.mark.parametrize("offload, hook", [("model", "_hf_hook"), ("group", "_diffusers_hook")])
+def test_cpu_offload_does_not_change_the_edits(offload, hook) -> None:
+    """The offloaded pipeline (diffusers' hooks; on CPU here, where the editor itself refuses offload as useless)
+    edits exactly as the plain one."""
+    editor = load_editor("kontext", load_style("winter"), model="tiny", device="cpu", steps=2)
+    images = [picture(6, (64, 48))]
+    plain = editor.edit(images, ["a"], [3])
+    offloaded = _load_pipeline(KONTEXT, resolve_model("tiny", what="Kontext", tiny="tiny-kontext"),
+                               torch.device("cpu"), torch.float32, offload, False, False)
+    assert any(hasattr(module, hook) for module in offloaded.transformer.modules())  # offload hooks are on
+    editor._pipe = offloaded
+    np.testing.assert_array_equal(np.asarray(editor.edit(images, ["a"], [3])[0]), np.asarray(plain[0]))
 
 
 def test_a_qwen_image_edit_folder_takes_its_own_card_settings(qwen, tmp_path) -> None:

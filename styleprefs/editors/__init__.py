@@ -48,7 +48,7 @@ def load_editor(name: str, style: StyleSpec, *, model: str | None = None, device
     model from ``styleprefs train --stage improve``, ``model`` required) takes ``text_guidance`` and
     ``image_guidance`` and ignores the style; ``kontext`` and ``qwen-image-edit`` (instruction editors, the
     style's ``edit_instruction``, the model cards' sampling) take ``max_area`` (working area in pixels) and
-    ``offload`` (``none``, ``model`` or ``sequential`` CPU offload, CUDA only) in place of ``resolution``; see
+    ``offload`` (``none``, ``model`` or ``group`` CPU offload, CUDA only) in place of ``resolution``; see
     ``styleprefs.editors.instruction``. All neural editors take ``channels_last`` and ``compile`` (GPU settings,
     which do not enter ``params()``, nor does ``offload``). ``classic`` ignores them all. A neural editor's
     pipeline loads once per process.

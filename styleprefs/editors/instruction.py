@@ -19,9 +19,10 @@ size, edited, and resized back to its own size:
 
 Tiny offline models (``tiny``) work at 64 x 64 px of area by default, as the other tiny editors work at their
 native 64 px. ``dtype`` ``auto`` is bf16 on CUDA (the model cards' dtype; FLUX.1 overflows in fp16), fp32 on CPU.
-``offload`` (``model``: diffusers' model CPU offload, whole components moved to the GPU in turn; ``sequential``:
-layer by layer, slowest, least memory) runs the 12B/20B models on 24 GB cards; it does not change the edits and
-does not enter ``params()``.
+``offload`` (``model``: diffusers' model CPU offload, whole components moved to the GPU in turn; ``group``:
+diffusers' group offloading at leaf level, layer by layer, slowest and least GPU memory; accelerate's sequential
+offload is not offered: with transformers 5.25 and accelerate 1.16 it failed in the CLIP text encoder, on CPU) runs the 12B/20B models on smaller
+cards; it does not change the edits and does not enter ``params()``.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from styleprefs.style import StyleSpec
 if TYPE_CHECKING:
     from styleprefs.editors import EditResult
 
-OFFLOAD = ("none", "model", "sequential")
+OFFLOAD = ("none", "model", "group")
 PIPELINE_AREA = 1024 * 1024  # Qwen-Image-Edit's target area, hard-coded in diffusers' pipelines
 TINY_AREA = 64 * 64
 MIN_AREA = 32 * 32
@@ -153,8 +154,8 @@ def _load_pipeline(spec: InstructionModel, model: ResolvedModel, device: torch.d
         pipe.transformer = torch.compile(pipe.transformer)
     if offload == "model":
         pipe.enable_model_cpu_offload(device=device)
-    elif offload == "sequential":
-        pipe.enable_sequential_cpu_offload(device=device)
+    elif offload == "group":
+        pipe.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"), offload_type="leaf_level")
     else:
         pipe.to(device)
     return pipe
