@@ -71,7 +71,7 @@ def build(
                                            "model's, about 1024x1024; tiny models 64x64). Smaller is faster."),
     offload: str = typer.Option("none", help="kontext, qwen-image-edit: CPU offload for 24 GB cards: none, model "
                                 "(components in turn) or group (layer by layer, least memory). CUDA only."),
-    safety: bool = typer.Option(True, help="Quarantine captions the built-in text lists flag, before editing."),
+    safety: bool = typer.Option(True, help="Quarantine captions the built-in word lists or the shipped caption model flag, before editing."),
     overwrite: bool = typer.Option(False, help="Replace a dataset built with other arguments."),
 ) -> None:
     """Build a style preference dataset in Pick-a-Pic's Parquet format."""
@@ -127,9 +127,11 @@ def inspect(
 def filter_unsafe_cmd(
     dataset: Path = typer.Argument(..., help="Dataset folder written by `styleprefs build`."),
     out: Optional[Path] = typer.Option(None, help="Write the filtered dataset here instead of in place."),
-    images: bool = typer.Option(False, "--images/--no-images", help="Also score both images with the SD safety checker (sexual content only)."),
-    image_model: str = typer.Option("CompVis/stable-diffusion-safety-checker", help="Safety checker id or path."),
-    image_threshold: float = typer.Option(0.0, help="Quarantine an image whose checker score is above this (0 = the checker's own rule)."),
+    images: bool = typer.Option(True, "--images/--no-images", help="Score both images of every pair (sexual content only; default backend open_nsfw, offline)."),
+    image_model: str = typer.Option("open_nsfw", help="open_nsfw (shipped, onnxruntime), or an SD safety checker id or path, e.g. CompVis/stable-diffusion-safety-checker."),
+    image_threshold: Optional[float] = typer.Option(None, help="Quarantine an image whose score is above this (default: open_nsfw 0.8, SD checker 0, its own rule)."),
+    learned_text: bool = typer.Option(True, "--learned-text/--no-learned-text", help="Beside the word lists, the shipped caption model."),
+    learned_text_threshold: Optional[float] = typer.Option(None, help="Quarantine a caption the caption model scores at least this (default: its shipped threshold)."),
     text_model: Optional[str] = typer.Option(None, help="Text classifier id or path, e.g. eliasalbouzidi/distilbert-nsfw-text-classifier."),
     text_model_label: list[str] = typer.Option([], help="The classifier's unsafe label name(s); default: matched by pattern."),
     text_threshold: float = typer.Option(0.5, help="Quarantine a caption whose unsafe probability is at least this."),
@@ -140,11 +142,15 @@ def filter_unsafe_cmd(
 ) -> None:
     """Move unsafe rows to quarantine.parquet (category, matched term or score, backend); rewrite shards atomically."""
     from styleprefs.filter_unsafe import SafetyOptions, filter_unsafe
+    from styleprefs.safety.nsfw_image import skipped_note
 
     options = SafetyOptions(blocklists=tuple(map(str, blocklist)), allowlists=tuple(map(str, allowlist)),
                             replace_default_lists=replace_lists, text_model=text_model,
-                            text_labels=tuple(text_model_label), text_threshold=text_threshold, images=images,
+                            text_labels=tuple(text_model_label), text_threshold=text_threshold,
+                            learned_text=learned_text, learned_text_threshold=learned_text_threshold, images=images,
                             image_model=image_model, image_threshold=image_threshold, device=device)
+    if not images:
+        console.print(skipped_note(), markup=False)
     report = filter_unsafe(dataset, options, out=out)
     if report.status == "no-op":
         console.print(f"{dataset} was already filtered with these options; nothing to do.")

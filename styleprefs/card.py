@@ -78,8 +78,9 @@ COLUMN_MEANINGS = {
     "clip_text_original": "CLIP similarity of the original and the caption (null when the quality gate did not run)",
     "editor_nsfw": "the editor's own safety checker flagged the edit (null when the editor has no checker)",
     "safety_text_score": "the text safety classifier's probability that the caption is unsafe (null if not run)",
-    "safety_image_score_0": "the image safety checker's score of `jpg_0`, above 0 means flagged (null if not run)",
-    "safety_image_score_1": "the image safety checker's score of `jpg_1`, above 0 means flagged (null if not run)",
+    "safety_image_score_0": "the image safety check's score of `jpg_0` (open_nsfw: P(NSFW), flagged above 0.8; "
+                            "SD checker: flagged above 0; null if not run)",
+    "safety_image_score_1": "the image safety check's score of `jpg_1` (as for `jpg_0`)",
     "original_label_0": "`label_0` before `styleprefs relabel` replaced it (the build's label)",
     "original_label_1": "`label_1` before `styleprefs relabel` replaced it",
     "score_0": "the relabelling scorer's score of `jpg_0` (the config's relabelling section names the scorer)",

@@ -936,12 +936,12 @@ def test_relabel_out_crash_at_every_step(built, tmp_path, monkeypatch):
 def test_filter_out_resumes_through_the_cli(built, filtered, blocklist, tmp_path, monkeypatch, capsys):
     Killer(monkeypatch, 4)
     with pytest.raises(Crash):
-        main(["filter-unsafe", str(built), "--out", str(tmp_path / "x"), "--blocklist", str(blocklist)])
+        main(["filter-unsafe", str(built), "--out", str(tmp_path / "x"), "--blocklist", str(blocklist), "--no-images"])
     monkeypatch.undo()
     capsys.readouterr()
-    assert run(["filter-unsafe", str(built), "--out", str(tmp_path / "x"), "--blocklist", str(blocklist)], capsys)[0] == 0
+    assert run(["filter-unsafe", str(built), "--out", str(tmp_path / "x"), "--blocklist", str(blocklist), "--no-images"], capsys)[0] == 0
     assert snapshot(tmp_path / "x") == snapshot(filtered)
-    code, out, _ = run(["filter-unsafe", str(built), "--out", str(tmp_path / "x"), "--blocklist", str(blocklist)], capsys)
+    code, out, _ = run(["filter-unsafe", str(built), "--out", str(tmp_path / "x"), "--blocklist", str(blocklist), "--no-images"], capsys)
     assert code == 0 and "nothing to do" in out
 
 
