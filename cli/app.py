@@ -38,9 +38,9 @@ def build(
     out: Path = typer.Option(..., "--out", help="Dataset folder to create (or resume)."),
     style: str = typer.Option("winter", help="Built-in style (van_gogh, sketch, winter) or a style .yaml path."),
     source: str = typer.Option("pickapic", help="'pickapic' (Hub), 'sample' (bundled, offline), a Hub repo id, or a local Parquet/tar file, folder or glob."),
-    editor: str = typer.Option("classic", help="Editor that restyles the rejected image: classic, instruct-pix2pix, prompt-diffusion."),
-    editor_model: Optional[str] = typer.Option(None, help="Neural editor's Hub id or folder ('tiny' offline); default the paper's model."),
-    editor_steps: Optional[int] = typer.Option(None, help="Neural editor's denoising steps (default: the style's)."),
+    editor: str = typer.Option("classic", help="Editor that restyles the rejected image: classic, instruct-pix2pix, prompt-diffusion, kontext, qwen-image-edit."),
+    editor_model: Optional[str] = typer.Option(None, help="Neural editor's Hub id or folder ('tiny' offline); default the paper's model (kontext, qwen-image-edit: FLUX.1-Kontext-dev, Qwen-Image-Edit-2509)."),
+    editor_steps: Optional[int] = typer.Option(None, help="Neural editor's denoising steps (default: the style's; kontext, qwen-image-edit: the model card's)."),
     quality_gate: Optional[bool] = typer.Option(None, "--quality-gate/--no-quality-gate", help="CLIP quality gate (default: on for neural editors, off for classic)."),
     clip_model: str = typer.Option("openai/clip-vit-large-patch14", help="CLIP of the quality gate ('tiny' offline)."),
     min_direction: float = typer.Option(0.2, help="Gate: minimum CLIP directional similarity."),
@@ -48,7 +48,7 @@ def build(
     min_text: float = typer.Option(0.2, help="Gate: minimum CLIP image-text similarity (edit vs styled caption, original vs caption)."),
     max_tries: int = typer.Option(3, help="Gate: tries per row, each with the next seed, before rejecting it."),
     device: str = typer.Option("auto", help="Device of neural editors and the gate: auto, cpu, cuda, cuda:1 ..."),
-    dtype: str = typer.Option("auto", help="Neural editors: auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16 (the gate is fp32)."),
+    dtype: str = typer.Option("auto", help="Neural editors: auto (fp16 on GPU, bf16 for kontext and qwen-image-edit; fp32 on CPU), fp32, fp16 or bf16 (the gate is fp32)."),
     num_pairs: int = typer.Option(10000, help="Pairs to keep in the dataset."),
     seed: int = typer.Option(0, help="Seed; each row's randomness comes from (seed, row key)."),
     split: Optional[str] = typer.Option(None, help="Source split (Hub default: train)."),
@@ -67,6 +67,10 @@ def build(
                                 "editing, encoding); auto: one per core; 0 or 1: in this process. Same output."),
     channels_last: bool = typer.Option(False, help="Neural editors: UNet and VAE in channels_last layout (GPU)."),
     compile: bool = typer.Option(False, "--compile", help="Neural editors: torch.compile the UNet (slow first batch)."),
+    max_area: Optional[int] = typer.Option(None, help="kontext, qwen-image-edit: working area in pixels (default: the "
+                                           "model's, about 1024x1024; tiny models 64x64). Smaller is faster."),
+    offload: str = typer.Option("none", help="kontext, qwen-image-edit: CPU offload for 24 GB cards: none, model "
+                                "(components in turn) or group (layer by layer, least memory). CUDA only."),
     safety: bool = typer.Option(True, help="Quarantine captions the built-in word lists or the shipped caption model flag, before editing."),
     overwrite: bool = typer.Option(False, help="Replace a dataset built with other arguments."),
 ) -> None:
@@ -83,6 +87,8 @@ def build(
                       max_tries=max_tries, selection=SelectionConfig(sample=sample, models=models, has_label=has_label,
                                                                      max_per_prompt=max_per_prompt))
     gpu = {"channels_last": channels_last, "compile": compile} if editor != "classic" else {}
+    gpu |= {"max_area": max_area} if max_area is not None else {}
+    gpu |= {"offload": offload} if offload != "none" else {}
     result = build_dataset(cfg, out, batch_size=parse_batch_size(batch_size), overwrite=overwrite, device=device,
                            dtype=dtype, editor_options=gpu, workers=parse_workers(workers))
     if result.status == "complete":

@@ -26,6 +26,7 @@ from datasets.info import DatasetInfo, DatasetInfosDict
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from styleprefs.editors import OUTPUT_LICENCES
 from styleprefs.errors import StyleprefsError
 from styleprefs.inspect import read_manifest
 from styleprefs.io import write_text
@@ -303,6 +304,7 @@ def _config_facts(dataset: Path, manifest: dict, name: str, data_dir: str, manif
         "editor": editor["name"],
         "editor_model": editor["model"],
         "editor_params": json.dumps(editor["params"], indent=2, sort_keys=True),
+        "editor_licence": OUTPUT_LICENCES.get(editor["name"]),
         "seed": build["seed"],
         "requested": build["num_pairs"],
         "unique_captions": build["unique_captions"],

@@ -281,6 +281,11 @@ def build_tiny_sd3(path: Path, seed: int = 0, *, t5: bool = True) -> Path:
 def build_tiny_flux(path: Path, seed: int = 0) -> Path:
     """Tiny FLUX.1-dev: CLIP (pooled) + T5, a transformer with double and single blocks and a guidance embedding
     over 2x2-packed 16-channel latents, FLUX.1's VAE factors and its dynamically shifted flow scheduler."""
+    return _save(FluxPipeline(**_flux_components(seed)), path)
+
+
+def _flux_components(seed: int) -> dict[str, Any]:
+    """The components of tiny FLUX.1-dev (``build_tiny_flux``), shared by tiny FLUX.1 Kontext."""
     clip_hidden, t5_dim = 32, 48
     transformer = _seeded(seed, lambda: FluxTransformer2DModel(
         patch_size=1, in_channels=64, out_channels=None, num_layers=1, num_single_layers=1, attention_head_dim=16,
@@ -288,11 +293,10 @@ def build_tiny_flux(path: Path, seed: int = 0) -> Path:
         axes_dims_rope=(4, 4, 8)))
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                                 base_image_seq_len=256, max_image_seq_len=4096)
-    pipe = FluxPipeline(
-        transformer=transformer, scheduler=scheduler, vae=_flow_vae(seed, scaling_factor=0.3611, shift_factor=0.1159),
-        text_encoder=_seeded(seed, lambda: CLIPTextModel(_text_config(clip_hidden))), tokenizer=bpe_tokenizer(),
-        text_encoder_2=_t5_encoder(seed, t5_dim), tokenizer_2=t5_tokenizer())
-    return _save(pipe, path)
+    return {"transformer": transformer, "scheduler": scheduler,
+            "vae": _flow_vae(seed, scaling_factor=0.3611, shift_factor=0.1159),
+            "text_encoder": _seeded(seed, lambda: CLIPTextModel(_text_config(clip_hidden))),
+            "tokenizer": bpe_tokenizer(), "text_encoder_2": _t5_encoder(seed, t5_dim), "tokenizer_2": t5_tokenizer()}
 
 
 def build_tiny_clip(path: Path, seed: int = 0) -> Path:
@@ -526,3 +530,93 @@ def _assemble_mini(name: str) -> Callable[[Path], Path]:
 
 
 BUILDERS.update({name: _assemble_mini(name) for name in MINI_NAMES})
+
+
+# Instruction editors (styleprefs.editors.instruction): FLUX.1 Kontext [dev] and Qwen-Image-Edit(-2509), in the
+# layouts of black-forest-labs/FLUX.1-Kontext-dev and Qwen/Qwen-Image-Edit-2509.
+QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                       "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+_QWEN_HIDDEN = 16
+
+
+def build_tiny_kontext(path: Path, seed: int = 0) -> Path:
+    """Tiny FLUX.1 Kontext [dev]: tiny FLUX.1-dev's components (``build_tiny_flux``) as a ``FluxKontextPipeline``,
+    as the real Kontext repository ships FLUX.1-dev-shaped components under that class."""
+    from diffusers import FluxKontextPipeline
+
+    return _save(FluxKontextPipeline(**_flux_components(seed)), path)
+
+
+def qwen_tokenizer():
+    """A small byte-level BPE Qwen2Tokenizer built offline: the 256 byte symbols, merges that make a few words
+    whole tokens, then Qwen2.5-VL's special tokens (chat turns, vision start/end, image and video pads)."""
+    from transformers import Qwen2Tokenizer
+
+    vocab = {symbol: i for i, symbol in enumerate(bytes_to_unicode().values())}
+    merges: list[tuple[str, str]] = []
+    for word in _T5_WORDS:
+        piece = "\u0120"  # a space before the word, in the byte-to-unicode map
+        for char in word:
+            if piece + char not in vocab:
+                merges.append((piece, char))
+                vocab[piece + char] = len(vocab)
+            piece += char
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, model_max_length=32768)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS[1:])})
+    return tokenizer
+
+
+def _qwen_processor(tokenizer):
+    """Qwen2VLProcessor (image processor, tokenizer, video processor); images of at most 112 x 112 px reach the
+    tiny vision tower (the real one takes up to 12.8 MP)."""
+    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+
+    pixels = {"min_pixels": 28 * 28, "max_pixels": 112 * 112}
+    return Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=tokenizer,
+                            video_processor=Qwen2VLVideoProcessor(**pixels))
+
+
+def _qwen_vl(seed: int, tokenizer):
+    """Tiny Qwen2.5-VL whose image/video/vision token ids are the tokenizer's."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in (
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+    config = Qwen2_5_VLConfig(
+        text_config={"vocab_size": len(tokenizer), "hidden_size": _QWEN_HIDDEN, "intermediate_size": 32,
+                     "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
+                     "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+                     "rope_theta": 1000000.0, "bos_token_id": tokenizer.eos_token_id,
+                     "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id},
+        vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2,
+                       "out_hidden_size": _QWEN_HIDDEN, "fullatt_block_indexes": [1]},
+        **ids)
+    return _seeded(seed, lambda: Qwen2_5_VLForConditionalGeneration(config))
+
+
+def build_tiny_qwen_image_edit(path: Path, seed: int = 0) -> Path:
+    """Tiny Qwen-Image-Edit-2509 (``QwenImageEditPlusPipeline``): a tiny Qwen2.5-VL text encoder with its processor,
+    a 16-channel ``AutoencoderKLQwenImage`` (8x, Qwen-Image's latent mean and std), an MMDiT over 2x2 patches and
+    Qwen-Image's dynamically shifted flow scheduler."""
+    from diffusers import AutoencoderKLQwenImage, QwenImageEditPlusPipeline, QwenImageTransformer2DModel
+
+    tokenizer = qwen_tokenizer()
+    transformer = _seeded(seed, lambda: QwenImageTransformer2DModel(
+        patch_size=2, in_channels=64, out_channels=16, num_layers=2, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=_QWEN_HIDDEN, guidance_embeds=False, axes_dims_rope=(8, 4, 4)))
+    vae = _seeded(seed, lambda: AutoencoderKLQwenImage(
+        base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True]))
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256,
+        max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential")
+    pipe = QwenImageEditPlusPipeline(transformer=transformer, vae=vae, scheduler=scheduler,
+                                     text_encoder=_qwen_vl(seed, tokenizer), tokenizer=tokenizer,
+                                     processor=_qwen_processor(tokenizer))
+    return _save(pipe, path)
+
+
+BUILDERS.update({
+    "tiny-kontext": build_tiny_kontext,
+    "tiny-qwen-image-edit": build_tiny_qwen_image_edit,
+})

@@ -218,6 +218,16 @@ BAD_OPTIONS = {
     "unknown style": (["--style", "cubism"], "unknown style"),
     "negative workers": (["--workers", "-1"], "--workers must be auto or a number"),
 }
+# The instruction editors' options (styleprefs.editors.instruction), refused before any model loads.
+BAD_OPTIONS.update({
+    "offload without CUDA": (["--editor", "kontext", "--editor-model", "tiny", "--offload", "model"],
+                             "needs a CUDA device"),
+    "unknown offload": (["--editor", "kontext", "--editor-model", "tiny", "--offload", "disk"], "unknown --offload"),
+    "tiny max area": (["--editor", "qwen-image-edit", "--editor-model", "tiny", "--max-area", "100"],
+                      "--max-area must be at least"),
+    "max area for another editor": (["--editor", "instruct-pix2pix", "--editor-model", "tiny", "--max-area", "4096"],
+                                    "has no option(s) max_area"),
+})
 
 
 @pytest.mark.parametrize("case", sorted(BAD_OPTIONS))

@@ -169,7 +169,9 @@ class TrainConfig:
                                             "learns the winner given the loser's latent and the prompt.")
     improver: str | None = _opt(None, "iterative: the improvement model (a `--stage improve` run or checkpoint, an "
                                       "InstructPix2Pix-format pipeline folder) that turns the current model's "
-                                      "images into winners.")
+                                      "images into winners; or kontext[:MODEL] / qwen-image-edit[:MODEL], that "
+                                      "instruction editor (default model, a folder or tiny) with the style's "
+                                      "instruction.")
     iterations: int = _opt(3, "iterative/spin: rounds of (generate pairs, DPO-train); the paper runs 3.")
     online_pairs: int = _opt(38400, "iterative/spin: pairs generated per iteration from the dataset's prompts "
                                     "(the paper: 38,400); prompts are reused, with new seeds, when there are fewer.")
@@ -266,7 +268,8 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise StyleprefsError(f"--{_flag(name)} must not be negative, got {getattr(self, name)}")
         if self.stage == "iterative" and self.improver is None:
-            raise StyleprefsError("--stage iterative needs --improver (a `styleprefs train --stage improve` output)")
+            raise StyleprefsError("--stage iterative needs --improver (a `styleprefs train --stage improve` output, "
+                                  "or kontext / qwen-image-edit)")
         if self.stage == "improve" and self.validation_prompts:
             raise StyleprefsError("--stage improve draws no validation grids (its model edits images): drop "
                                   "--validation-prompts")
