@@ -430,10 +430,12 @@ def test_sft_runs_the_policy_on_the_winners_only(dataset: Path, tmp_path: Path, 
     assert sizes == [4, 4]  # 2B for the policy and the reference
 
 
-@pytest.mark.parametrize("kind", [DistributedType.DEEPSPEED, DistributedType.FSDP])
-def test_deepspeed_and_fsdp_are_refused_in_one_line(dataset: Path, tmp_path: Path, monkeypatch, kind) -> None:
+@pytest.mark.parametrize("kind, name", [(DistributedType.DEEPSPEED, "DEEPSPEED"), (DistributedType.FSDP, "FSDP 1")])
+def test_deepspeed_and_fsdp1_are_refused_in_one_line(dataset: Path, tmp_path: Path, monkeypatch, kind, name) -> None:
     monkeypatch.setattr(Accelerator, "distributed_type", property(lambda self: kind))
-    with pytest.raises(StyleprefsError, match=f"^{kind.value} is not supported: train on one process or with DDP") as exc:
+    monkeypatch.setattr(Accelerator, "is_fsdp2", property(lambda self: False))
+    with pytest.raises(StyleprefsError, match=f"^{name} is not supported: train on one process, with DDP, or sharded "
+                                              f"with --fsdp") as exc:
         _run(dataset, tmp_path / "run")
     assert "\n" not in str(exc.value) and not (tmp_path / "run" / "train_config.yaml").exists()
 
