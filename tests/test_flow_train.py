@@ -6,6 +6,7 @@ StableDiffusion3Pipeline / FluxPipeline, and FSDP2 against DDP on two CPU proces
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -20,9 +21,11 @@ from safetensors.torch import load_file
 from styleprefs.cli.app import main
 from styleprefs.errors import StyleprefsError
 from styleprefs.tiny import ensure_tiny
+from styleprefs.trainer import loop
 from styleprefs.trainer.checkpoint import LORA_WEIGHTS, list_checkpoints
 from styleprefs.trainer.config import TrainConfig
 from styleprefs.trainer.families.flow import Flux, StableDiffusion3
+from styleprefs.trainer.models import load_components
 from styleprefs.trainer.sharding import fsdp_plugin
 
 SMALL = ["--resolution", "64", "--batch-size", "2", "--gradient-accumulation-steps", "1", "--max-steps", "2",
@@ -170,3 +173,17 @@ def test_fsdp_plan_and_refusals(dataset: Path, tmp_path: Path) -> None:
         styleprefs("train", "--stage", "dpo", "--data", dataset, "--out", tmp_path / "one", "--model", "tiny-flux",
                    *SMALL, "--fsdp")
     assert exit_info.value.code == 2
+
+
+def test_bf16_lora_keeps_the_frozen_base_in_bf16_and_trains_float32_adapters(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bf16"
+    styleprefs("train", "--stage", "dpo", "--data", dataset, "--out", out, "--model", "tiny-flux", "--lora-rank", "4",
+               "--mixed-precision", "bf16", *SMALL)
+    assert all(math.isfinite(r["loss"]) and not r["skipped"] for r in metrics(out))
+    cfg = TrainConfig(stage="dpo", data=str(dataset), out=str(tmp_path / "x"), model="tiny-flux", lora_rank=4)
+    components = load_components("tiny-flux", include_denoiser=False, include_text=False)
+    policy, reference = loop.load_models(cfg, components, torch.bfloat16)
+    dtypes = {name: p.dtype for name, p in policy.named_parameters()}
+    assert reference is None and {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}
+    assert {d for n, d in dtypes.items() if "lora_" not in n} == {torch.bfloat16}
+    assert all(p.requires_grad == ("lora_" in n) for n, p in policy.named_parameters())
