@@ -53,6 +53,16 @@ class ParquetRows:
     def has(self, column: str) -> bool:
         return column in self.schema.names
 
+    def non_null(self, column: str) -> bool:
+        """Whether ``column`` holds a value in any row, from the footers' statistics (true where they are missing)."""
+        index = self.schema.names.index(column)
+        for f, g in self._groups:
+            meta = self._files[f].metadata.row_group(g)
+            stats = meta.column(index).statistics
+            if stats is None or not stats.has_null_count or stats.null_count < meta.num_rows:
+                return True
+        return False
+
     def rows(self, start: int, count: int) -> list[dict]:
         """Rows ``start`` .. ``start + count`` (clipped), small columns only, each with its ``row`` number."""
         start, stop = max(0, start), min(self.total, start + count)
