@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -253,11 +254,8 @@ async def _user_error(request: Request, exc: Exception) -> Response:
     return _error(409, str(exc))
 
 
-def serve(dataset: Path, host: str = "127.0.0.1", port: int = 7860, ready: Callable[[str], None] = print) -> None:
-    """Serve the page for ``dataset`` until Ctrl-C; ``ready(url)`` is called once it listens."""
-    import uvicorn
-
-    review = Review(dataset)
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0: any free one); a taken or unknown address is a one-line error."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -268,11 +266,25 @@ def serve(dataset: Path, host: str = "127.0.0.1", port: int = 7860, ready: Calla
         raise StyleprefsError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): choose another --port "
                               "or --host") from None
     sock.listen(64)
-    bound = sock.getsockname()[1]
-    ready(f"http://{f'[{host}]' if family == socket.AF_INET6 else host}:{bound}/")
-    server = uvicorn.Server(uvicorn.Config(make_app(review), log_level="warning", lifespan="off"))
+    return sock
+
+
+def url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{f'[{host}]' if sock.family == socket.AF_INET6 else host}:{port}/"
+
+
+def server(review: Review) -> uvicorn.Server:
+    return uvicorn.Server(uvicorn.Config(make_app(review), log_level="warning", lifespan="off"))
+
+
+def serve(dataset: Path, host: str = "127.0.0.1", port: int = 7860, ready: Callable[[str], None] = print) -> None:
+    """Serve the page for ``dataset`` until Ctrl-C; ``ready(url)`` is called once it listens."""
+    review = Review(dataset)  # a dataset that cannot be shown is refused before anything listens
+    sock = listen(host, port)
     try:
-        server.run(sockets=[sock])
+        ready(url(sock))
+        server(review).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn raises Ctrl-C again once it has shut down
         pass
     finally:
