@@ -32,7 +32,7 @@ from styleprefs.review.decisions import LOG_NAME, append_decision, parse_log, ta
 from styleprefs.review.server import Review, listen, server, url
 from styleprefs.review.view import ViewError, select
 from styleprefs.trainer.data import read_pairs
-from test_battery import _crash_every_step, _unfinished_or_sound, assert_error, run, snapshot
+from test_battery import _crash_every_step, assert_error, assert_finished_and_sound, run, snapshot
 
 PAIRS = 12
 SHARD_SIZE = 5  # 3 shards, one row group each
@@ -197,7 +197,16 @@ def test_apply_crash_at_every_step(built, tmp_path, monkeypatch):
         _write_log(out, *lines)
         return out
 
-    steps = _crash_every_step(monkeypatch, prepare, apply_review, snapshot(expected_dir), _unfinished_or_sound)
+    def untouched_or_sound(folder: Path) -> None:
+        try:
+            read_finished_manifest(folder)
+        except StyleprefsError:
+            return  # says it is unfinished: the rerun finishes it
+        untouched = {k: v for k, v in snapshot(folder).items() if not k.startswith(".review-tmp/")}
+        if untouched != snapshot(prepare()):  # as it was (plus staging the next run clears), or sound and applied
+            assert_finished_and_sound(folder)
+
+    steps = _crash_every_step(monkeypatch, prepare, apply_review, snapshot(expected_dir), untouched_or_sound)
     assert steps >= 8
 
 
@@ -385,3 +394,92 @@ def test_filters_and_sort():
             rows(**bad)
     with pytest.raises(ViewError, match="no original_label"):
         select(table.drop_columns(["original_label_0"]), {"disagree": "1"}, decisions)
+
+
+# ------------------------------------------------------------------------------------------ in a real browser
+
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+
+
+@contextmanager
+def review_command(dataset: Path) -> Iterator[str]:
+    """`styleprefs review DATASET --port 0` in a subprocess: the URL it prints; stopped with Ctrl-C (SIGINT)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "styleprefs.cli", "review", str(dataset), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert "http://127.0.0.1:" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+        yield line.split("open ")[1].split()[0]
+    finally:
+        proc.send_signal(2)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+
+
+def _log_lines(dataset: Path, n: int) -> list[dict]:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        path = dataset / LOG_NAME
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) >= n:
+            return [json.loads(line) for line in lines]
+        time.sleep(0.05)
+    raise AssertionError(f"review.jsonl did not reach {n} lines")
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_page_in_headless_chromium(dataset, tmp_path, capsys):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    blocklist = tmp_path / "block.txt"
+    blocklist.write_text("horse\n")  # some pairs go to quarantine, with their images
+    filter_unsafe(dataset, SafetyOptions(blocklists=(str(blocklist),)), show_progress=False)
+    rows = _rows(dataset)
+    n = len(rows)
+    with review_command(dataset) as address, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(address)
+        page.wait_for_selector(".pair .caption")
+        assert page.locator(".pair .caption").first.inner_text() == rows[0]["caption"]
+        page.keyboard.press("ArrowRight")
+        assert page.locator(".pair.current").get_attribute("data-i") == "1"
+        page.keyboard.press("d")
+        first = _log_lines(dataset, 1)[0]
+        assert (first["pair"], first["action"], first["row"]) == (_key(rows[1]), "drop", 1)
+        other = browser.new_page()  # a second tab judges at the same time
+        other.goto(address)
+        other.wait_for_selector(".pair .caption")
+        other.locator(".pair").nth(2).get_by_role("button", name="flip (f)").click()
+        assert [line["action"] for line in _log_lines(dataset, 2)] == ["drop", "flip"]
+
+        page.reload()
+        page.wait_for_selector(".pair .caption")
+        assert page.locator(".pair .decision").nth(1).inner_text() == "decision: drop"
+        assert page.locator(".pair .decision").nth(2).inner_text() == "decision: flip"
+        assert "judged 2 · dropped 1 · flipped 1" in page.locator("#progress").inner_text()
+        if os.environ.get("STYLEPREFS_REVIEW_SCREENSHOT"):  # the README's picture
+            page.locator(".pair").nth(1).click()
+            page.screenshot(path=os.environ["STYLEPREFS_REVIEW_SCREENSHOT"])
+
+        with folder_lock(dataset):  # another command writes: the page turns read-only
+            page.wait_for_selector("#lock:not([hidden])", timeout=10000)
+            assert page.locator("#b-drop").is_disabled()
+            page.keyboard.press("k")
+            page.wait_for_selector("#error:not([hidden])")
+        assert len(_log_lines(dataset, 2)) == 2
+
+        page.get_by_role("button", name="Quarantine").click()
+        page.wait_for_selector(".quarantined img")
+        images = page.locator(".quarantined .images").first
+        assert "blur" in images.locator("img").first.evaluate("img => getComputedStyle(img).filter")
+        images.click()
+        assert images.locator("img").first.evaluate("img => getComputedStyle(img).filter") == "none"
+        assert page.locator(".quarantined button").count() == 0  # read-only: nothing to judge there
+        browser.close()
+    code, out, _ = run(["review", str(dataset), "--apply"], capsys)
+    assert code == 0 and "judged by eye: 2 pairs, 1 dropped, 1 flipped" in out
+    after = {_key(r): r for r in _rows(dataset)}
+    assert len(after) == n - 1 and _key(rows[1]) not in after
+    assert after[_key(rows[2])]["label_0"] == rows[2]["label_1"]
