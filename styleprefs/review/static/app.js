@@ -131,7 +131,7 @@ function pairCard(row, i) {
   const figure = (slot) => {
     const role = tie ? "tie" : slot === first ? "preferred" : "rejected";
     return el("figure", { class: role },
-      el("img", { src: `/api/image/pairs/${row.row}/${slot}?v=${state.status.version}`, alt: `jpg_${slot}`, loading: "lazy" }),
+      el("img", { src: `/api/image/pairs/${row.row}/${slot}?v=${state.status.version}`, alt: `jpg_${slot}` }),
       el("figcaption", {}, `${role} · jpg_${slot} · label ${row[`label_${slot}`]}`));
   };
   const details = el("dl");
