@@ -34,8 +34,8 @@ from styleprefs.build import BuildConfig, build_dataset
 from styleprefs.shards import write_shards
 
 SHARD_ROWS = 1000
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def make_dataset(out: Path, rows: int, size: int) -> None:
@@ -92,7 +92,8 @@ def measure_page(dataset: Path) -> dict[str, float]:
             start = time.perf_counter()
             page.goto(address)
             page.wait_for_selector(".pair .caption")
-            page.wait_for_function("() => [...document.querySelectorAll('.pair img')].every(i => i.complete && i.naturalWidth)")
+            page.wait_for_function("() => [...document.querySelectorAll('.pair img')]"
+                                   ".every(i => i.complete && i.naturalWidth)")
             first_page = time.perf_counter() - start
             start = time.perf_counter()
             before = page.inner_text("#range")
@@ -129,7 +130,8 @@ def main() -> None:
     table.add_column("step")
     table.add_column("seconds", justify="right")
     table.add_column("x whole read", justify="right")
-    for name, seconds in [("baseline: read the whole dataset", whole), ("baseline: read every row's small columns", small),
+    for name, seconds in [("baseline: read the whole dataset", whole),
+                          ("baseline: read every row's small columns", small),
                           ("`styleprefs review` until it prints its URL", page["ready"]),
                           ("first page shown (10 pairs, 20 images)", page["first_page"]),
                           ("first caption search (reads every row's small columns)", page["search"])]:

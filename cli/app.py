@@ -200,7 +200,8 @@ def review(
         else:
             console.print(f"applied {report.lines} line(s) of {dataset}/review.jsonl", markup=False)
         c = report.counts
-        console.print(f"judged by eye: {c['judged']} pairs, {c['dropped']} dropped, {c['flipped']} flipped", markup=False)
+        console.print(f"judged by eye: {c['judged']} pairs, {c['dropped']} dropped, {c['flipped']} flipped",
+                      markup=False)
         return
     from styleprefs.review.server import serve
 

@@ -79,7 +79,8 @@ COLUMN_MEANINGS = {
     "safety_text_score": "the text safety classifier's probability that the caption is unsafe (null if not run)",
     "safety_image_score_0": "the image safety checker's score of `jpg_0`, above 0 means flagged (null if not run)",
     "safety_image_score_1": "the image safety checker's score of `jpg_1`, above 0 means flagged (null if not run)",
-    "original_label_0": "`label_0` before `styleprefs relabel` or `styleprefs review` first changed it (the build's label)",
+    "original_label_0": "`label_0` before `styleprefs relabel` or `styleprefs review` first changed it "
+                        "(the build's label)",
     "original_label_1": "`label_1` before `styleprefs relabel` or `styleprefs review` first changed it",
     "score_0": "the relabelling scorer's score of `jpg_0` (the config's relabelling section names the scorer)",
     "score_1": "the relabelling scorer's score of `jpg_1`",

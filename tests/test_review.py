@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -17,7 +16,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -28,7 +26,7 @@ from styleprefs.filter_unsafe import SafetyOptions, filter_unsafe
 from styleprefs.inspect import inspect_dataset, read_finished_manifest
 from styleprefs.lock import folder_lock
 from styleprefs.review.apply import apply_review
-from styleprefs.review.decisions import LOG_NAME, append_decision, parse_log, tally
+from styleprefs.review.decisions import LOG_NAME, parse_log, tally
 from styleprefs.review.server import Review, listen, server, url
 from styleprefs.review.view import ViewError, select
 from styleprefs.trainer.data import read_pairs
@@ -274,7 +272,7 @@ def test_decisions_are_saved_and_shown(dataset):
         status, _ = fetch_json(f"{base}/api/decide", {"row": 2, "pair": _key(rows[3]), "action": "flip"})
         assert status == 409  # the row does not hold that pair (a stale page)
     lines = (dataset / LOG_NAME).read_text().splitlines()
-    assert len(lines) == 1 and json.loads(lines[0])["pair"] == _key(rows[1]) and json.loads(lines[0])["action"] == "drop"
+    assert len(lines) == 1 and (json.loads(lines[0])["pair"], json.loads(lines[0])["action"]) == (_key(rows[1]), "drop")
     with served(dataset) as (base, _):  # a restart shows the decision
         _, page = fetch_json(f"{base}/api/pairs?limit=3")
         assert [r["decision"] for r in page["rows"]] == [None, {"action": "drop", "applied": False}, None]
@@ -290,7 +288,8 @@ def test_two_tabs_lose_nothing(dataset):
         def tab(actions: list[str]) -> None:
             for i, action in enumerate(actions * 3):
                 row = i % PAIRS
-                assert fetch_json(f"{base}/api/decide", {"row": row, "pair": _key(rows[row]), "action": action})[0] == 200
+                decision = {"row": row, "pair": _key(rows[row]), "action": action}
+                assert fetch_json(f"{base}/api/decide", decision)[0] == 200
 
         tabs = [threading.Thread(target=tab, args=(actions,)) for actions in (["drop", "keep"], ["flip"])]
         for t in tabs:
@@ -331,7 +330,8 @@ def test_url_parameters_reach_no_file_outside(dataset, tmp_path):
                    "/app.js/../../secret.txt", "/api/image/pairs/..%2F..%2Fsecret.txt/0",
                    "/api/image/../../secret.txt/0/0", "/api/image/rejects/0/0", "/api/image/pairs/0/2",
                    "/api/image/pairs/-1/0", "/api/image/pairs/99999/0",
-                   "/api/pairs?sort=../../secret.txt", "/api/pairs?min.../secret.txt=0", "/api/pairs?file=../secret.txt",
+                   "/api/pairs?sort=../../secret.txt", "/api/pairs?min.../secret.txt=0",
+                   "/api/pairs?file=../secret.txt",
                    "/api/rejects?path=../secret.txt", "/api/quarantine?tab=../secret.txt",
                    "/api/pairs?offset=-3", "/api/pairs?limit=100000", "/data/secret.txt", "/review.jsonl",
                    "/manifest.json", f"/{tmp_path}/secret.txt"]
@@ -398,8 +398,8 @@ def test_filters_and_sort():
 
 # ------------------------------------------------------------------------------------------ in a real browser
 
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @contextmanager

@@ -29,7 +29,8 @@ from starlette.routing import Route
 from styleprefs.errors import StyleprefsError
 from styleprefs.inspect import read_finished_manifest
 from styleprefs.lock import lock_holder
-from styleprefs.review.decisions import LOG_NAME, WRITE_LOCK, Decision, append_decision, latest, pair_key, read_log, tally
+from styleprefs.review.decisions import (LOG_NAME, WRITE_LOCK, Decision, append_decision, latest, pair_key, read_log,
+                                         tally)
 from styleprefs.review.reader import ParquetRows, checked_shards
 from styleprefs.review.view import PAGING, SCORE_COLUMNS, ViewError, is_plain, select
 
@@ -109,7 +110,8 @@ def make_app(review: Review) -> Starlette:
 
     def static(request: Request) -> Response:
         name, media = STATIC[request.url.path]
-        return Response((importlib.resources.files("styleprefs.review") / "static" / name).read_bytes(), media_type=media)
+        page = importlib.resources.files("styleprefs.review") / "static" / name
+        return Response(page.read_bytes(), media_type=media)
 
     def status(request: Request) -> Response:
         snap = review.snapshot()
