@@ -341,6 +341,13 @@ def test_url_parameters_reach_no_file_outside(dataset, tmp_path):
             assert b'"caption"' not in body, path
         for path in ("/", "/app.js", "/style.css"):
             assert fetch(base + path)[0] == 200
+        rebound = urllib.request.Request(f"{base}/api/pairs", headers={"Host": "evil.example"})
+        with pytest.raises(urllib.error.HTTPError, match="400"):  # a DNS name another site points here
+            urllib.request.urlopen(rebound, timeout=20)
+        form = urllib.request.Request(f"{base}/api/decide", data=b'{"row": 0, "pair": "a:b", "action": "drop"}',
+                                      headers={"Content-Type": "text/plain"})
+        with pytest.raises(urllib.error.HTTPError, match="415"):  # a form posted by another site's page
+            urllib.request.urlopen(form, timeout=20)
 
 
 def test_a_manifest_cannot_point_outside(dataset, capsys):

@@ -22,6 +22,8 @@ import numpy as np
 import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -105,8 +107,9 @@ def _stamp(path: Path) -> tuple:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def make_app(review: Review) -> Starlette:
-    """The page's routes over ``review``."""
+def make_app(review: Review, host: str = "127.0.0.1") -> Starlette:
+    """The page's routes over ``review``, served at ``host``: on this machine's loopback address only requests
+    naming it are answered (another site's page cannot reach the app through its own DNS name)."""
 
     def static(request: Request) -> Response:
         name, media = STATIC[request.url.path]
@@ -173,6 +176,8 @@ def make_app(review: Review) -> Starlette:
         return Response(data, media_type=_image_type(data), headers={"Cache-Control": "private, max-age=600"})
 
     async def decide(request: Request) -> Response:
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            return _error(415, "send the decision as application/json")  # a form on another site cannot
         try:
             body = await request.json()
             row, pair, action = int(body["row"]), str(body["pair"]), body["action"]
@@ -186,7 +191,9 @@ def make_app(review: Review) -> Starlette:
         Route("/api/image/{tab:str}/{row:int}/{slot:int}", image),
         Route("/api/decide", decide, methods=["POST"]),
     ]
-    return Starlette(routes=routes, exception_handlers={ViewError: _view_error, StyleprefsError: _user_error})
+    hosts = ["127.0.0.1", "localhost"] if host in ("127.0.0.1", "localhost") else ["*"]
+    return Starlette(routes=routes, exception_handlers={ViewError: _view_error, StyleprefsError: _user_error},
+                     middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)])
 
 
 def _decide(review: Review, row: int, pair: str, action: str) -> Response:
@@ -276,8 +283,8 @@ def url(sock: socket.socket) -> str:
     return f"http://{f'[{host}]' if sock.family == socket.AF_INET6 else host}:{port}/"
 
 
-def server(review: Review) -> uvicorn.Server:
-    return uvicorn.Server(uvicorn.Config(make_app(review), log_level="warning", lifespan="off"))
+def server(review: Review, host: str = "127.0.0.1") -> uvicorn.Server:
+    return uvicorn.Server(uvicorn.Config(make_app(review, host), log_level="warning", lifespan="off"))
 
 
 def serve(dataset: Path, host: str = "127.0.0.1", port: int = 7860, ready: Callable[[str], None] = print) -> None:
@@ -286,7 +293,7 @@ def serve(dataset: Path, host: str = "127.0.0.1", port: int = 7860, ready: Calla
     sock = listen(host, port)
     try:
         ready(url(sock))
-        server(review).run(sockets=[sock])
+        server(review, host).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn raises Ctrl-C again once it has shut down
         pass
     finally:

@@ -211,7 +211,7 @@ async function decide(action) {
     return;
   }
   try {
-    const result = await api("/api/decide", { method: "POST", headers: { "Content-Type": "application/json" },
+    await api("/api/decide", { method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ row: row.row, pair: row.pair, action }) });
     row.decision = { action, applied: false };
     showError("");
@@ -219,7 +219,7 @@ async function decide(action) {
     render();
     state.current = i;
     await refreshStatus();
-    if (result.counts) await move(1);
+    await move(1);
   } catch (error) {
     showError(String(error.message || error));
     await refreshStatus();
