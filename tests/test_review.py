@@ -173,6 +173,15 @@ def test_folders_that_cannot_be_reviewed(dataset, tmp_path, capsys):
     assert_error(run(["review", str(dataset), "--port", "0"], capsys), "has no shards")
 
 
+def test_a_taken_port_is_a_one_line_error(dataset, capsys):
+    taken = listen("127.0.0.1", 0)
+    try:
+        port = str(taken.getsockname()[1])
+        assert_error(run(["review", str(dataset), "--port", port], capsys), f"cannot listen on 127.0.0.1:{port}")
+    finally:
+        taken.close()
+
+
 def test_apply_waits_for_no_one(dataset, capsys):
     _write_log(dataset, _line(_rows(dataset)[0], "drop"))
     before = snapshot(dataset)
