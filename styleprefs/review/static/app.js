@@ -42,7 +42,9 @@ async function refreshStatus() {
     return;
   }
   const first = state.status === null;
-  const changed = !first && status.version !== state.status.version;
+  const decided = (s) => JSON.stringify([s.counts, s.pending]);
+  // the dataset was rewritten (an --apply), or another tab or browser judged a pair: show it
+  const changed = !first && (status.version !== state.status.version || decided(status) !== decided(state.status));
   state.status = status;
   $("dataset").textContent = status.dataset;
   $("n-pairs").textContent = `(${status.total})`;
@@ -60,7 +62,7 @@ async function refreshStatus() {
   for (const id of ["b-drop", "b-flip", "b-keep"]) $(id).disabled = state.readOnly;
   document.querySelectorAll(".pair .buttons button").forEach((b) => { b.disabled = state.readOnly; });
   if (first) setupFilters(status);
-  if (changed) load();  // an --apply (or another command) rewrote the dataset
+  if (changed) await load();
 }
 
 function setupFilters(status) {
