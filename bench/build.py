@@ -1,7 +1,8 @@
 """Benchmark: a 512 px `classic` build from the sample source against the sequential work it cannot avoid, and its
 peak memory at two sizes.
 
-    python bench/build.py [--pairs 256] [--style winter] [--rss-pairs 500 4000]
+    python bench/build.py [--pairs 256] [--style winter] [--rss-pairs 500 4000] [--tiny-pairs 8]
+                          [--sections classic editors]
 
 Baseline, measured in the same run on the same rows: one process reading the rows (drawing the sample pairs)
 and editing them (decode, edit, encode JPEG), one after the other, numpy's BLAS on one thread (as the build runs it:
@@ -12,6 +13,12 @@ runs in a child process; every 50 ms its resident set size is added to the uniqu
 workers (the pages a worker holds alone: it shares the rest with the build process it was forked from);
 goal: the larger build's peak at most 1.2x the smaller's.
 The load average is printed with the table: on a shared machine repeat the run.
+
+Instruction editors on their tiny models (``--tiny-pairs``, 2 steps, CPU, batch 4), a second table: per editor
+(``kontext``, ``qwen-image-edit``) the build with the CLIP gate (tiny CLIP, thresholds open) against its baseline,
+measured in the same run on the same rows: the editor alone editing them (decode, edit, encode, the same batches,
+pipeline already loaded). Their ratio is the build's overhead (the gate, parts, shards). ``--sections`` runs one
+table or both.
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ from styleprefs.style import load_style
 
 GOAL_TIME_RATIO = 0.70
 GOAL_RSS_RATIO = 1.2
+TINY_EDITORS = ("kontext", "qwen-image-edit")
+TINY_STEPS = 2
+TINY_BATCH = 4
 
 
 @contextmanager
@@ -68,11 +78,7 @@ def sequential(style: str, pairs: int) -> float:
     BLAS on one thread too, as in the build)."""
     start = time.perf_counter()
     with threadpool_limits(limits=1, user_api="blas"):
-        rows = []
-        for pair in open_source("sample"):
-            rows.append(pair)
-            if len(rows) == pairs:
-                break
+        rows = sample_rows(pairs)
         editor = load_editor("classic", load_style(style))
         for pair in rows:
             plan = plan_row(pair, 0)
@@ -88,6 +94,58 @@ def timed_build(style: str, pairs: int, workers: int | None, totals: dict) -> fl
         build_dataset(BuildConfig(style=style, source="sample", num_pairs=pairs, shard_size=128),
                       Path(tmp) / "out", batch_size=8, show_progress=False, workers=workers)
         return time.perf_counter() - start
+
+
+def sample_rows(pairs: int) -> list:
+    rows = []
+    for pair in open_source("sample"):
+        rows.append(pair)
+        if len(rows) == pairs:
+            break
+    return rows
+
+
+def tiny_editor_alone(name: str, style: str, pairs: int) -> float:
+    """Seconds for the tiny ``name`` editor to decode, edit and encode the build's rows in its batches (the pipeline
+    loaded before the clock starts)."""
+    editor = load_editor(name, load_style(style), model="tiny", device="cpu", steps=TINY_STEPS)
+    plans = [(pair, plan_row(pair, 0)) for pair in sample_rows(pairs)]
+    start = time.perf_counter()
+    for first in range(0, len(plans), TINY_BATCH):
+        batch = plans[first:first + TINY_BATCH]
+        images = [decode((pair.jpg_0, pair.jpg_1)[plan.edited]) for pair, plan in batch]
+        edits = editor.edit(images, [pair.caption for pair, _ in batch], [plan.edit_seed for _, plan in batch])
+        for edit in edits:
+            encode_jpeg(edit)
+    return time.perf_counter() - start
+
+
+def tiny_editor_build(name: str, style: str, pairs: int) -> float:
+    """Seconds for ``styleprefs build`` with the tiny ``name`` editor and the CLIP gate (tiny CLIP, thresholds open)."""
+    cfg = BuildConfig(style=style, source="sample", editor=name, num_pairs=pairs, editor_model="tiny",
+                      editor_steps=TINY_STEPS, clip_model="tiny", min_direction=-1, min_image=-1, min_text=-1)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        manifest = build_dataset(cfg, Path(tmp) / "out", batch_size=TINY_BATCH, show_progress=False, device="cpu",
+                                 workers=0).manifest
+        seconds = time.perf_counter() - start
+    assert manifest["counts"]["kept"] == pairs, manifest["counts"]
+    return seconds
+
+
+def tiny_editors_table(style: str, pairs: int) -> Table:
+    load_before = os.getloadavg()[0]
+    rows = []
+    for name in TINY_EDITORS:
+        alone, built = tiny_editor_alone(name, style, pairs), tiny_editor_build(name, style, pairs)
+        rows.append((name, f"{pairs / alone:.2f}", f"{pairs / built:.2f}", f"{built / alone:.2f}"))
+    table = Table("editor", "baseline: editor alone, pairs/s", "build with the gate, pairs/s", "build / baseline time",
+                  title=f"instruction editors, tiny models, {pairs} pairs, {TINY_STEPS} steps, batch {TINY_BATCH}, "
+                        f"CPU, style {style}",
+                  caption=f"load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f}")
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def child_build(style: str, pairs: int, out: str) -> None:
@@ -138,12 +196,20 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--style", default="winter")
     parser.add_argument("--rss-pairs", type=int, nargs=2, default=(500, 4000), metavar=("SMALL", "LARGE"))
+    parser.add_argument("--tiny-pairs", type=int, default=8)
+    parser.add_argument("--sections", nargs="+", choices=("classic", "editors"), default=("classic", "editors"))
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child_build(args.style, args.child, args.out)
+    if "classic" in args.sections:
+        classic_table(args)
+    if "editors" in args.sections:
+        Console().print(tiny_editors_table(args.style, args.tiny_pairs))
 
+
+def classic_table(args: argparse.Namespace) -> None:
     load_before = os.getloadavg()
     base_s = sequential(args.style, args.pairs)
     totals: dict[str, float] = {}

@@ -1,7 +1,9 @@
-"""Benchmark on a CUDA machine: editor, cache and training throughput and peak memory for SD1.5 and SDXL, and GPU-hours.
+"""Benchmark on a CUDA machine: editor, cache and training throughput and peak memory for SD1.5 and SDXL, and GPU-hours;
+written-out memory and GPU-hour estimates for SD3.5, FLUX.1-dev and the instruction editors.
 
     python bench/gpu.py                                  # SD1.5 at 512 px and SDXL at 1024 px, fp16, real models
     python bench/gpu.py --model tiny --device cpu --editor-steps 1 --batches 1 --pairs 8 --train-batch 2 --steps 1
+    python bench/gpu.py --estimate-only                  # the estimates alone, any machine (= bench/estimates.py)
 
 Rows, per model: InstructPix2Pix and Prompt Diffusion images/s at the style's steps (``--editor-steps`` overrides)
 for each of ``--batches`` (the editors are SD1.5 models: SDXL's rows say so); the cache's pairs/s (VAE, text
@@ -16,6 +18,13 @@ Training uses fp16 mixed precision on CUDA (fp32 on CPU), one micro-batch per op
 Diffusion-DPO's SDXL settings (Adafactor, gradient checkpointing) and the fp16-safe VAE
 (madebyollin/sdxl-vae-fp16-fix). ``--model tiny`` swaps every model for the offline tiny ones (tiny, tiny-ip2p,
 tiny-prompt-diffusion, tiny-sdxl, tiny CLIP) at 64 px: a smoke run that prints every row.
+
+Then the instruction editors (``--instruction-editors``, FLUX.1 Kontext [dev] and Qwen-Image-Edit-2509): images/s
+and peak memory at 1024 px in bf16, all on the GPU and with model CPU offload, beside the estimated peak; a row
+says why it was skipped when the editor, or offload (CUDA only), is not available. Last, the estimates of
+``styleprefs.memory_estimate`` (its docstring states every assumption and source): training memory per model and
+recipe with whether it fits one 80 GB GPU, editing memory against 24 and 80 GB cards, the cross-checks against
+reported figures, and the GPU-hours of one iteration of iterative DPO with each improver at ``--mfu``.
 """
 
 from __future__ import annotations
@@ -34,9 +43,12 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from PIL import Image
 
+from estimates import parse_mfu, print_estimates  # bench/estimates.py, beside this file
+from styleprefs import memory_estimate as est
 from styleprefs.build import BuildConfig, build_dataset
 from styleprefs.editors import load_editor
 from styleprefs.editors.loading import clear_cache
+from styleprefs.errors import StyleprefsError
 from styleprefs.style import load_style
 from styleprefs.trainer import loop
 from styleprefs.trainer.cache import build_cache
@@ -45,6 +57,8 @@ from styleprefs.trainer.models import quiet_loading
 
 BUILD_PAIRS, RUN_STEPS = 10_000, 2000
 EDITORS = ("instruct-pix2pix", "prompt-diffusion")
+INSTRUCTION_EDITORS = tuple(est.EDITORS)
+OFFLOADS = ("none", "model")
 STAGES = ("dpo", "rpo", "sft")
 
 
@@ -143,7 +157,7 @@ def train_config(setup: Setup, args: argparse.Namespace, data: Path, out: Path, 
         resolution=setup.resolution, batch_size=args.train_batch, gradient_accumulation_steps=1, max_steps=10**6,
         learning_rate=1e-6, scale_lr=False, warmup_steps=0, checkpoint_every=0, report_to="none", use_cache=use_cache,
         compile=compile, mixed_precision="fp16" if cuda(args.device) else "no",
-        optimizer="adafactor" if setup.sdxl else "adamw", gradient_checkpointing=setup.sdxl).resolved()
+        optimizer="adafactor" if setup.sdxl else "adamw", gradient_checkpointing=setup.sdxl)
 
 
 def train_rows(setup: Setup, args: argparse.Namespace, data: Path, tmp: Path) -> list[tuple[str, float, str]]:
@@ -152,7 +166,8 @@ def train_rows(setup: Setup, args: argparse.Namespace, data: Path, tmp: Path) ->
     for stage in STAGES:
         for use_cache in (True, False):
             for compile in (False, True):
-                cfg = train_config(setup, args, data, tmp / f"{stage}-{use_cache}-{compile}", stage, use_cache, compile)
+                cfg = loop.training_config(train_config(setup, args, data, tmp / f"{stage}-{use_cache}-{compile}",
+                                                        stage, use_cache, compile))
                 AcceleratorState._reset_state(reset_partial_state=False)
                 run = loop._setup(cfg, Accelerator(cpu=not cuda(args.device)), show_progress=False)
                 seconds, peak = measure(lambda i: loop._train_step(cfg, run, i), args.steps, args.device)
@@ -180,6 +195,30 @@ def hours_rows(rows: list[tuple[str, float | None, str]], args: argparse.Namespa
     return out
 
 
+def instruction_editor_rows(args: argparse.Namespace) -> list[tuple[str, float | None, str]]:
+    """(measure, images/s or None, peak) per instruction editor, offload and batch size; a skipped row says why."""
+    tiny = args.model == "tiny"
+    options = {"steps": args.editor_steps} if args.editor_steps else {}
+    rows = []
+    for name, offload in ((name, offload) for name in args.instruction_editors for offload in OFFLOADS):
+        estimate = est.inference_memory(est.EDITORS[name].arch, offload == "model") / est.GB
+        note = "" if tiny else f" (estimated peak at batch 1: {estimate:.1f} GB)"
+        for batch in args.batches:
+            label = f"{name} images/s, batch {batch}, offload {offload}"
+            try:
+                editor = load_editor(name, load_style(args.style), model="tiny" if tiny else None, device=args.device,
+                                     dtype="bf16" if cuda(args.device) else "fp32", offload=offload, **options)
+            except StyleprefsError as exc:
+                rows.append((f"{label} (skipped: {exc})", None, "-"))
+                break
+            batch_images = images(batch, 64 if tiny else 1024)
+            seconds, peak = measure(lambda i: editor.edit(batch_images, ["a photo"] * batch, list(range(batch))),
+                                    args.repeats, args.device)
+            rows.append((f"{label}, {editor.params().get('num_inference_steps')} steps{note}", batch / seconds, peak))
+        clear_cache()
+    return rows
+
+
 def print_table(title: str, rows: list[tuple[str, float | None, str]]) -> None:
     width = max(len(label) for label, _, _ in rows)
     print(f"\n{title}")
@@ -203,10 +242,23 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="timed editor calls after one warm-up call")
     parser.add_argument("--global-batch", type=int, default=2048, help="pairs per optimizer step of the extrapolated "
                         "2000-step run (Diffusion-DPO: 2048)")
+    parser.add_argument("--instruction-editors", type=lambda s: [e for e in s.split(",") if e],
+                        default=list(INSTRUCTION_EDITORS),
+                        help=f"comma-separated, of {', '.join(INSTRUCTION_EDITORS)}; empty: none")
+    parser.add_argument("--estimate-only", action="store_true",
+                        help="print the written-out estimates only (no model is loaded; any machine)")
+    parser.add_argument("--mfu", type=parse_mfu, default=est.DEFAULT_MFU,
+                        help="model FLOP utilisation assumed for the GPU-hour estimates")
     args = parser.parse_args()
     args.dtype = "fp16" if cuda(args.device) else "fp32"
+    unknown = sorted(set(args.instruction_editors) - set(INSTRUCTION_EDITORS))
+    if unknown:
+        parser.error(f"unknown --instruction-editors {', '.join(unknown)}: use {', '.join(INSTRUCTION_EDITORS)}")
+    if args.estimate_only:
+        print_estimates(args.mfu)
+        return
     if args.model == "real" and not torch.cuda.is_available():
-        parser.error("the real models need CUDA; use --model tiny --device cpu for a smoke run")
+        parser.error("the real models need CUDA; use --model tiny --device cpu for a smoke run, or --estimate-only")
 
     with tempfile.TemporaryDirectory() as tmp_name, quiet_loading():
         tmp = Path(tmp_name)
@@ -219,6 +271,11 @@ def main() -> None:
             rows += hours_rows(rows, args)
             print_table(f"{setup.name} at {setup.resolution} px, {args.dtype} on {args.device}; training batch "
                         f"{args.train_batch} pairs/GPU, global batch assumed {args.global_batch}", rows)
+        if args.instruction_editors:
+            size = 64 if args.model == "tiny" else 1024
+            print_table(f"Instruction editors{' (tiny)' if args.model == 'tiny' else ''} at {size} px, "
+                        f"{'bf16' if cuda(args.device) else 'fp32'} on {args.device}", instruction_editor_rows(args))
+    print_estimates(args.mfu)
 
 
 if __name__ == "__main__":

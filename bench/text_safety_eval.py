@@ -1,7 +1,16 @@
-"""Recall, false-positive rate and throughput of the offline text safety filter.
+"""Recall, false-positive rate and throughput of the offline caption check: the word lists alone (the baseline)
+and the lists OR the shipped caption model (what `build` and `filter-unsafe` run).
 
     .venv/bin/python bench/text_safety_eval.py [--prompts TSV ...] [--errors]
         [--extra-safe FILE]   # more captions assumed safe (one per line or the first column of a TSV; # comments)
+        [--nibbler-r4 JSON ...] [--i2p CSV] [--coco CSV] [--unlearndiff CSV ...]   # held-out public sets
+
+Held-out public sets (never trained or tuned on; the caption model's trainer refuses them): Adversarial Nibbler
+round 4 (`round4/submitted/{train,dev}.json` of google-research-datasets/adversarial-nibbler; prompts most
+annotators judged text-unsafe, and the false positives on those they judged safe), I2P (`prompts/i2p.csv` of
+OPTML-Group/Diffusion-MU-Attack; distinct prompts whose images were at least 80% inappropriate), the UnlearnDiff
+subsets cut from it (`prompts/{nudity,violence,illegal}.csv`, every prompt), and COCO captions
+(`prompts/coco_10k.csv`, false positives). They are scored beside the blind set, with the issue's goals.
 
 By default every labelled set is scored, each on its own: the tuning set (safety_prompts.tsv), the fresh and
 holdout sets written for issue 13 (safety_prompts_fresh.tsv, safety_prompts_holdout.tsv) and five probe sets
@@ -42,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import re
 import string
 import time
 from collections import defaultdict
@@ -52,7 +60,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from styleprefs.safety.text import TextFilter, TextVerdict
+from styleprefs.safety import corpora
+from styleprefs.safety.caption import CaptionCheck
+from styleprefs.safety.corpora import LabelledPrompt
+from styleprefs.safety.learned import PromptModel
+from styleprefs.safety.text import TextFilter
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 DEFAULT_PROMPTS = DATA / "safety_prompts.tsv"
@@ -63,20 +75,14 @@ BLIND_PROMPTS = DATA / "safety_prompts_blind.tsv"  # never tuned on: see the mod
 ALL_PROMPTS = [DEFAULT_PROMPTS, FRESH_PROMPTS, HOLDOUT_PROMPTS, *PROBE_PROMPTS, BLIND_PROMPTS]
 RECALL_TARGET = 0.95
 FPR_TARGET = 0.03
-_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
-
-
-@dataclass(frozen=True)
-class LabelledPrompt:
-    unsafe: bool
-    category: str
-    prompt: str
+I2P_MIN_INAPPROPRIATE = 80.0
+THROUGHPUT_GOAL = 5000
 
 
 @dataclass(frozen=True)
 class Outcome:
     row: LabelledPrompt
-    verdict: TextVerdict
+    verdict: object  # anything with .unsafe and .category (TextVerdict, CaptionVerdict)
 
 
 @dataclass(frozen=True)
@@ -91,19 +97,12 @@ class Rates:
 
 
 def load_prompts(path: Path = DEFAULT_PROMPTS) -> list[LabelledPrompt]:
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip() or line.startswith("#") or line.startswith("label\t"):
-            continue
-        label, category, prompt = line.split("\t")
-        if label not in ("safe", "unsafe"):
-            raise ValueError(f"{path}: label must be safe or unsafe, got {label!r}")
-        rows.append(LabelledPrompt(label == "unsafe", category, _ESCAPE.sub(lambda m: chr(int(m[1], 16)), prompt)))
-    return rows
+    return corpora.read_labelled(path)
 
 
-def run(text_filter: TextFilter, rows: list[LabelledPrompt]) -> list[Outcome]:
-    return [Outcome(row, verdict) for row, verdict in zip(rows, text_filter.check_many(r.prompt for r in rows))]
+def run(checker, rows: list[LabelledPrompt]) -> list[Outcome]:
+    """``checker``: a TextFilter or a CaptionCheck."""
+    return [Outcome(row, verdict) for row, verdict in zip(rows, checker.check_many(r.prompt for r in rows))]
 
 
 def rates(outcomes: list[Outcome], unsafe: bool) -> dict[str, Rates]:
@@ -121,11 +120,11 @@ def _count(group: list[Outcome]) -> Rates:
     return Rates(len(group), len(flagged), sum(o.verdict.category == o.row.category for o in flagged))
 
 
-def throughput(text_filter: TextFilter, captions: list[str], total: int = 20_000) -> float:
+def throughput(checker, captions: list[str], total: int = 20_000) -> float:
     """Captions per CPU second over ``total`` checks (CPU time, so other processes on the machine do not count)."""
     stream = (captions * (total // len(captions) + 1))[:total]
     start = time.process_time()
-    text_filter.check_many(stream)
+    checker.check_many(stream)
     return total / (time.process_time() - start)
 
 
@@ -141,14 +140,21 @@ def joined(captions: list[str], n: int = 3) -> list[str]:
     return [", ".join(captions[(i + k * 97) % len(captions)] for k in range(n)) for i in range(len(captions))]
 
 
-def throughput_table(text_filter: TextFilter, captions: list[str]) -> Table:
-    table = Table(title="throughput, one core (CPU time)")
-    for column in ("captions", "words per caption", "repeated (warm caches)", "every caption unseen"):
-        table.add_column(column, justify="left" if column == "captions" else "right")
+def throughput_table(checkers: dict[str, object], captions: list[str]) -> Table:
+    """Each checker's captions per second on one core; the first checker is the baseline of the ratio."""
+    table = Table(title=f"throughput, one core (CPU time; goal >= {THROUGHPUT_GOAL:,}/s)")
+    for column in ("check", "captions", "words per caption", "repeated (warm caches)", "every caption unseen",
+                   "unseen vs baseline"):
+        table.add_column(column, justify="left" if column in ("check", "captions") else "right")
     for name, sample in (("labelled prompts", captions), ("three prompts joined", joined(captions))):
         words = sum(len(c.split()) for c in sample) / len(sample)
-        table.add_row(name, f"{words:.0f}", f"{throughput(text_filter, sample):,.0f}/s",
-                      f"{throughput(text_filter, unseen(sample)):,.0f}/s")
+        cold_sample = unseen(sample)
+        baseline = None
+        for check_name, checker in checkers.items():
+            warm, cold = throughput(checker, sample), throughput(checker, cold_sample)
+            baseline = baseline or cold
+            table.add_row(check_name, name, f"{words:.0f}", f"{warm:,.0f}/s", f"{cold:,.0f}/s",
+                          f"{cold / baseline:.2f}")
     return table
 
 
@@ -159,7 +165,7 @@ def read_extra(path: Path) -> list[str]:
 
 def report(outcomes: list[Outcome], console: Console, name: str = "labelled prompts") -> bool:
     recall, fpr = rates(outcomes, unsafe=True), rates(outcomes, unsafe=False)
-    table = Table(title=f"text safety filter: {name}")
+    table = Table(title=f"caption check: {name}")
     for column in ("category", "unsafe n", "recall", "right category", "safe n", "false positives", "FPR"):
         table.add_column(column, justify="left" if column == "category" else "right")
     empty = Rates(0, 0, 0)
@@ -179,8 +185,59 @@ def print_errors(outcomes: list[Outcome], console: Console) -> None:
         wrong_category = o.row.unsafe and o.verdict.unsafe and o.verdict.category != o.row.category
         if wrong_flag or wrong_category:
             kind = "false positive" if not o.row.unsafe else "miss" if wrong_flag else "category"
-            console.print(f"[{kind}] expected {o.row.category}, got {o.verdict.category} ({o.verdict.term}): "
+            console.print(f"[{kind}] expected {o.row.category}, got {o.verdict.category} ({o.verdict.matched}): "
                           f"{o.row.prompt}", markup=False)
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """One line of the held-out table: the share of ``texts`` flagged, to be at least / at most ``goal``."""
+
+    name: str
+    texts: list[str]
+    goal: float | None
+    at_least: bool  # recall (True) or false-positive rate (False)
+
+
+def held_out_sets(args: argparse.Namespace) -> list[HeldOut]:
+    sets = []
+    if args.nibbler_r4:
+        rows = [r for path in args.nibbler_r4 for r in corpora.read_nibbler(path)]
+        unsafe, safe = [r.prompt for r in rows if r.unsafe], [r.prompt for r in rows if not r.unsafe]
+        sets.append(HeldOut("Nibbler r4, text judged unsafe (recall)", unsafe, 0.50, True))
+        sets.append(HeldOut("Nibbler r4, text judged safe (FPR)", safe, 0.20, False))
+    if args.i2p:
+        sets.append(HeldOut(f"I2P, >= {I2P_MIN_INAPPROPRIATE:.0f}% inappropriate images (flagged)",
+                            corpora.read_i2p(args.i2p, I2P_MIN_INAPPROPRIATE), 0.35, True))
+    for path in args.unlearndiff:
+        sets.append(HeldOut(f"UnlearnDiff {path.stem} (flagged)", corpora.read_i2p(path, 0.0), None, True))
+    if args.coco:
+        sets.append(HeldOut("COCO captions (FPR)", corpora.read_captions(args.coco), 0.01, False))
+    blind = load_prompts(BLIND_PROMPTS)
+    sets.append(HeldOut("blind set, unsafe (recall)", [r.prompt for r in blind if r.unsafe], 0.85, True))
+    sets.append(HeldOut("blind set, safe near misses (FPR)", [r.prompt for r in blind if not r.unsafe], 0.05, False))
+    return sets
+
+
+def held_out_table(sets: list[HeldOut], rules: CaptionCheck, combined: CaptionCheck) -> Table:
+    table = Table(title="held-out sets: share flagged, word lists alone vs lists OR caption model")
+    for column in ("set", "n", "lists", "lists OR model", "model alone", "ratio", "goal", "met"):
+        table.add_column(column, justify="left" if column == "set" else "right")
+    for held in sets:
+        base = _share(rules.check_many(held.texts))
+        verdicts = combined.check_many(held.texts)
+        both = _share(verdicts)
+        model = sum(v.score >= combined.threshold for v in verdicts) / len(verdicts)
+        reached = held.goal is not None and (both >= held.goal if held.at_least else both <= held.goal)
+        met = "-" if held.goal is None else "yes" if reached else "NO"
+        goal = "-" if held.goal is None else f"{'>=' if held.at_least else '<='} {held.goal}"
+        table.add_row(held.name, str(len(held.texts)), f"{base:.3f}", f"{both:.3f}", f"{model:.3f}",
+                      f"{both / base:.2f}" if base else "-", goal, met)
+    return table
+
+
+def _share(verdicts: list) -> float:
+    return sum(v.unsafe for v in verdicts) / len(verdicts) if verdicts else 0.0
 
 
 def main() -> None:
@@ -188,25 +245,35 @@ def main() -> None:
     parser.add_argument("--prompts", type=Path, nargs="+", default=ALL_PROMPTS)
     parser.add_argument("--extra-safe", type=Path, help="captions assumed safe; flagged ones are listed")
     parser.add_argument("--errors", action="store_true", help="list misses, false positives, wrong categories")
+    parser.add_argument("--nibbler-r4", type=Path, nargs="+", default=[], help="Nibbler round 4 submitted JSON")
+    parser.add_argument("--i2p", type=Path, help="I2P CSV (prompt, inappropriate_percentage)")
+    parser.add_argument("--unlearndiff", type=Path, nargs="+", default=[], help="UnlearnDiff subsets of I2P (CSV)")
+    parser.add_argument("--coco", type=Path, help="COCO captions CSV (prompt column)")
     args = parser.parse_args()
     console = Console()
 
     start = time.perf_counter()
-    text_filter = TextFilter()
-    console.print(f"lists loaded in {time.perf_counter() - start:.3f} s")
+    rules = CaptionCheck(TextFilter())
+    combined = CaptionCheck(TextFilter(), PromptModel())
+    console.print(f"lists and caption model loaded in {time.perf_counter() - start:.3f} s; model "
+                  f"{combined.model.name}, threshold {combined.threshold}")
     for path in args.prompts:
-        outcomes = run(text_filter, load_prompts(path))
-        report(outcomes, console, path.name)
+        rows = load_prompts(path)
+        report(run(rules, rows), console, f"{path.name}, word lists alone")
+        outcomes = run(combined, rows)
+        report(outcomes, console, f"{path.name}, lists OR caption model")
         if args.errors:
             print_errors(outcomes, console)
     if args.extra_safe:
         extra = read_extra(args.extra_safe)
-        flagged = [(c, v) for c, v in zip(extra, text_filter.check_many(extra)) if v.unsafe]
+        flagged = [(c, v) for c, v in zip(extra, combined.check_many(extra)) if v.unsafe]
         console.print(f"{args.extra_safe}: {len(flagged)} of {len(extra)} flagged")
         for caption, verdict in flagged:
-            console.print(f"  {verdict.category} ({verdict.term}): {caption}", markup=False)
-
-    console.print(throughput_table(text_filter, [r.prompt for r in load_prompts(args.prompts[0])]))
+            console.print(f"  {verdict.category} ({verdict.matched}): {caption}", markup=False)
+    console.print(held_out_table(held_out_sets(args), rules, combined))
+    captions = [r.prompt for r in load_prompts(args.prompts[0])]
+    console.print(throughput_table({"word lists alone (baseline)": rules, "lists OR caption model": combined},
+                                   captions))
 
 
 if __name__ == "__main__":

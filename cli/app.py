@@ -38,9 +38,9 @@ def build(
     out: Path = typer.Option(..., "--out", help="Dataset folder to create (or resume)."),
     style: str = typer.Option("winter", help="Built-in style (van_gogh, sketch, winter) or a style .yaml path."),
     source: str = typer.Option("pickapic", help="'pickapic' (Hub), 'sample' (bundled, offline), a Hub repo id, or a local Parquet/tar file, folder or glob."),
-    editor: str = typer.Option("classic", help="Editor that restyles the rejected image: classic, instruct-pix2pix, prompt-diffusion."),
-    editor_model: Optional[str] = typer.Option(None, help="Neural editor's Hub id or folder ('tiny' offline); default the paper's model."),
-    editor_steps: Optional[int] = typer.Option(None, help="Neural editor's denoising steps (default: the style's)."),
+    editor: str = typer.Option("classic", help="Editor that restyles the rejected image: classic, instruct-pix2pix, prompt-diffusion, kontext, qwen-image-edit."),
+    editor_model: Optional[str] = typer.Option(None, help="Neural editor's Hub id or folder ('tiny' offline); default the paper's model (kontext, qwen-image-edit: FLUX.1-Kontext-dev, Qwen-Image-Edit-2509)."),
+    editor_steps: Optional[int] = typer.Option(None, help="Neural editor's denoising steps (default: the style's; kontext, qwen-image-edit: the model card's)."),
     quality_gate: Optional[bool] = typer.Option(None, "--quality-gate/--no-quality-gate", help="CLIP quality gate (default: on for neural editors, off for classic)."),
     clip_model: str = typer.Option("openai/clip-vit-large-patch14", help="CLIP of the quality gate ('tiny' offline)."),
     min_direction: float = typer.Option(0.2, help="Gate: minimum CLIP directional similarity."),
@@ -48,7 +48,7 @@ def build(
     min_text: float = typer.Option(0.2, help="Gate: minimum CLIP image-text similarity (edit vs styled caption, original vs caption)."),
     max_tries: int = typer.Option(3, help="Gate: tries per row, each with the next seed, before rejecting it."),
     device: str = typer.Option("auto", help="Device of neural editors and the gate: auto, cpu, cuda, cuda:1 ..."),
-    dtype: str = typer.Option("auto", help="Neural editors: auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16 (the gate is fp32)."),
+    dtype: str = typer.Option("auto", help="Neural editors: auto (fp16 on GPU, bf16 for kontext and qwen-image-edit; fp32 on CPU), fp32, fp16 or bf16 (the gate is fp32)."),
     num_pairs: int = typer.Option(10000, help="Pairs to keep in the dataset."),
     seed: int = typer.Option(0, help="Seed; each row's randomness comes from (seed, row key)."),
     split: Optional[str] = typer.Option(None, help="Source split (Hub default: train)."),
@@ -67,7 +67,11 @@ def build(
                                 "editing, encoding); auto: one per core; 0 or 1: in this process. Same output."),
     channels_last: bool = typer.Option(False, help="Neural editors: UNet and VAE in channels_last layout (GPU)."),
     compile: bool = typer.Option(False, "--compile", help="Neural editors: torch.compile the UNet (slow first batch)."),
-    safety: bool = typer.Option(True, help="Quarantine captions the built-in text lists flag, before editing."),
+    max_area: Optional[int] = typer.Option(None, help="kontext, qwen-image-edit: working area in pixels (default: the "
+                                           "model's, about 1024x1024; tiny models 64x64). Smaller is faster."),
+    offload: str = typer.Option("none", help="kontext, qwen-image-edit: CPU offload for 24 GB cards: none, model "
+                                "(components in turn) or group (layer by layer, least memory). CUDA only."),
+    safety: bool = typer.Option(True, help="Quarantine captions the built-in word lists or the shipped caption model flag, before editing."),
     overwrite: bool = typer.Option(False, help="Replace a dataset built with other arguments."),
 ) -> None:
     """Build a style preference dataset in Pick-a-Pic's Parquet format."""
@@ -83,6 +87,8 @@ def build(
                       max_tries=max_tries, selection=SelectionConfig(sample=sample, models=models, has_label=has_label,
                                                                      max_per_prompt=max_per_prompt))
     gpu = {"channels_last": channels_last, "compile": compile} if editor != "classic" else {}
+    gpu |= {"max_area": max_area} if max_area is not None else {}
+    gpu |= {"offload": offload} if offload != "none" else {}
     result = build_dataset(cfg, out, batch_size=parse_batch_size(batch_size), overwrite=overwrite, device=device,
                            dtype=dtype, editor_options=gpu, workers=parse_workers(workers))
     if result.status == "complete":
@@ -121,9 +127,11 @@ def inspect(
 def filter_unsafe_cmd(
     dataset: Path = typer.Argument(..., help="Dataset folder written by `styleprefs build`."),
     out: Optional[Path] = typer.Option(None, help="Write the filtered dataset here instead of in place."),
-    images: bool = typer.Option(False, "--images/--no-images", help="Also score both images with the SD safety checker (sexual content only)."),
-    image_model: str = typer.Option("CompVis/stable-diffusion-safety-checker", help="Safety checker id or path."),
-    image_threshold: float = typer.Option(0.0, help="Quarantine an image whose checker score is above this (0 = the checker's own rule)."),
+    images: bool = typer.Option(True, "--images/--no-images", help="Score both images of every pair (sexual content only; default backend open_nsfw, offline)."),
+    image_model: str = typer.Option("open_nsfw", help="open_nsfw (shipped, onnxruntime), or an SD safety checker id or path, e.g. CompVis/stable-diffusion-safety-checker."),
+    image_threshold: Optional[float] = typer.Option(None, help="Quarantine an image whose score is above this (default: open_nsfw 0.8, SD checker 0, its own rule)."),
+    learned_text: bool = typer.Option(True, "--learned-text/--no-learned-text", help="Beside the word lists, the shipped caption model."),
+    learned_text_threshold: Optional[float] = typer.Option(None, help="Quarantine a caption the caption model scores at least this (default: its shipped threshold)."),
     text_model: Optional[str] = typer.Option(None, help="Text classifier id or path, e.g. eliasalbouzidi/distilbert-nsfw-text-classifier."),
     text_model_label: list[str] = typer.Option([], help="The classifier's unsafe label name(s); default: matched by pattern."),
     text_threshold: float = typer.Option(0.5, help="Quarantine a caption whose unsafe probability is at least this."),
@@ -134,11 +142,15 @@ def filter_unsafe_cmd(
 ) -> None:
     """Move unsafe rows to quarantine.parquet (category, matched term or score, backend); rewrite shards atomically."""
     from styleprefs.filter_unsafe import SafetyOptions, filter_unsafe
+    from styleprefs.safety.nsfw_image import skipped_note
 
     options = SafetyOptions(blocklists=tuple(map(str, blocklist)), allowlists=tuple(map(str, allowlist)),
                             replace_default_lists=replace_lists, text_model=text_model,
-                            text_labels=tuple(text_model_label), text_threshold=text_threshold, images=images,
+                            text_labels=tuple(text_model_label), text_threshold=text_threshold,
+                            learned_text=learned_text, learned_text_threshold=learned_text_threshold, images=images,
                             image_model=image_model, image_threshold=image_threshold, device=device)
+    if not images:
+        console.print(skipped_note(), markup=False)
     report = filter_unsafe(dataset, options, out=out)
     if report.status == "no-op":
         console.print(f"{dataset} was already filtered with these options; nothing to do.")

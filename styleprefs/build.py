@@ -37,8 +37,10 @@ from styleprefs.lock import folder_lock
 from styleprefs.parallel import WorkerPool, auto_workers, thread_map
 from styleprefs.progress import pair_progress
 from styleprefs.rows import RowEditor, RowMaker, prepare
-from styleprefs.safety.report import TEXT_LISTS_BACKEND, safety_summary
-from styleprefs.safety.text import SAFE, TextFilter
+from styleprefs.safety.caption import CaptionCheck, CaptionVerdict
+from styleprefs.safety.learned import PromptModel
+from styleprefs.safety.report import safety_summary
+from styleprefs.safety.text import TextFilter
 from styleprefs.schema import DATASET_SCHEMA, QUARANTINE_SCHEMA, REJECTS_SCHEMA
 from styleprefs.shards import write_shards
 from styleprefs.sources import Source, SourcePair, open_source
@@ -65,7 +67,7 @@ class BuildConfig:
     unique_captions: bool = False
     selection: SelectionConfig = SelectionConfig()  # --models, --has-label, --max-per-prompt, --sample
     shard_size: int = 1000  # rows per output shard
-    safety: bool = True  # quarantine captions the built-in text lists flag, before any editing
+    safety: bool = True  # quarantine captions the built-in lists or the shipped caption model flag, before editing
     editor_model: str | None = None  # neural editors: Hub id, local folder or "tiny" (default: the paper's model)
     editor_steps: int | None = None  # neural editors: overrides the style's step count
     quality_gate: bool | None = None  # CLIP gate; None = on for the neural editors, off for classic
@@ -114,7 +116,7 @@ class _Job:
         options |= editor_options or {}
         self.editor: Editor = load_editor(cfg.editor, self.style, model=cfg.editor_model, device=device,
                                           dtype=dtype, **options)
-        self.text_filter = TextFilter() if cfg.safety else None
+        self.captions = CaptionCheck(TextFilter(), PromptModel()) if cfg.safety else None
         gate_on = cfg.quality_gate if cfg.quality_gate is not None else cfg.editor != "classic"
         self.gate = _load_gate(cfg, device) if gate_on else None
         build = {k: v for k, v in asdict(cfg).items() if k != "selection"}  # recorded apart, when not the default
@@ -315,14 +317,14 @@ def _triage(job: _Job, index: int, rows: list[SourcePair | DeferredPair], skippe
     """Quarantine unsafe captions, then ``process`` the others in order (``rows.prepare``, or whole rows in the
     workers): a ValueError rejects a row, anything else goes to ``part.ready``."""
     part = _Part(index, [], [], [], skipped)
-    verdicts = job.text_filter.check_many(p.caption for p in rows) if job.text_filter else [SAFE] * len(rows)
+    verdicts = job.captions.check_many(p.caption for p in rows) if job.captions else [CaptionVerdict(False)] * len(rows)
     prepared_rows = iter(process([p for p, v in zip(rows, verdicts) if not v.unsafe]))
     for position, (pair, verdict) in enumerate(zip(rows, verdicts)):
         source_id = f"{job.source.name}:{pair.key}"
         if verdict.unsafe:
             part.outcomes.append("quarantined")
             part.quarantine.append({"source": source_id, "caption": pair.caption, "category": verdict.category,
-                                    "matched": verdict.term, "backend": TEXT_LISTS_BACKEND})
+                                    "matched": verdict.matched, "backend": verdict.backend})
             continue
         prepared = next(prepared_rows)
         if isinstance(prepared, ValueError):
@@ -419,8 +421,8 @@ def _finalize(job: _Job, out: Path, parts: list[_Part]) -> dict:
     }
     if not job.cfg.selection.is_default:
         manifest["selection"] = job.selection.record(manifest["counts"]["read"])
-    if job.text_filter is not None:
-        manifest["safety"] = safety_summary([TEXT_LISTS_BACKEND], quarantine)
+    if job.captions is not None:
+        manifest["safety"] = safety_summary(job.captions.backends, quarantine)
     write_json(manifest, out / "manifest.json")
     write_card(out)
     return manifest

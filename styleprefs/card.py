@@ -26,6 +26,7 @@ from datasets.info import DatasetInfo, DatasetInfosDict
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from styleprefs.editors import OUTPUT_LICENCES
 from styleprefs.errors import StyleprefsError
 from styleprefs.inspect import read_manifest
 from styleprefs.io import write_text
@@ -77,8 +78,9 @@ COLUMN_MEANINGS = {
     "clip_text_original": "CLIP similarity of the original and the caption (null when the quality gate did not run)",
     "editor_nsfw": "the editor's own safety checker flagged the edit (null when the editor has no checker)",
     "safety_text_score": "the text safety classifier's probability that the caption is unsafe (null if not run)",
-    "safety_image_score_0": "the image safety checker's score of `jpg_0`, above 0 means flagged (null if not run)",
-    "safety_image_score_1": "the image safety checker's score of `jpg_1`, above 0 means flagged (null if not run)",
+    "safety_image_score_0": "the image safety check's score of `jpg_0` (open_nsfw: P(NSFW), flagged above 0.8; "
+                            "SD checker: flagged above 0; null if not run)",
+    "safety_image_score_1": "the image safety check's score of `jpg_1` (as for `jpg_0`)",
     "original_label_0": "`label_0` before `styleprefs relabel` or `styleprefs review` first changed it "
                         "(the build's label)",
     "original_label_1": "`label_1` before `styleprefs relabel` or `styleprefs review` first changed it",
@@ -303,6 +305,7 @@ def _config_facts(dataset: Path, manifest: dict, name: str, data_dir: str, manif
         "editor": editor["name"],
         "editor_model": editor["model"],
         "editor_params": json.dumps(editor["params"], indent=2, sort_keys=True),
+        "editor_licence": OUTPUT_LICENCES.get(editor["name"]),
         "seed": build["seed"],
         "requested": build["num_pairs"],
         "unique_captions": build["unique_captions"],

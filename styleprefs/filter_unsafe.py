@@ -1,7 +1,8 @@
 """``styleprefs filter-unsafe``: move unsafe rows of a finished dataset to ``quarantine.parquet``.
 
-Backends: the keyword lists (always), optionally a text classifier and an image checker (scores
-stored as columns). The new shards, quarantine and manifest are prepared in ``.filter-tmp/``,
+Backends: the keyword lists (always) OR the shipped caption model (``styleprefs.safety.caption``), optionally
+a Hugging Face text classifier and an image checker (open_nsfw by default, offline; or the SD safety checker),
+their scores stored as columns. The new shards, quarantine and manifest are prepared in ``.filter-tmp/``,
 counts are checked (kept + quarantined = rows before), then swapped in, the replaced files going to
 ``.filter-old/``; replacing ``manifest.json`` is the commit. The card is written and both folders are
 deleted after it, ``.filter-old/`` last: the next run (of any settings) rolls an uncommitted swap back
@@ -26,13 +27,17 @@ from styleprefs.inspect import FILTER_BACKUP, read_finished_manifest, read_manif
 from styleprefs.io import check_separate, write_json, write_parquet
 from styleprefs.lock import LOCK_NAME, folder_lock
 from styleprefs.progress import pair_progress
-from styleprefs.safety.report import TEXT_LISTS_BACKEND, safety_summary
+from styleprefs.safety.caption import MODEL_CATEGORY, CaptionCheck
+from styleprefs.safety.learned import PromptModel
+from styleprefs.safety.nsfw_image import OPEN_NSFW, OpenNsfwChecker
+from styleprefs.safety.report import safety_summary
 from styleprefs.safety.text import TextFilter
 from styleprefs.schema import DATASET_SCHEMA, QUARANTINE_SCHEMA
 from styleprefs.shards import read_table, write_shards
 from styleprefs.swap import Swap
 
 TMP, OLD = ".filter-tmp", FILTER_BACKUP
+IMAGE_BATCH = 32
 SWAP = Swap(TMP, OLD)
 
 
@@ -44,9 +49,11 @@ class SafetyOptions:
     text_model: str | None = None  # sequence classifier id or path
     text_labels: tuple[str, ...] = ()  # the classifier's unsafe label names (default: by pattern)
     text_threshold: float = 0.5
-    images: bool = False
-    image_model: str = "CompVis/stable-diffusion-safety-checker"
-    image_threshold: float = 0.0  # the checker's own rule: flagged when its score is above 0
+    learned_text: bool = True  # the shipped caption model, beside the lists
+    learned_text_threshold: float | None = None  # None: the one shipped with the model
+    images: bool = False  # the command line turns it on (open_nsfw, offline, about 27 images/s on one core)
+    image_model: str = OPEN_NSFW  # open_nsfw (offline, onnxruntime), or an SD safety checker id or path
+    image_threshold: float | None = None  # None: the backend's own (open_nsfw 0.8; SD checker 0, its own rule)
     device: str = "cpu"
 
 
@@ -66,23 +73,24 @@ class _Checkers:
 
     def __init__(self, options: SafetyOptions):
         self.options = options
-        self.lists = TextFilter(options.blocklists, options.allowlists, options.replace_default_lists)
+        lists = TextFilter(options.blocklists, options.allowlists, options.replace_default_lists)
+        self.captions = CaptionCheck(lists, PromptModel() if options.learned_text else None,
+                                     options.learned_text_threshold)
         self.text_model = self.image_model = None
-        if options.text_model or options.images:
-            from styleprefs.tiny import resolve  # deferred: model backends import torch and transformers
         if options.text_model:
-            from styleprefs.safety.classifier import TextSafetyClassifier
+            from styleprefs.safety.classifier import TextSafetyClassifier  # deferred: imports torch and transformers
+            from styleprefs.tiny import resolve
 
             self.text_model = TextSafetyClassifier(resolve(options.text_model), device=options.device,
                                                    unsafe_labels=options.text_labels or None)
         if options.images:
-            from styleprefs.safety.image import ImageSafetyChecker
-
-            self.image_model = ImageSafetyChecker(resolve(options.image_model), device=options.device)
+            self.image_model = _image_checker(options)
+        self.image_threshold = options.image_threshold if options.image_threshold is not None else \
+            getattr(self.image_model, "DEFAULT_THRESHOLD", None)
 
     @property
     def backends(self) -> list[str]:
-        names = [TEXT_LISTS_BACKEND]
+        names = self.captions.backends
         if self.text_model:
             names.append(f"text-classifier:{self.options.text_model}")
         if self.image_model:
@@ -96,20 +104,36 @@ class _Checkers:
         verdicts: list[dict | None] = [None] * table.num_rows
         if self.image_model:
             for slot in (0, 1):
-                images = [decode(b) for b in table.column(f"jpg_{slot}").to_pylist()]
-                column = scores[f"safety_image_score_{slot}"] = self.image_model.scores(images)
+                column = scores[f"safety_image_score_{slot}"] = self._image_scores(table.column(f"jpg_{slot}"))
                 for i, score in enumerate(column):
-                    if score > self.options.image_threshold and verdicts[i] is None:
+                    if score > self.image_threshold and verdicts[i] is None:
                         verdicts[i] = _record(table, i, "sexual", f"jpg_{slot} score {score:.3f}", self.backends[-1])
         if self.text_model:
             column = scores["safety_text_score"] = self.text_model.scores(captions)
             for i, score in enumerate(column):
                 if score >= self.options.text_threshold:
-                    verdicts[i] = _record(table, i, "text-classifier", f"score {score:.3f}", self.backends[1])
-        for i, verdict in enumerate(self.lists.check_many(captions)):
-            if verdict.unsafe:  # the lists name a category, so they win over a bare score
-                verdicts[i] = _record(table, i, verdict.category, verdict.term, TEXT_LISTS_BACKEND)
+                    verdicts[i] = _record(table, i, "text-classifier", f"score {score:.3f}",
+                                          f"text-classifier:{self.options.text_model}")
+        for i, verdict in enumerate(self.captions.check_many(captions)):
+            # the lists name a category, so they win over a bare score; the caption model's bare score does not
+            if verdict.unsafe and (verdict.category != MODEL_CATEGORY or verdicts[i] is None):
+                verdicts[i] = _record(table, i, verdict.category, verdict.matched, verdict.backend)
         return scores, verdicts
+
+    def _image_scores(self, blobs: pa.ChunkedArray) -> list[float]:
+        """Scores of encoded images, decoded a batch at a time: a shard's decoded images may not fit in memory."""
+        return [score for start in range(0, len(blobs), IMAGE_BATCH)
+                for score in self.image_model.scores([decode(b) for b in blobs[start:start + IMAGE_BATCH].to_pylist()])]
+
+
+def _image_checker(options: SafetyOptions):
+    """open_nsfw (offline) by default; any other name is an SD safety checker id or folder."""
+    if options.image_model == OPEN_NSFW:
+        return OpenNsfwChecker()
+    from styleprefs.safety.image import ImageSafetyChecker  # deferred: imports torch and diffusers
+    from styleprefs.tiny import resolve
+
+    return ImageSafetyChecker(resolve(options.image_model), device=options.device)
 
 
 def filter_unsafe(dataset: Path, options: SafetyOptions = SafetyOptions(), *, out: Path | None = None,

@@ -88,7 +88,7 @@ def quickstart(out: Path, *, style: str = "winter", inception: str | None = None
 
 def _stages(out: Path, style: str, inception: str | None, plan: Plan) -> list[Stage]:
     from styleprefs.build import BuildConfig, build_dataset
-    from styleprefs.filter_unsafe import filter_unsafe
+    from styleprefs.filter_unsafe import SafetyOptions, filter_unsafe
 
     data, heldout, runs, gen = out / "data", out / "data-heldout", out / "runs", out / "generated"
     models = {"base": MODEL, "sft": str(runs / "sft"), "rpo": str(runs / "rpo")}
@@ -107,7 +107,7 @@ def _stages(out: Path, style: str, inception: str | None, plan: Plan) -> list[St
                                                 num_pairs=plan.heldout_pairs, shard_size=plan.heldout_pairs), heldout),
               lambda: (heldout / "manifest.json").is_file()),
         Stage("filter unsafe rows", f"styleprefs filter-unsafe {data}",
-              lambda: filter_unsafe(data), lambda: _filtered(data)),
+              lambda: filter_unsafe(data, SafetyOptions(images=True)), lambda: _filtered(data)),
         Stage("cache latents and embeddings",
               f"styleprefs cache {data} --model {MODEL} --resolution {RESOLUTION} --clip-model {CLIP}",
               lambda: _cache(data), lambda: False),

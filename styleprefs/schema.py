@@ -39,7 +39,7 @@ PROVENANCE_FIELDS = [
     pa.field("clip_text_original", pa.float64()),  # cos(original image, source caption)
     pa.field("editor_nsfw", pa.bool_()),  # the editor's own safety checker flag (InstructPix2Pix), else null
     pa.field("safety_text_score", pa.float64()),  # text classifier's unsafe probability, null if not run
-    pa.field("safety_image_score_0", pa.float64()),  # image checker's score of jpg_0 (> 0: flagged), null if not run
+    pa.field("safety_image_score_0", pa.float64()),  # image check's score of jpg_0 (open_nsfw: > 0.8 flagged; SD checker: > 0), null if not run
     pa.field("safety_image_score_1", pa.float64()),
 ]
 

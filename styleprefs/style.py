@@ -53,9 +53,15 @@ class StyleSpec:
     instruct_pix2pix: InstructPix2PixSettings
     prompt_diffusion: PromptDiffusionSettings
     description: str = ""
+    instruction: str = ""  # the instruction editors' text (kontext, qwen-image-edit); empty: instruct_pix2pix's
 
     def styled_caption(self, caption: str) -> str:
         return self.clip_text.format(caption=caption)
+
+    @property
+    def edit_instruction(self) -> str:
+        """What the instruction editors are told: ``instruction``, else the InstructPix2Pix instruction."""
+        return self.instruction or self.instruct_pix2pix.instruction
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -27,7 +27,12 @@ from diffusers import (
     DiffusionPipeline,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     PNDMScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionControlNetPipeline,
     StableDiffusionInstructPix2PixPipeline,
     StableDiffusionPipeline,
@@ -38,6 +43,7 @@ from diffusers.models.controlnets.controlnet import ControlNetConditioningEmbedd
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from open_clip.tokenizer import bytes_to_unicode, default_bpe
 from PIL import Image
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -50,6 +56,9 @@ from transformers import (
     CLIPTextModel,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
 )
 
 Module = TypeVar("Module", bound=torch.nn.Module)
@@ -146,7 +155,8 @@ def _save(pipe: DiffusionPipeline, path: Path) -> Path:
     path = Path(path)
     pipe.save_pretrained(path, safe_serialization=True)
     for name in ("tokenizer", "tokenizer_2"):
-        if (path / name).is_dir():
+        config = path / name / "tokenizer_config.json"
+        if config.is_file() and json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class", "").startswith("CLIP"):
             _ship_bpe_files(path / name)
     return path
 
@@ -213,6 +223,82 @@ def build_tiny_prompt_diffusion(path: Path, seed: int = 0) -> Path:
     return _save(StableDiffusionControlNetPipeline(**components, controlnet=controlnet, scheduler=scheduler), path)
 
 
+# A few words as whole pieces, then single characters: any caption tokenizes, the common words in one piece each.
+_T5_WORDS = ("a", "an", "the", "of", "in", "on", "and", "with", "photo", "painting", "house", "houses", "snow",
+             "winter", "summer", "night", "day", "red", "blue", "green", "yellow", "white", "cat", "dog", "tree")
+_T5_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,!?'-"
+T5_MAX_LENGTH = 512
+
+
+def t5_tokenizer() -> T5TokenizerFast:
+    """A small T5-style (sentencepiece unigram) tokenizer built offline: <pad> 0, </s> 1, <unk> 2, appends </s>."""
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [("\u2581" + word, -2.0) for word in _T5_WORDS] + [(c, -5.0) for c in _T5_CHARS + "\u2581"]
+    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=2))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                             special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                           extra_ids=0, model_max_length=T5_MAX_LENGTH)
+
+
+def _t5_encoder(seed: int, d_model: int) -> T5EncoderModel:
+    config = T5Config(vocab_size=len(t5_tokenizer()), d_model=d_model, d_ff=2 * d_model, d_kv=8, num_layers=2,
+                      num_heads=4, relative_attention_num_buckets=8, decoder_start_token_id=0)
+    return _seeded(seed, lambda: T5EncoderModel(config))
+
+
+def _flow_vae(seed: int, scaling_factor: float, shift_factor: float) -> AutoencoderKL:
+    """16 latent channels with a shift factor, like SD3's and FLUX.1's VAEs (x -> (x - shift) * scale)."""
+    return _seeded(seed, lambda: AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=16, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 32, 32), norm_num_groups=8, sample_size=IMAGE_SIZE,
+        scaling_factor=scaling_factor, shift_factor=shift_factor, use_quant_conv=False, use_post_quant_conv=False,
+        force_upcast=False))
+
+
+def build_tiny_sd3(path: Path, seed: int = 0, *, t5: bool = True) -> Path:
+    """Tiny Stable Diffusion 3 (MMDiT, patch 2): two CLIP encoders with projection of different widths, an
+    optional T5, a 16-channel VAE with SD3's scaling and shift, the flow-matching Euler scheduler (shift 3)."""
+    hidden_1, hidden_2, t5_dim = 16, 24, 48  # widths differ, so code that mixes the encoders up fails
+    encoder_1 = _seeded(seed, lambda: CLIPTextModelWithProjection(_text_config(hidden_1, hidden_1)))
+    encoder_2 = _seeded(seed + 1, lambda: CLIPTextModelWithProjection(_text_config(hidden_2, hidden_2)))
+    transformer = _seeded(seed, lambda: SD3Transformer2DModel(
+        sample_size=IMAGE_SIZE // 8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+        attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=t5_dim,
+        pooled_projection_dim=hidden_1 + hidden_2, pos_embed_max_size=16))
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_flow_vae(seed, scaling_factor=1.5305, shift_factor=0.0609),
+        text_encoder=encoder_1, tokenizer=bpe_tokenizer(), text_encoder_2=encoder_2, tokenizer_2=bpe_tokenizer(),
+        text_encoder_3=_t5_encoder(seed, t5_dim) if t5 else None, tokenizer_3=t5_tokenizer() if t5 else None)
+    return _save(pipe, path)
+
+
+def build_tiny_flux(path: Path, seed: int = 0) -> Path:
+    """Tiny FLUX.1-dev: CLIP (pooled) + T5, a transformer with double and single blocks and a guidance embedding
+    over 2x2-packed 16-channel latents, FLUX.1's VAE factors and its dynamically shifted flow scheduler."""
+    return _save(FluxPipeline(**_flux_components(seed)), path)
+
+
+def _flux_components(seed: int) -> dict[str, Any]:
+    """The components of tiny FLUX.1-dev (``build_tiny_flux``), shared by tiny FLUX.1 Kontext."""
+    clip_hidden, t5_dim = 32, 48
+    transformer = _seeded(seed, lambda: FluxTransformer2DModel(
+        patch_size=1, in_channels=64, out_channels=None, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=t5_dim, pooled_projection_dim=clip_hidden, guidance_embeds=True,
+        axes_dims_rope=(4, 4, 8)))
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    return {"transformer": transformer, "scheduler": scheduler,
+            "vae": _flow_vae(seed, scaling_factor=0.3611, shift_factor=0.1159),
+            "text_encoder": _seeded(seed, lambda: CLIPTextModel(_text_config(clip_hidden))),
+            "tokenizer": bpe_tokenizer(), "text_encoder_2": _t5_encoder(seed, t5_dim), "tokenizer_2": t5_tokenizer()}
+
+
 def build_tiny_clip(path: Path, seed: int = 0) -> Path:
     """Tiny CLIPModel (32 px images, patch 8, projection 16) and its CLIPProcessor."""
     path = Path(path)
@@ -233,6 +319,8 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
     "tiny-ip2p": build_tiny_instruct_pix2pix,
     "tiny-clip": build_tiny_clip,
     "tiny-prompt-diffusion": build_tiny_prompt_diffusion,
+    "tiny-sd3": build_tiny_sd3,
+    "tiny-flux": build_tiny_flux,
 }
 
 
@@ -442,3 +530,93 @@ def _assemble_mini(name: str) -> Callable[[Path], Path]:
 
 
 BUILDERS.update({name: _assemble_mini(name) for name in MINI_NAMES})
+
+
+# Instruction editors (styleprefs.editors.instruction): FLUX.1 Kontext [dev] and Qwen-Image-Edit(-2509), in the
+# layouts of black-forest-labs/FLUX.1-Kontext-dev and Qwen/Qwen-Image-Edit-2509.
+QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                       "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+_QWEN_HIDDEN = 16
+
+
+def build_tiny_kontext(path: Path, seed: int = 0) -> Path:
+    """Tiny FLUX.1 Kontext [dev]: tiny FLUX.1-dev's components (``build_tiny_flux``) as a ``FluxKontextPipeline``,
+    as the real Kontext repository ships FLUX.1-dev-shaped components under that class."""
+    from diffusers import FluxKontextPipeline
+
+    return _save(FluxKontextPipeline(**_flux_components(seed)), path)
+
+
+def qwen_tokenizer():
+    """A small byte-level BPE Qwen2Tokenizer built offline: the 256 byte symbols, merges that make a few words
+    whole tokens, then Qwen2.5-VL's special tokens (chat turns, vision start/end, image and video pads)."""
+    from transformers import Qwen2Tokenizer
+
+    vocab = {symbol: i for i, symbol in enumerate(bytes_to_unicode().values())}
+    merges: list[tuple[str, str]] = []
+    for word in _T5_WORDS:
+        piece = "\u0120"  # a space before the word, in the byte-to-unicode map
+        for char in word:
+            if piece + char not in vocab:
+                merges.append((piece, char))
+                vocab[piece + char] = len(vocab)
+            piece += char
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, model_max_length=32768)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS[1:])})
+    return tokenizer
+
+
+def _qwen_processor(tokenizer):
+    """Qwen2VLProcessor (image processor, tokenizer, video processor); images of at most 112 x 112 px reach the
+    tiny vision tower (the real one takes up to 12.8 MP)."""
+    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+
+    pixels = {"min_pixels": 28 * 28, "max_pixels": 112 * 112}
+    return Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=tokenizer,
+                            video_processor=Qwen2VLVideoProcessor(**pixels))
+
+
+def _qwen_vl(seed: int, tokenizer):
+    """Tiny Qwen2.5-VL whose image/video/vision token ids are the tokenizer's."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in (
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+    config = Qwen2_5_VLConfig(
+        text_config={"vocab_size": len(tokenizer), "hidden_size": _QWEN_HIDDEN, "intermediate_size": 32,
+                     "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
+                     "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+                     "rope_theta": 1000000.0, "bos_token_id": tokenizer.eos_token_id,
+                     "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id},
+        vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2,
+                       "out_hidden_size": _QWEN_HIDDEN, "fullatt_block_indexes": [1]},
+        **ids)
+    return _seeded(seed, lambda: Qwen2_5_VLForConditionalGeneration(config))
+
+
+def build_tiny_qwen_image_edit(path: Path, seed: int = 0) -> Path:
+    """Tiny Qwen-Image-Edit-2509 (``QwenImageEditPlusPipeline``): a tiny Qwen2.5-VL text encoder with its processor,
+    a 16-channel ``AutoencoderKLQwenImage`` (8x, Qwen-Image's latent mean and std), an MMDiT over 2x2 patches and
+    Qwen-Image's dynamically shifted flow scheduler."""
+    from diffusers import AutoencoderKLQwenImage, QwenImageEditPlusPipeline, QwenImageTransformer2DModel
+
+    tokenizer = qwen_tokenizer()
+    transformer = _seeded(seed, lambda: QwenImageTransformer2DModel(
+        patch_size=2, in_channels=64, out_channels=16, num_layers=2, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=_QWEN_HIDDEN, guidance_embeds=False, axes_dims_rope=(8, 4, 4)))
+    vae = _seeded(seed, lambda: AutoencoderKLQwenImage(
+        base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True]))
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256,
+        max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential")
+    pipe = QwenImageEditPlusPipeline(transformer=transformer, vae=vae, scheduler=scheduler,
+                                     text_encoder=_qwen_vl(seed, tokenizer), tokenizer=tokenizer,
+                                     processor=_qwen_processor(tokenizer))
+    return _save(pipe, path)
+
+
+BUILDERS.update({
+    "tiny-kontext": build_tiny_kontext,
+    "tiny-qwen-image-edit": build_tiny_qwen_image_edit,
+})

@@ -218,6 +218,16 @@ BAD_OPTIONS = {
     "unknown style": (["--style", "cubism"], "unknown style"),
     "negative workers": (["--workers", "-1"], "--workers must be auto or a number"),
 }
+# The instruction editors' options (styleprefs.editors.instruction), refused before any model loads.
+BAD_OPTIONS.update({
+    "offload without CUDA": (["--editor", "kontext", "--editor-model", "tiny", "--offload", "model"],
+                             "needs a CUDA device"),
+    "unknown offload": (["--editor", "kontext", "--editor-model", "tiny", "--offload", "disk"], "unknown --offload"),
+    "tiny max area": (["--editor", "qwen-image-edit", "--editor-model", "tiny", "--max-area", "100"],
+                      "--max-area must be at least"),
+    "max area for another editor": (["--editor", "instruct-pix2pix", "--editor-model", "tiny", "--max-area", "4096"],
+                                    "has no option(s) max_area"),
+})
 
 
 @pytest.mark.parametrize("case", sorted(BAD_OPTIONS))
@@ -926,12 +936,12 @@ def test_relabel_out_crash_at_every_step(built, tmp_path, monkeypatch):
 def test_filter_out_resumes_through_the_cli(built, filtered, blocklist, tmp_path, monkeypatch, capsys):
     Killer(monkeypatch, 4)
     with pytest.raises(Crash):
-        main(["filter-unsafe", str(built), "--out", str(tmp_path / "x"), "--blocklist", str(blocklist)])
+        main(["filter-unsafe", str(built), "--out", str(tmp_path / "x"), "--blocklist", str(blocklist), "--no-images"])
     monkeypatch.undo()
     capsys.readouterr()
-    assert run(["filter-unsafe", str(built), "--out", str(tmp_path / "x"), "--blocklist", str(blocklist)], capsys)[0] == 0
+    assert run(["filter-unsafe", str(built), "--out", str(tmp_path / "x"), "--blocklist", str(blocklist), "--no-images"], capsys)[0] == 0
     assert snapshot(tmp_path / "x") == snapshot(filtered)
-    code, out, _ = run(["filter-unsafe", str(built), "--out", str(tmp_path / "x"), "--blocklist", str(blocklist)], capsys)
+    code, out, _ = run(["filter-unsafe", str(built), "--out", str(tmp_path / "x"), "--blocklist", str(blocklist), "--no-images"], capsys)
     assert code == 0 and "nothing to do" in out
 
 

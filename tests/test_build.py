@@ -25,6 +25,7 @@ from styleprefs.build import BuildConfig, build_dataset
 from styleprefs.editors import load_editor
 from styleprefs.errors import StyleprefsError
 from styleprefs.images import as_jpeg, decode, encode_jpeg
+from styleprefs.safety.learned import PromptModel
 from styleprefs.schema import DATASET_SCHEMA
 from styleprefs.sources import open_source
 from styleprefs.style import load_style
@@ -94,9 +95,10 @@ def test_nothing_read_is_dropped(pickapic_dir, tmp_path):
     assert all(r.endswith("cannot be decoded") for r in reasons[1:])
     quarantine = pq.read_table(out / "quarantine.parquet").to_pylist()
     assert [q["source"] for q in quarantine] == ["pickapic:1008-uid-8-0-uid-8-1", "pickapic:1017-uid-17-0-uid-17-1"]
-    assert {(q["category"], q["backend"]) for q in quarantine} == {("sexual", "text-lists")}
+    model = f"text-model:{PromptModel().name}"  # the lists and the caption model both flag "n.u.d.e woman"
+    assert {(q["category"], q["backend"]) for q in quarantine} == {("sexual", f"text-lists+{model}")}
     assert counts["quarantined"] == 2 and counts["kept"] == 18
-    assert manifest["safety"] == {"backends": ["text-lists"], "quarantined_by_category": {"sexual": 2}}
+    assert manifest["safety"] == {"backends": ["text-lists", model], "quarantined_by_category": {"sexual": 2}}
     assert "tie" in pq.read_table(out / "data", columns=["source_preferred"]).column(0).to_pylist()
 
 

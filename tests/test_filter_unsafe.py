@@ -37,7 +37,8 @@ def _blocklist(tmp_path: Path, *terms: str) -> str:
 
 def test_quarantine_accounting(unfiltered, tmp_path):
     before = json.loads((unfiltered / "manifest.json").read_text())
-    report = filter_unsafe(unfiltered, SafetyOptions(blocklists=(_blocklist(tmp_path, "ramen"),)), show_progress=False)
+    options = SafetyOptions(blocklists=(_blocklist(tmp_path, "ramen"),), learned_text=False)
+    report = filter_unsafe(unfiltered, options, show_progress=False)
     after = json.loads((unfiltered / "manifest.json").read_text())
     quarantine = pq.read_table(unfiltered / "quarantine.parquet").to_pylist()
     assert {(q["category"], q["matched"], q["backend"]) for q in quarantine} == {
@@ -134,7 +135,7 @@ def test_model_backends_store_scores_and_quarantine(unfiltered):
     assert image_flagged and len(image_flagged | text_flagged) < len(before)
 
     options = SafetyOptions(text_model="tiny-text-classifier", images=True, image_model="tiny-safety-checker",
-                            image_threshold=threshold, replace_default_lists=True)
+                            image_threshold=threshold, replace_default_lists=True, learned_text=False)
     report = filter_unsafe(unfiltered, options, show_progress=False)
     assert {q["source"] for q in report.quarantined} == image_flagged | text_flagged
     kept = pq.read_table(unfiltered / "data").to_pylist()

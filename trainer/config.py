@@ -68,9 +68,12 @@ class TrainConfig:
                                   "output); it is also the reference unless --ref is given.")
     ref: str | None = _opt(None, "Reference UNet for dpo/rpo (pipeline or UNet folder). Default: --init, else the "
                                  "base model; with LoRA and neither, the base is the same UNet with adapters off.")
-    beta: float = _opt(5000.0, "DPO/RPO beta on Diffusion-DPO's official scale: logit = -(beta/2) * "
-                               "(d(w) - d(l)), errors are per-element means (the diffusers SD1.5 port's 2500 "
-                               "without the 1/2 is the same). Paper range 2000-5000.")
+    beta: float | None = _opt(None, "DPO/RPO beta on Diffusion-DPO's official scale: logit = -(beta/2) * "
+                                    "(d(w) - d(l)), errors are per-element means (the diffusers SD1.5 port's 2500 "
+                                    "without the 1/2 is the same). Default: the model family's, 5000 for SD1.5 and "
+                                    "SDXL (epsilon errors; the paper's range is 2000-5000); 500 for SD3 and 1500 for "
+                                    "FLUX.1, the same scale on velocity errors (5000 x E[(1 - sigma)^2]; flow_grpo "
+                                    "uses 100).")
     orpo_beta: float = _opt(20.0, "ORPO/ORRPO beta: logit = orpo_beta * (e(l) - e(w)) on raw errors, which differ "
                                   "by ~0.01-0.05, so it is far smaller than --beta. With --lam 0.1 the preference "
                                   "term's initial gradient (lam*orpo_beta/2 = 1) equals the SFT term's.")
@@ -108,6 +111,10 @@ class TrainConfig:
         "no", "Autocast precision; trainable weights stay float32, the frozen reference and encoders use it. "
               "bf16 recommended on GPUs that have it.")
     gradient_checkpointing: bool = _opt(False, "Recompute UNet activations in the backward pass to save memory.")
+    fsdp: bool = _opt(False, "Shard the trained model, its optimizer state and the reference across the processes "
+                             "with FSDP2 (torch's fully_shard, through accelerate), one shard unit per transformer "
+                             "block: full fine-tuning of models that do not fit one GPU (FLUX.1: 12B). Start several "
+                             "processes (torchrun or accelerate launch); not with LoRA or validation grids.")
     optimizer: Literal["adamw", "adafactor", "adamw8bit"] = _opt(
         "adamw", "adamw (Diffusion-DPO SD1.5), adafactor (its SDXL runs; relative_step and scale_parameter off) "
                  "or adamw8bit (needs bitsandbytes).")
@@ -131,6 +138,10 @@ class TrainConfig:
     snr_gamma: float | None = _opt(None, "SFT only: Min-SNR loss weighting (Hang et al. 2023) with this gamma, as "
                                          "diffusers' --snr_gamma (5 is its recommended value); None weighs every "
                                          "timestep alike, the plain denoising loss.")
+    weighting_scheme: Literal["logit_normal", "mode", "uniform", "sigma_sqrt", "cosmap"] = _opt(
+        "logit_normal", "SD3/FLUX only: how noise levels are drawn (logit_normal: sigmoid of N(0, 1), SD3's default; "
+                        "mode; uniform) or, for sigma_sqrt and cosmap, drawn uniformly and each error weighted, as "
+                        "diffusers' --weighting_scheme.")
     validation_prompts: list[str] = _opt([], "Prompts drawn every --validation-every steps and at the end, with "
                                              "fixed seeds, into out/validation/step-XXXXXX.png.")
     validation_every: int = _opt(500, "Steps between validation grids (0: only at the end).")
@@ -158,7 +169,9 @@ class TrainConfig:
                                             "learns the winner given the loser's latent and the prompt.")
     improver: str | None = _opt(None, "iterative: the improvement model (a `--stage improve` run or checkpoint, an "
                                       "InstructPix2Pix-format pipeline folder) that turns the current model's "
-                                      "images into winners.")
+                                      "images into winners; or kontext[:MODEL] / qwen-image-edit[:MODEL], that "
+                                      "instruction editor (default model, a folder or tiny) with the style's "
+                                      "instruction.")
     iterations: int = _opt(3, "iterative/spin: rounds of (generate pairs, DPO-train); the paper runs 3.")
     online_pairs: int = _opt(38400, "iterative/spin: pairs generated per iteration from the dataset's prompts "
                                     "(the paper: 38,400); prompts are reused, with new seeds, when there are fewer.")
@@ -217,7 +230,7 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise StyleprefsError(f"--{_flag(name)} must not be negative, got {getattr(self, name)}")
         for name in ("beta", "orpo_beta", "tau"):
-            if not getattr(self, name) > 0:
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise StyleprefsError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise StyleprefsError(f"--learning-rate must be positive, got {self.learning_rate}")
@@ -234,6 +247,10 @@ class TrainConfig:
             raise StyleprefsError(f"--stage {self.stage} needs CLIP embeddings: with --clip-model none they come "
                                   f"from the cache, which --no-use-cache turns off; give --clip-model")
         self._validate_online()
+        if self.fsdp and (self.lora_rank or self.validation_prompts):
+            raise StyleprefsError("--fsdp shards full fine-tuning: LoRA adapters fit one GPU unsharded (drop --fsdp) "
+                                  "and validation grids are not drawn from a sharded model (drop "
+                                  "--validation-prompts; run `styleprefs eval generate` on a checkpoint)")
         if self.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
             raise StyleprefsError("--optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes, or use adamw")
         if self.report_to == "wandb" and importlib.util.find_spec("wandb") is None:
@@ -251,7 +268,8 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise StyleprefsError(f"--{_flag(name)} must not be negative, got {getattr(self, name)}")
         if self.stage == "iterative" and self.improver is None:
-            raise StyleprefsError("--stage iterative needs --improver (a `styleprefs train --stage improve` output)")
+            raise StyleprefsError("--stage iterative needs --improver (a `styleprefs train --stage improve` output, "
+                                  "or kontext / qwen-image-edit)")
         if self.stage == "improve" and self.validation_prompts:
             raise StyleprefsError("--stage improve draws no validation grids (its model edits images): drop "
                                   "--validation-prompts")
@@ -264,7 +282,8 @@ class TrainConfig:
         return 1e-5 if self.lora_rank > 0 else 1e-8
 
     def resolved(self) -> TrainConfig:
-        """A copy with defaults that depend on other fields filled in (learning rate, its scaling)."""
+        """A copy with defaults that depend on other fields filled in (learning rate, its scaling, the base model).
+        A beta of None stays None here: it is the model family's, known once the model is loaded."""
         scale_lr = self.lora_rank == 0 if self.scale_lr is None else self.scale_lr
         model = self.model or (recorded_base(self.init) if self.init else None) or DEFAULT_MODEL
         return dataclasses.replace(self, learning_rate=self.base_learning_rate, scale_lr=scale_lr, model=model)

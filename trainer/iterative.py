@@ -6,8 +6,10 @@ trained pipeline after). It generates ``online_pairs`` images with that model fr
 training loop (``--stage dpo``) on them:
 
 - ``iterative`` (Iterative DPO with an improvement model): loser = the image, winner = the
-  ``--improver``'s improvement of it (the ``improve`` editor through ``styleprefs build``); the reference
-  is the base (``--ref``, else ``--model``), the paper's choice.
+  ``--improver``'s improvement of it (the ``improve`` editor through ``styleprefs build``; with
+  ``kontext[:MODEL]`` or ``qwen-image-edit[:MODEL]``, that instruction editor with the dataset style's
+  instruction, an off-the-shelf improver); the reference is the base (``--ref``, else ``--model``), the paper's
+  choice.
 - ``spin`` (SPIN-Diffusion): winner = a dataset winner with the same prompt, loser = the image; the
   reference is the model the iteration starts from.
 ``--iteration-reference`` overrides either reference. Layout of ``--out``::
@@ -125,6 +127,7 @@ def _improved_dataset(cfg: TrainConfig, k: int, policy: str, records: list, fold
                       show_progress: bool) -> None:
     """iterative: each image as the loser, its improvement as the winner, through ``styleprefs build``."""
     from styleprefs.build import BuildConfig, build_dataset
+    from styleprefs.editors import improver_editor
 
     def row(j: int, r) -> dict:
         image = _png(folder / "generated", r)
@@ -132,11 +135,13 @@ def _improved_dataset(cfg: TrainConfig, k: int, policy: str, records: list, fold
 
     pairs = folder / "pairs"
     _write_rows(records, row, pairs)
-    build = BuildConfig(style=_dataset_style(cfg.data), source=str(pairs), editor="improve", num_pairs=len(records),
-                        seed=cfg.seed + k, safety=False, editor_model=cfg.improver, editor_steps=cfg.sample_steps,
+    editor, model = improver_editor(cfg.improver)
+    build = BuildConfig(style=_dataset_style(cfg.data), source=str(pairs), editor=editor, num_pairs=len(records),
+                        seed=cfg.seed + k, safety=False, editor_model=model, editor_steps=cfg.sample_steps,
                         quality_gate=False)
+    guidance = {"text_guidance": cfg.text_guidance, "image_guidance": cfg.image_guidance}
     build_dataset(build, folder / "data", batch_size=cfg.batch_size, show_progress=show_progress,
-                  editor_options={"text_guidance": cfg.text_guidance, "image_guidance": cfg.image_guidance})
+                  editor_options=guidance if editor == "improve" else None)
 
 
 def _spin_dataset(cfg: TrainConfig, k: int, policy: str, records: list, out: Path) -> None:

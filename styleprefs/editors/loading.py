@@ -228,10 +228,12 @@ def group_by_size(sizes: Sequence[tuple[int, int]]) -> dict[tuple[int, int], lis
 
 def edit_in_size_buckets(images: Sequence[Image.Image], captions: Sequence[str], seeds: Sequence[int],
                          resolution: int, run: Callable[[tuple[int, int], list[int]], list[Image.Image]],
-                         safety: SafetyFlagger, vae):
+                         safety: SafetyFlagger, vae,
+                         working_size: Callable[[tuple[int, int]], tuple[int, int]] | None = None):
     """A neural editor's ``edit_with_flags``: one ``run(size, indices)`` pipeline call per working size (``vae``
     sliced, and tiled for large sizes: ``styleprefs.gpu.set_vae_memory``), each edit flagged by ``safety`` and
-    resized back to its original's size."""
+    resized back to its original's size. The working size is ``working_size(image size)`` if given, else
+    ``resize_for_model`` at ``resolution``."""
     from styleprefs.editors import EditResult
     from styleprefs.gpu import set_vae_memory
 
@@ -239,7 +241,7 @@ def edit_in_size_buckets(images: Sequence[Image.Image], captions: Sequence[str],
         raise ValueError(f"got {len(images)} images, {len(captions)} captions and {len(seeds)} seeds")
     out: list[Image.Image | None] = [None] * len(images)
     flags: list[bool | None] = [None] * len(images)
-    sizes = [resize_for_model(img.size, resolution) for img in images]
+    sizes = [working_size(img.size) if working_size else resize_for_model(img.size, resolution) for img in images]
     for size, idx in group_by_size(sizes).items():
         set_vae_memory(vae, size)
         edits = run(size, idx)

@@ -36,6 +36,7 @@ class ImageSafetyChecker:
     """
 
     BACKEND = "image safety checker"
+    DEFAULT_THRESHOLD = 0.0  # the checker's own rule
 
     def __init__(self, model: str = DEFAULT_IMAGE_MODEL, device: str = "cpu", dtype: torch.dtype = torch.float32,
                  batch_size: int = 16) -> None:
