@@ -28,7 +28,7 @@ from styleprefs.lock import folder_lock
 from styleprefs.review.apply import apply_review
 from styleprefs.review.decisions import LOG_NAME, parse_log, tally
 from styleprefs.review.server import Review, listen, server, url
-from styleprefs.review.view import ViewError, select
+from styleprefs.review.view import ViewError, flag_thresholds, select
 from styleprefs.trainer.data import read_pairs
 from test_battery import _crash_every_step, assert_error, assert_finished_and_sound, run, snapshot
 
@@ -394,7 +394,7 @@ def test_filters_and_sort():
     decisions = [None, "drop", None, "flip", "keep"]
 
     def rows(**params: str) -> list[int]:
-        return select(table, params, decisions).tolist()
+        return select(table, params, decisions, {"image": 0.0, "text": 0.5}).tolist()
 
     assert rows(q="CABIN") == [0, 3]
     assert rows(editor="classic", **{"min.clip_direction": "0.2", "max.clip_direction": "0.4"}) == [0, 3]
@@ -408,8 +408,20 @@ def test_filters_and_sort():
                 {"decision": "maybe"}, {"path": "/etc/passwd"}):
         with pytest.raises(ViewError):
             rows(**bad)
+    assert select(table, {"flag": "image"}, decisions, {"image": 0.25, "text": 0.95}).tolist() == [4]
+    assert select(table, {"flag": "text"}, decisions, {"image": 0.25, "text": 0.95}).tolist() == []
     with pytest.raises(ViewError, match="no original_label"):
-        select(table.drop_columns(["original_label_0"]), {"disagree": "1"}, decisions)
+        select(table.drop_columns(["original_label_0"]), {"disagree": "1"}, decisions, {"image": 0.0, "text": 0.5})
+
+
+def test_flag_thresholds_follow_the_last_filter_run():
+    assert flag_thresholds({}) == {"image": 0.8, "text": 0.5}  # open_nsfw's, the text classifier's defaults
+    runs = [{"images": True, "image_model": "open_nsfw", "image_threshold": 0.6, "text_model": None},
+            {"images": True, "image_model": "CompVis/stable-diffusion-safety-checker", "image_threshold": None,
+             "text_model": "some/classifier", "text_threshold": 0.7},
+            {"images": False, "text_model": None}]
+    assert flag_thresholds({"safety": {"runs": runs}}) == {"image": 0.0, "text": 0.7}
+    assert flag_thresholds({"safety": {"runs": runs[:1]}}) == {"image": 0.6, "text": 0.5}
 
 
 # ------------------------------------------------------------------------------------------ in a real browser

@@ -34,7 +34,7 @@ from styleprefs.lock import lock_holder
 from styleprefs.review.decisions import (LOG_NAME, WRITE_LOCK, Decision, append_decision, latest, pair_key, read_log,
                                          tally)
 from styleprefs.review.reader import ParquetRows, checked_shards
-from styleprefs.review.view import PAGING, SCORE_COLUMNS, ViewError, is_plain, select
+from styleprefs.review.view import PAGING, SCORE_COLUMNS, ViewError, flag_thresholds, is_plain, select
 
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
           "/style.css": ("style.css", "text/css; charset=utf-8")}
@@ -125,7 +125,7 @@ def make_app(review: Review, host: str = "127.0.0.1") -> Starlette:
             "dataset": review.dataset.resolve().name, "version": "-".join(map(str, snap.stamp)),
             "total": snap.pairs.total, "scores": _score_columns(snap.pairs),
             "editors": [snap.manifest["config"]["editor"]["name"]],
-            "original_labels": snap.pairs.has("original_label_0"),
+            "original_labels": snap.pairs.has("original_label_0"), "thresholds": flag_thresholds(snap.manifest),
             "counts": tally(decisions, state.get("batch_ends", [])),
             "pending": sum(d.end > applied for d in decisions),
             "holder": review.holder(),
@@ -142,7 +142,8 @@ def make_app(review: Review, host: str = "127.0.0.1") -> Starlette:
             total, rows = snap.pairs.total, snap.pairs.rows(offset, limit)
         else:
             keys = review.keys(snap)
-            chosen = select(snap.pairs.small(), params, [final[k].action if k in final else None for k in keys])
+            chosen = select(snap.pairs.small(), params, [final[k].action if k in final else None for k in keys],
+                            flag_thresholds(snap.manifest))
             total, rows = len(chosen), snap.pairs.take(chosen[offset:offset + limit].tolist())
         for row in rows:
             row["pair"] = pair_key(row["image_0_uid"], row["image_1_uid"])

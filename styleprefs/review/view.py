@@ -1,7 +1,8 @@
 """The page's filters and sort, from URL parameters, over every row's small columns.
 
 Parameters: ``q`` (caption text, case ignored), ``editor``, ``min.COLUMN`` / ``max.COLUMN`` (a score column),
-``flag`` (``editor_nsfw``, ``image``: an image checker score above 0, ``text``: a text score of at least 0.5),
+``flag`` (``editor_nsfw``; ``image``: an image score above, or ``text``: a text score at least, the threshold the
+dataset's last ``filter-unsafe`` run with that backend used, see ``flag_thresholds``),
 ``disagree=1`` (labels that differ from ``original_label_0/1``: relabel or review changed them), ``decision``
 (``undecided``, ``decided``, ``drop``, ``flip``, ``keep``), ``sort`` (a score column; nulls last) and
 ``desc=1``. Anything else is refused: no parameter names a file.
@@ -16,17 +17,30 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from styleprefs.review.decisions import ACTIONS
+from styleprefs.safety.nsfw_image import DEFAULT_THRESHOLD as OPEN_NSFW_THRESHOLD
+from styleprefs.safety.nsfw_image import OPEN_NSFW
 
 SCORE_COLUMNS = ("clip_direction", "clip_image", "clip_text_edit", "clip_text_original", "safety_text_score",
                  "safety_image_score_0", "safety_image_score_1", "score_0", "score_1")
 FLAGS = ("editor_nsfw", "image", "text")
 DECISIONS = ("undecided", "decided", *ACTIONS)
 PAGING = ("offset", "limit", "v")  # v: the page's cache key, ignored
-TEXT_FLAG = 0.5  # filter-unsafe's default text threshold
 
 
 class ViewError(ValueError):
     """A URL parameter the page does not know or cannot use (HTTP 400)."""
+
+
+def flag_thresholds(manifest: dict) -> dict[str, float]:
+    """The ``image`` and ``text`` flags' thresholds: those of the dataset's last ``filter-unsafe`` run that used
+    each backend, else the defaults (open_nsfw's 0.8; the text classifier's 0.5)."""
+    runs = manifest.get("safety", {}).get("runs", [])
+    image = next((run for run in reversed(runs) if run.get("images")), {"image_model": OPEN_NSFW})
+    text = next((run for run in reversed(runs) if run.get("text_model")), {})
+    image_threshold = image.get("image_threshold")
+    if image_threshold is None:  # the backend's own: open_nsfw's, or the SD checker's rule (above 0)
+        image_threshold = OPEN_NSFW_THRESHOLD if image.get("image_model", OPEN_NSFW) == OPEN_NSFW else 0.0
+    return {"image": float(image_threshold), "text": float(text.get("text_threshold", 0.5))}
 
 
 def is_plain(params: Mapping[str, str]) -> bool:
@@ -34,13 +48,15 @@ def is_plain(params: Mapping[str, str]) -> bool:
     return all(key in PAGING for key in params)
 
 
-def select(table: pa.Table, params: Mapping[str, str], decisions: list[str | None]) -> np.ndarray:
-    """Row numbers of ``table`` that pass the filters, in the asked order. ``decisions``: each row's last action."""
+def select(table: pa.Table, params: Mapping[str, str], decisions: list[str | None],
+           thresholds: Mapping[str, float]) -> np.ndarray:
+    """Row numbers of ``table`` that pass the filters, in the asked order. ``decisions``: each row's last action;
+    ``thresholds``: the safety flags' (``flag_thresholds``)."""
     keep = np.ones(table.num_rows, bool)
     for key, value in params.items():
         if key in PAGING or key in ("sort", "desc"):
             continue
-        keep &= _mask(table, key, value, decisions)
+        keep &= _mask(table, key, value, decisions, thresholds)
     rows = np.flatnonzero(keep)
     sort = params.get("sort")
     if sort:
@@ -49,7 +65,8 @@ def select(table: pa.Table, params: Mapping[str, str], decisions: list[str | Non
     return rows
 
 
-def _mask(table: pa.Table, key: str, value: str, decisions: list[str | None]) -> np.ndarray:
+def _mask(table: pa.Table, key: str, value: str, decisions: list[str | None],
+          thresholds: Mapping[str, float]) -> np.ndarray:
     if key == "q":
         found = pc.match_substring(table.column("caption"), value, ignore_case=True)
         return np.asarray(pc.fill_null(found, False), bool)
@@ -61,7 +78,7 @@ def _mask(table: pa.Table, key: str, value: str, decisions: list[str | None]) ->
         with np.errstate(invalid="ignore"):
             return numbers >= bound if key.startswith("min.") else numbers <= bound
     if key == "flag":
-        return _flag(table, value)
+        return _flag(table, value, thresholds)
     if key == "disagree":
         return _disagree(table) if value == "1" else np.ones(table.num_rows, bool)
     if key == "decision":
@@ -91,15 +108,16 @@ def _float(key: str, value: str) -> float:
         raise ViewError(f"{key} must be a number, got {value!r}") from None
 
 
-def _flag(table: pa.Table, flag: str) -> np.ndarray:
+def _flag(table: pa.Table, flag: str, thresholds: Mapping[str, float]) -> np.ndarray:
     if flag not in FLAGS:
         raise ViewError(f"flag must be one of {', '.join(FLAGS)}, got {flag!r}")
     with np.errstate(invalid="ignore"):
         if flag == "editor_nsfw":
             return np.asarray(pc.fill_null(table.column("editor_nsfw"), False), bool)
         if flag == "text":
-            return _numbers(table, "safety_text_score") >= TEXT_FLAG
-        return (_numbers(table, "safety_image_score_0") > 0) | (_numbers(table, "safety_image_score_1") > 0)
+            return _numbers(table, "safety_text_score") >= thresholds["text"]
+        return (_numbers(table, "safety_image_score_0") > thresholds["image"]) | \
+            (_numbers(table, "safety_image_score_1") > thresholds["image"])
 
 
 def _disagree(table: pa.Table) -> np.ndarray:

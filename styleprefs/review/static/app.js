@@ -68,6 +68,8 @@ async function refreshStatus() {
 function setupFilters(status) {
   for (const editor of status.editors) $("f-editor").append(el("option", { value: editor }, editor));
   $("l-disagree").hidden = !status.original_labels;
+  $("o-image").textContent = `image checker score > ${status.thresholds.image}`;
+  $("o-text").textContent = `text classifier score ≥ ${status.thresholds.text}`;
   for (const column of status.scores) {
     $("ranges").append(el("label", {}, column, " ",
       el("input", { type: "number", step: "any", "data-bound": `min.${column}`, placeholder: "min" }), " – ",
