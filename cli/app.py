@@ -194,6 +194,35 @@ def relabel(
 
 
 @app.command()
+def review(
+    dataset: Path = typer.Argument(..., help="Dataset folder written by `styleprefs build`."),
+    host: str = typer.Option("127.0.0.1", help="Address the page listens on (127.0.0.1: this machine only)."),
+    port: int = typer.Option(7860, help="Port of the page (0: any free port)."),
+    apply: bool = typer.Option(False, "--apply", help="Write the new decisions of DATASET/review.jsonl into the "
+                               "dataset (drops to rejects.parquet, flips swap labels) instead of serving the page."),
+) -> None:
+    """Curate by eye: a local page to browse pairs and drop, flip or keep them (saved to DATASET/review.jsonl)."""
+    if apply:
+        from styleprefs.review.apply import apply_review
+
+        report = apply_review(dataset)
+        if report.status == "no-op":
+            console.print(f"{dataset}/review.jsonl holds no decisions that are not applied yet; nothing to do.",
+                          markup=False)
+        else:
+            console.print(f"applied {report.lines} line(s) of {dataset}/review.jsonl", markup=False)
+        c = report.counts
+        console.print(f"judged by eye: {c['judged']} pairs, {c['dropped']} dropped, {c['flipped']} flipped",
+                      markup=False)
+        return
+    from styleprefs.review.server import serve
+
+    serve(dataset, host, port, ready=lambda url: console.print(
+        f"Reviewing {dataset}: open {url}  (d drop, f flip, k keep, arrows move; Ctrl-C to stop)",
+        markup=False, highlight=False))
+
+
+@app.command()
 def push(
     dataset: Path = typer.Argument(..., help="Dataset folder written by `styleprefs build`."),
     repo_id: str = typer.Argument(..., help="Hub dataset repo, owner/name."),

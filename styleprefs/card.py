@@ -81,8 +81,9 @@ COLUMN_MEANINGS = {
     "safety_image_score_0": "the image safety check's score of `jpg_0` (open_nsfw: P(NSFW), flagged above 0.8; "
                             "SD checker: flagged above 0; null if not run)",
     "safety_image_score_1": "the image safety check's score of `jpg_1` (as for `jpg_0`)",
-    "original_label_0": "`label_0` before `styleprefs relabel` replaced it (the build's label)",
-    "original_label_1": "`label_1` before `styleprefs relabel` replaced it",
+    "original_label_0": "`label_0` before `styleprefs relabel` or `styleprefs review` first changed it "
+                        "(the build's label)",
+    "original_label_1": "`label_1` before `styleprefs relabel` or `styleprefs review` first changed it",
     "score_0": "the relabelling scorer's score of `jpg_0` (the config's relabelling section names the scorer)",
     "score_1": "the relabelling scorer's score of `jpg_1`",
 }
@@ -318,6 +319,7 @@ def _config_facts(dataset: Path, manifest: dict, name: str, data_dir: str, manif
         "gated": sum(_scored_rows(f) for f in files),
         "safety": _safety(safety) if safety is not None else None,
         "relabel": manifest.get("relabel"),
+        "review": manifest.get("review", {}).get("counts"),
         "shards": [{"path": f"{data_dir}/{Path(s['path']).name}", "rows": s["rows"], "sha256": s["sha256"]}
                    for s in manifest["shards"]],
         "size": human_size(sum(f.stat().st_size for f in files)),

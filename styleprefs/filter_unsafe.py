@@ -228,4 +228,5 @@ def _updated_manifest(manifest: dict, backends: list[str], settings: dict, quara
 
 def _record(table: pa.Table, i: int, category: str, matched: str, backend: str) -> dict:
     return {"source": table.column("source")[i].as_py(), "caption": table.column("caption")[i].as_py(),
-            "category": category, "matched": matched, "backend": backend}
+            "category": category, "matched": matched, "backend": backend,
+            "jpg_0": table.column("jpg_0")[i].as_py(), "jpg_1": table.column("jpg_1")[i].as_py()}

@@ -21,8 +21,9 @@ _STAT_COLUMNS = ["style", "editor", "label_0", "source_preferred"]
 BUILD_STATE = ".build"  # a build's parts until its last step commits
 FILTER_BACKUP = ".filter-old"  # the replaced files while filter-unsafe swaps its output in
 RELABEL_BACKUP = ".relabel-old"  # the replaced files while relabel swaps its output in
+REVIEW_BACKUP = ".review-old"  # the replaced files while `review --apply` swaps its output in
 _UNFINISHED = {BUILD_STATE: "styleprefs build", FILTER_BACKUP: "styleprefs filter-unsafe",
-               RELABEL_BACKUP: "styleprefs relabel"}
+               RELABEL_BACKUP: "styleprefs relabel", REVIEW_BACKUP: "styleprefs review --apply"}
 
 
 @dataclass

@@ -45,6 +45,25 @@ def folder_lock(folder: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def lock_holder(folder: Path) -> str | None:
+    """The holder's pid ("unknown" before it wrote it) if another open file holds ``folder``'s lock, else None.
+
+    Only looks: a free lock is released at once and nothing is written."""
+    try:
+        fd = os.open(Path(folder) / LOCK_NAME, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(fd)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def _holder(fd: int) -> str:
     """The pid the holder wrote into the lock file ("unknown" if it has not written it yet)."""
     text = os.pread(fd, 32, 0).decode(errors="replace").strip()

@@ -81,6 +81,8 @@ def quickstart(out: Path, *, style: str = "winter", inception: str | None = None
                   "stable-diffusion-v1-5/stable-diffusion-v1-5 and openai/clip-vit-large-patch14, on a GPU):")
     for stage in stages:
         console.print(f"  {stage.command}", markup=False, highlight=False)
+    console.print(f"\nLook at the dataset's pairs and drop or flip them by eye: styleprefs review {out / 'data'}",
+                  markup=False, highlight=False)
     return page
 
 

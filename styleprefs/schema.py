@@ -71,6 +71,8 @@ QUARANTINE_SCHEMA = pa.schema(
         pa.field("category", pa.string()),
         pa.field("matched", pa.string()),  # the term or score that triggered it
         pa.field("backend", pa.string()),
+        pa.field("jpg_0", pa.binary()),  # the pair's images when filter-unsafe removed a built pair (the review
+        pa.field("jpg_1", pa.binary()),  # page shows them blurred); null when the caption was caught before editing
     ]
 )
 

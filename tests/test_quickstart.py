@@ -150,6 +150,7 @@ def test_second_run_reuses_finished_stages(report):
     lines = console.export_text().splitlines()
     reused = [line for line in lines if line.endswith("(reused)")]
     assert len(reused) == 13  # 2 builds, filter, 2 trainings, 3 FIDs, 3 style scores, 2 implicit accuracies
+    assert lines[-1].endswith(f"styleprefs review {report / 'data'}")  # the last line: judge the pairs by eye
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
