@@ -71,7 +71,7 @@ def build(
     overwrite: bool = typer.Option(False, help="Replace a dataset built with other arguments."),
 ) -> None:
     """Build a style preference dataset in Pick-a-Pic's Parquet format."""
-    from styleprefs.build import BuildConfig, build_dataset
+    from styleprefs.build import BuildConfig, build_dataset, shortfall
     from styleprefs.gpu import parse_batch_size
     from styleprefs.parallel import parse_workers
     from styleprefs.sources.selection import SelectionConfig
@@ -91,6 +91,9 @@ def build(
     skipped = result.manifest.get("selection", {}).get("skipped")
     if skipped:
         _print_counts(skipped, "rows skipped by the selection")
+    short = shortfall(result.manifest)
+    if short:
+        console.print(f"{out}: {short}", markup=False, highlight=False)
 
 
 @app.command()

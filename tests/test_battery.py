@@ -950,3 +950,82 @@ def test_kill_9_during_a_build_then_rerun(source, built, tmp_path):
     _unfinished_or_sound(tmp_path / "out")
     assert subprocess.run([sys.executable, "-m", "styleprefs.cli", *args], capture_output=True).returncode == 0
     assert snapshot(tmp_path / "out") == snapshot(built)
+
+
+# ---------------------------------------------------------------------------------------------
+# the first hour of a new user (issue 27)
+
+
+@pytest.mark.parametrize("case", ["narrow --models", "empty source"])
+def test_a_build_that_keeps_nothing_is_an_error(case, source, tmp_path, capsys):
+    if case == "empty source":
+        pq.write_table(pa.Table.from_pylist(pickapic_rows(1)).slice(0, 0), tmp_path / "empty.parquet")
+        args, expected = build_args(tmp_path / "empty.parquet", tmp_path / "out"), "the source has no rows"
+    else:
+        args, expected = build_args(source, tmp_path / "out", "--models", "nomatch*"), "10 skipped by the selection (model: 10)"
+    line = assert_error(run(args, capsys), expected)
+    assert "kept 0 of the 7 pairs" in line
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".styleprefs.lock"]  # nothing to resume or block
+    assert run(build_args(source, tmp_path / "out"), capsys)[0] == 0  # the corrected command runs
+
+
+def test_a_short_build_says_so_on_its_last_line(source, tmp_path, capsys):
+    code, out, err = run(build_args(source, tmp_path / "out", "--num-pairs", "99999999999999999999"), capsys)
+    assert code == 0, err
+    assert out.strip().splitlines()[-1] == (
+        f"{tmp_path / 'out'}: kept 7 of the 99999999999999999999 pairs asked for: the source ran out after 10 rows; "
+        "2 rejected (empty caption: 1, jpg_0 cannot be decoded: 1); 1 quarantined as unsafe")
+    code, out, _ = run(build_args(source, tmp_path / "out", "--num-pairs", "99999999999999999999"), capsys)
+    assert code == 0 and "kept 7 of the 99999999999999999999" in out.strip().splitlines()[-1]  # and when complete
+    assert "asked for" not in run(build_args(source, tmp_path / "full"), capsys)[1]
+
+
+def test_a_build_that_failed_before_its_first_part_does_not_block_the_next(source, tmp_path, monkeypatch, capsys):
+    import styleprefs.build
+
+    def cannot_load(*args, **kwargs):
+        raise StyleprefsError("the editor model cannot be loaded")
+
+    monkeypatch.setattr(styleprefs.build, "_process_part", cannot_load)
+    assert_error(run(build_args(source, tmp_path / "out"), capsys), "cannot be loaded")
+    assert (tmp_path / "out" / ".build" / "state.json").is_file()
+    monkeypatch.undo()
+    code, _, err = run(build_args(source, tmp_path / "out", "--seed", "1"), capsys)  # the corrected command
+    assert code == 0, err
+    assert_finished_and_sound(tmp_path / "out")
+
+
+def test_a_build_with_finished_parts_still_needs_overwrite(source, tmp_path, monkeypatch, capsys):
+    import styleprefs.build
+
+    real, calls = styleprefs.build._process_part, []
+
+    def fail_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise StyleprefsError("the second part fails")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(styleprefs.build, "_process_part", fail_second)
+    monkeypatch.setattr(styleprefs.build, "PART_ROWS", 3)
+    assert_error(run(build_args(source, tmp_path / "out"), capsys), "second part fails")
+    monkeypatch.undo()
+    assert_error(run(build_args(source, tmp_path / "out", "--seed", "1"), capsys), "--overwrite")
+
+
+def test_outputs_honour_the_umask(source, tmp_path, capsys):
+    old = os.umask(0o022)
+    try:
+        assert run(build_args(source, tmp_path / "out"), capsys)[0] == 0
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.name != ".styleprefs.lock"]
+    assert files and {p.stat().st_mode & 0o777 for p in files} == {0o644}, [(p, oct(p.stat().st_mode)) for p in files]
+    old = os.umask(0o077)
+    try:
+        from styleprefs.io import write_text
+
+        write_text("x", tmp_path / "private.txt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "private.txt").stat().st_mode & 0o777 == 0o600
