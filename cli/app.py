@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
@@ -287,9 +288,19 @@ def run(typer_app: typer.Typer, argv: list[str] | None = None) -> None:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(2)
     if code == 130:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
+        print(f"interrupted; to resume, run: {resume_command(sys.argv[1:] if argv is None else argv)}", file=sys.stderr)
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command line that resumes an interrupted ``styleprefs ARGV``: the same one; ``train`` with ``--resume``
+    (without it, train refuses a folder that holds a run)."""
+    args = [arg for arg in argv if arg != "--no-resume"]
+    command = next((arg for arg in args if not arg.startswith("-")), None)
+    if command == "train" and "--resume" not in args:
+        args.append("--resume")
+    return shlex.join(["styleprefs", *args])
 
 
 def _usage_error(exc: Exception) -> StyleprefsError | None:

@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from styleprefs.errors import StyleprefsError
 from styleprefs.images import decode
-from styleprefs.inspect import FILTER_BACKUP, read_finished_manifest, read_manifest, shard_paths
+from styleprefs.inspect import FILTER_BACKUP, read_manifest, read_verified_manifest, shard_paths
 from styleprefs.io import check_separate, write_json, write_parquet
 from styleprefs.lock import LOCK_NAME, folder_lock
 from styleprefs.progress import pair_progress
@@ -127,7 +127,7 @@ def _filter(dataset: Path, options: SafetyOptions, out: Path | None, show_progre
     SWAP.recover(dataset, fresh=False)
     if out is not None:
         SWAP.recover(out, fresh=True)
-    manifest = read_finished_manifest(dataset)
+    manifest = read_verified_manifest(dataset)
     settings = json.loads(json.dumps(asdict(options)))  # as the manifest stores it
     rows_before = manifest["counts"]["kept"]
     if _already_filtered(manifest, settings, out):

@@ -24,8 +24,7 @@ from huggingface_hub.utils import get_session, validate_repo_id
 
 from styleprefs.card import check_config_name, human_size, render_card
 from styleprefs.errors import StyleprefsError
-from styleprefs.inspect import read_finished_manifest, shard_paths
-from styleprefs.io import sha256_file
+from styleprefs.inspect import read_verified_manifest, shard_paths
 
 CARD_PATH = "README.md"
 REACH_TIMEOUT_S = 5.0
@@ -54,9 +53,8 @@ def plan_push(dataset: Path, repo_id: str, *, config_name: str | None = None, li
     """
     check_repo_id(repo_id)
     dataset = Path(dataset)
-    manifest = read_finished_manifest(dataset)
+    manifest = read_verified_manifest(dataset)
     name = check_config_name(config_name or manifest["config"]["build"]["style"])
-    _verify_shards(dataset, manifest)
     files = [(path, f"{name}/{path.name}") for path in shard_paths(dataset, manifest)]
     files.append((dataset / "manifest.json", f"{name}/manifest.json"))
     if default_config is not None:
@@ -138,16 +136,6 @@ def _probe(endpoint: str) -> str | None:
     except Exception as exc:  # the HTTP client raises many transport error types
         return _one_line(exc)
     return None
-
-
-def _verify_shards(dataset: Path, manifest: dict) -> None:
-    for shard, path in zip(manifest["shards"], shard_paths(dataset, manifest)):
-        if not path.is_file():
-            raise StyleprefsError(f"{dataset}: shard {shard['path']} is missing; rebuild the dataset")
-        if sha256_file(path) != shard["sha256"]:
-            raise StyleprefsError(
-                f"{dataset}: shard {shard['path']} does not match its sha256 in manifest.json; it changed after the build, rebuild it"
-            )
 
 
 def _read_remote_card(api: HfApi, plan: UploadPlan) -> str:

@@ -364,15 +364,18 @@ def test_inspect_reports_a_truncated_shard(dataset, capsys):
     assert code == 1 and "cannot be read" in out and "Traceback" not in err
 
 
+TRUNCATED = "does not match its sha256 in manifest.json"
+
+
 def test_grid_from_a_truncated_shard(dataset, tmp_path, capsys):
     _truncate_first_shard(dataset)
-    assert_error(run(["inspect", str(dataset), "--grid", str(tmp_path / "g.png")], capsys), "cannot be read")
+    assert_error(run(["inspect", str(dataset), "--grid", str(tmp_path / "g.png")], capsys), TRUNCATED)
 
 
 def test_filter_on_a_truncated_shard(dataset, capsys):
     _truncate_first_shard(dataset)
     before = snapshot(dataset)
-    assert_error(run(["filter-unsafe", str(dataset)], capsys), "cannot be read")
+    assert_error(run(["filter-unsafe", str(dataset)], capsys), TRUNCATED)
     assert snapshot(dataset) == before
 
 
@@ -607,8 +610,9 @@ def test_ctrl_c_prints_the_resume_hint(source, tmp_path, monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(styleprefs.build, "build_dataset", interrupted)
-    code, _, err = run(build_args(source, tmp_path / "out"), capsys)
-    assert code == 130 and err.strip() == "interrupted; run the same command again to resume"
+    args = build_args(source, tmp_path / "out")
+    code, _, err = run(args, capsys)
+    assert code == 130 and err.strip() == "interrupted; to resume, run: styleprefs " + " ".join(args)
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])
@@ -1029,3 +1033,63 @@ def test_outputs_honour_the_umask(source, tmp_path, capsys):
     finally:
         os.umask(old)
     assert (tmp_path / "private.txt").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("command", ["train from its cache", "cache", "relabel", "push", "filter-unsafe", "grid"])
+def test_every_reader_refuses_a_truncated_shard(command, dataset, tmp_path, capsys):
+    cache = ["cache", str(dataset), "--model", "tiny", "--resolution", "32", "--clip-model", "none"]
+    if command == "train from its cache":
+        assert run(cache, capsys)[0] == 0
+    _truncate_first_shard(dataset)
+    args = {"train from its cache": train_args(dataset, tmp_path / "run"), "cache": cache,
+            "relabel": ["relabel", str(dataset), "--scorer", RELABEL_SCORER],
+            "push": ["push", str(dataset), "me/data", "--dry-run"], "filter-unsafe": ["filter-unsafe", str(dataset)],
+            "grid": ["inspect", str(dataset), "--grid", str(tmp_path / "g.png")]}[command]
+    line = assert_error(run(args, capsys), TRUNCATED)
+    assert f"{dataset}: shard data/train-00000-of-00003.parquet does not match" in line  # the same words everywhere
+    assert not (tmp_path / "run" / "model_index.json").exists()
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--beta", "inf"), ("--beta", "nan"), ("--learning-rate", "inf"),
+                                             ("--caption-dropout", "nan"), ("--max-grad-norm", "inf"),
+                                             ("--weight-decay", "nan"), ("--text-guidance", "inf")])
+def test_train_refuses_non_finite_numbers(flag, value, dataset, tmp_path, capsys):
+    args = train_args(dataset, tmp_path / "run", flag, value)
+    assert_error(run([*args[:2], "dpo", *args[3:]], capsys), f"{flag} must be a finite number, got {value}")
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_printed_command_resumes_an_interrupted_train(dataset, tmp_path, monkeypatch, capsys):
+    import shlex
+
+    import styleprefs.trainer.loop as loop
+
+    real = loop._train_step
+
+    def interrupt_at_step_2(cfg, run_, step):
+        if step == 2:
+            raise KeyboardInterrupt
+        return real(cfg, run_, step)
+
+    monkeypatch.setattr(loop, "_train_step", interrupt_at_step_2)
+    args = train_args(dataset, tmp_path / "run", "--max-steps", "3", "--checkpoint-every", "1", "--batch-size", "1",
+                      "--gradient-accumulation-steps", "1")
+    code, _, err = run(args, capsys)
+    assert code == 130
+    message = err.strip().splitlines()[-1]
+    assert message.startswith("interrupted; to resume, run: styleprefs train ")
+    command = shlex.split(message.split("run: ", 1)[1])
+    monkeypatch.undo()
+    code, out, err = run(command[1:], capsys)
+    assert code == 0, err
+    assert "resuming from" in out + err and (tmp_path / "run" / "model_index.json").is_file()
+    steps = [line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    assert len(steps) == 3
+
+
+def test_resume_command_of_each_interruption():
+    from styleprefs.cli.app import resume_command
+
+    assert resume_command(["build", "--out", "my data"]) == "styleprefs build --out 'my data'"
+    assert resume_command(["--debug", "train", "--data", "d", "--no-resume"]) == "styleprefs --debug train --data d --resume"
+    assert resume_command(["train", "--resume", "--data", "d"]) == "styleprefs train --resume --data d"

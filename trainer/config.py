@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -206,6 +207,10 @@ class TrainConfig:
             value = getattr(self, f.name)
             if choices and value is not None and value not in choices:
                 raise StyleprefsError(f"--{_flag(f.name)} must be one of {', '.join(choices)}, got {value!r}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if _unwrap_optional(hints[f.name])[0] is float and value is not None and not math.isfinite(value):
+                raise StyleprefsError(f"--{_flag(f.name)} must be a finite number, got {value}")
         positive = ("batch_size", "gradient_accumulation_steps", "max_steps", "resolution", "max_nan_steps",
                     "iterations", "online_pairs", "sample_steps")
         for name in positive:

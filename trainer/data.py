@@ -20,7 +20,7 @@ from PIL import Image
 from torch import Tensor
 
 from styleprefs.errors import StyleprefsError
-from styleprefs.inspect import read_manifest, shard_paths
+from styleprefs.inspect import read_verified_manifest, shard_paths
 from styleprefs.schema import REQUIRED_SOURCE_COLUMNS, missing_columns
 
 TIE_POLICIES = ("drop", "random")
@@ -45,7 +45,7 @@ def dataset_files(dataset: Path | str) -> list[Path]:
     elif path.is_file():
         files = [path]
     elif (path / "manifest.json").is_file() or (path / ".build").is_dir():
-        return shard_paths(path, read_manifest(path))  # an unfinished build fails here with its own message
+        return shard_paths(path, read_verified_manifest(path))  # an unfinished or damaged dataset fails here
     elif path.is_dir():
         files = sorted(path.rglob("*.parquet"))
     else:
