@@ -12,6 +12,7 @@ The dataset (and ``--out``) are locked for the whole run.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -48,6 +49,12 @@ class SafetyOptions:
     image_model: str = "CompVis/stable-diffusion-safety-checker"
     image_threshold: float = 0.0  # the checker's own rule: flagged when its score is above 0
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.text_threshold <= 1:  # also refuses NaN
+            raise StyleprefsError(f"--text-threshold is a probability between 0 and 1, got {self.text_threshold}")
+        if not math.isfinite(self.image_threshold):
+            raise StyleprefsError(f"--image-threshold must be a finite number, got {self.image_threshold}")
 
 
 @dataclass

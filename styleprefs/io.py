@@ -84,8 +84,11 @@ def write_parquet(table: pa.Table, path: Path) -> None:
 
 
 def write_json(data: dict, path: Path) -> None:
+    """Write ``data`` as JSON; NaN or infinity (not JSON: other readers refuse the file) is a bug and raises
+    ValueError before anything is written."""
+    text = json.dumps(data, indent=2, sort_keys=True, default=str, allow_nan=False)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+        tmp.write_text(text + "\n", encoding="utf-8")
 
 
 def write_text(text: str, path: Path) -> None:

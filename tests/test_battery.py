@@ -1093,3 +1093,50 @@ def test_resume_command_of_each_interruption():
     assert resume_command(["build", "--out", "my data"]) == "styleprefs build --out 'my data'"
     assert resume_command(["--debug", "train", "--data", "d", "--no-resume"]) == "styleprefs --debug train --data d --resume"
     assert resume_command(["train", "--resume", "--data", "d"]) == "styleprefs train --resume --data d"
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["eval", "generate", "--model", "tiny", "--guidance", "nan"], "--guidance must be a finite number"),
+    (["eval", "generate", "--model", "tiny", "--guidance", "inf"], "--guidance must be a finite number"),
+    (["eval", "implicit-acc", "--model", "tiny", "--ref", "tiny", "--beta", "inf"], "--beta must be a positive finite"),
+    (["filter-unsafe", "DATA", "--text-threshold", "nan"], "--text-threshold is a probability"),
+    (["filter-unsafe", "DATA", "--image-threshold", "-inf"], "--image-threshold must be a finite number"),
+    (["relabel", "DATA", "--scorer", RELABEL_SCORER, "--tie-tolerance", "inf"], "--tie-tolerance"),
+    (["eval", "winrate", "DATA", "DATA", "--scorer", "clip=tiny-clip", "--confidence", "nan"],
+     "--confidence must be in (0, 1)"),
+])
+def test_float_options_are_finite(args, expected, dataset, tmp_path, capsys):
+    (tmp_path / "prompts.txt").write_text("a red cube\n")
+    args = [str(dataset) if a == "DATA" else a for a in args]
+    if args[:2] == ["eval", "generate"]:
+        args += ["--prompts", str(tmp_path / "prompts.txt"), "--out", str(tmp_path / "gen")]
+    if args[:2] == ["eval", "implicit-acc"]:
+        args += ["--data", str(dataset)]
+    before = snapshot(dataset)
+    assert_error(run(args, capsys), expected)
+    assert not (tmp_path / "gen" / "generate.json").exists() and snapshot(dataset) == before
+
+
+def test_json_files_never_hold_nan(tmp_path):
+    from styleprefs.io import write_json
+
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        write_json({"guidance": float("nan")}, tmp_path / "x.json")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("label", [float("inf"), 7.0, -1.0, float("nan")])
+def test_source_labels_out_of_range_are_rejected(label, tmp_path, capsys):
+    rows = pickapic_rows(3)
+    rows[0] |= {"caption": "a lighthouse at dusk", "label_0": label, "label_1": 0.0}
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "src.parquet")
+    code, _, err = run(build_args(tmp_path / "src.parquet", tmp_path / "out"), capsys)
+    assert code == 0, err
+    rejects = pq.read_table(tmp_path / "out" / "rejects.parquet").to_pylist()
+    assert [r["reason"] for r in rejects if "lighthouse" in r["caption"]] == [
+        f"labels are not numbers from 0 to 1 (label_0 {label:g}, label_1 0)"]
+    # the trainer reads a raw Pick-a-Pic file too: it refuses the row rather than calling jpg_0 preferred
+    from styleprefs.trainer.data import read_pairs
+
+    with pytest.raises(StyleprefsError, match="labels are numbers from 0 to 1"):
+        read_pairs(tmp_path / "src.parquet")

@@ -23,6 +23,8 @@ bare UNet folders.
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +55,8 @@ def implicit_accuracy(model: str, ref: str, data: str | Path, *, base: str | Non
 
     if num_draws < 1 or batch_size < 1:
         raise StyleprefsError("--draws and --batch-size must be at least 1")
-    if beta <= 0:
-        raise StyleprefsError(f"--beta must be positive, got {beta}")
+    if not 0 < beta < math.inf:  # also refuses NaN
+        raise StyleprefsError(f"--beta must be a positive finite number, got {beta}")
     dev = resolve_device(device)
     pairs, counts = read_pairs(data, ties=ties, seed=seed)
     pairs = pairs[offset:offset + limit if limit else None]
