@@ -39,8 +39,11 @@ def build(
     out: Path = typer.Option(..., "--out", help="Dataset folder to create (or resume)."),
     style: str = typer.Option("winter", help="Built-in style (van_gogh, sketch, winter) or a style .yaml path."),
     source: str = typer.Option("pickapic", help="'pickapic' (Hub), 'sample' (bundled, offline), a Hub repo id, or a local Parquet/tar file, folder or glob."),
-    editor: str = typer.Option("classic", help="Editor that restyles the rejected image: classic, instruct-pix2pix, prompt-diffusion."),
-    editor_model: Optional[str] = typer.Option(None, help="Neural editor's Hub id or folder ('tiny' offline); default the paper's model."),
+    editor: str = typer.Option("classic", help="Editor that restyles the rejected image: classic, instruct-pix2pix, "
+                               "prompt-diffusion, or improve (an improvement model from `styleprefs train --stage "
+                               "improve`, given as --editor-model)."),
+    editor_model: Optional[str] = typer.Option(None, help="Neural editor's Hub id or folder ('tiny' offline; improve: "
+                                               "the improvement model's run folder); default the paper's model."),
     editor_steps: Optional[int] = typer.Option(None, help="Neural editor's denoising steps (default: the style's)."),
     quality_gate: Optional[bool] = typer.Option(None, "--quality-gate/--no-quality-gate", help="CLIP quality gate (default: on for neural editors, off for classic)."),
     clip_model: str = typer.Option("openai/clip-vit-large-patch14", help="CLIP of the quality gate ('tiny' offline)."),

@@ -1140,3 +1140,53 @@ def test_source_labels_out_of_range_are_rejected(label, tmp_path, capsys):
 
     with pytest.raises(StyleprefsError, match="labels are numbers from 0 to 1"):
         read_pairs(tmp_path / "src.parquet")
+
+
+def _commands():
+    """(command path, click command) for the app and every command and subcommand."""
+    import typer
+
+    from styleprefs.cli.app import app
+
+    def walk(command, path):
+        yield path, command
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, f"{path} {name}")
+
+    return list(walk(typer.main.get_command(app), "styleprefs"))
+
+
+def test_no_help_text_loses_brackets_to_rich_markup():
+    """Typer renders help through rich markup, which drops `[default: 7.5]` (it reads it as a style tag)."""
+    from rich.text import Text
+
+    swallowed = []
+    for path, command in _commands():
+        for name, text in [("(summary)", command.help or "")] + [(p.name, getattr(p, "help", None) or "")
+                                                                  for p in command.params]:
+            shown = Text.from_markup(text).plain
+            swallowed += [f"{path} {name}: {group}" for group in re.findall(r"\[[^\[\]]*\]", text) if group not in shown]
+    assert swallowed == []
+    assert {"styleprefs train", "styleprefs eval generate"} <= set(dict(_commands()))  # the walk reaches subcommands
+
+
+def test_help_shows_every_default():
+    """An option with a default shows it: typer's own `[default: ...]`, or the help says it (train's options)."""
+    hidden = [f"{path} {p.opts[0]}" for path, command in _commands() for p in command.params
+              if getattr(p, "param_type_name", "") == "option" and p.default not in (None, [], ())
+              and not p.show_default and "default" not in (p.help or "").lower()]
+    assert hidden == []
+
+
+def test_help_lists_every_editor_and_stage(capsys):
+    from styleprefs.editors import EDITORS
+    from styleprefs.trainer.config import Stage
+
+    import typing
+
+    code, out, _ = run(["build", "--help"], capsys)
+    assert code == 0 and all(editor in " ".join(out.split()) for editor in EDITORS)
+    summary = dict(_commands())["styleprefs train"].help.split("\n")[0]
+    assert all(re.search(rf"\b{stage}\b", summary) for stage in typing.get_args(Stage)), summary
+    code, out, _ = run(["eval", "generate", "--help"], capsys)
+    assert "(default: 7.5 for SD1.5, 5.0 for SDXL)" in " ".join(out.replace("│", " ").split())
