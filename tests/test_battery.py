@@ -1190,3 +1190,45 @@ def test_help_lists_every_editor_and_stage(capsys):
     assert all(re.search(rf"\b{stage}\b", summary) for stage in typing.get_args(Stage)), summary
     code, out, _ = run(["eval", "generate", "--help"], capsys)
     assert "(default: 7.5 for SD1.5, 5.0 for SDXL)" in " ".join(out.replace("│", " ").split())
+
+
+def test_the_quickstart_prints_commands_that_reproduce_its_runs(tmp_path, capsys):
+    """Running the printed `styleprefs train` line gives the run the quickstart's own stage makes."""
+    import dataclasses
+    import shlex
+
+    import yaml
+
+    from styleprefs.quickstart import Plan, _stages, _train_config
+
+    plan = Plan(num_pairs=8, heldout_pairs=4, sft_steps=2, batch_size=2)
+    stages = {stage.name: stage for stage in _stages(tmp_path, "winter", None, plan)}
+    stages["build the training set (sample scenes, train split)"].run()
+    command = shlex.split(stages["train SFT"].command)
+    assert command[:2] == ["styleprefs", "train"]
+    code, _, err = run(command[1:], capsys)
+    assert code == 0, err
+    written = yaml.safe_load((tmp_path / "runs" / "sft" / "train_config.yaml").read_text())
+    expected = _train_config("sft", tmp_path / "data", tmp_path / "runs" / "sft", plan).resolved()
+    assert written == dataclasses.asdict(expected)
+    assert written["max_steps"] == 2 and written["batch_size"] == 2 and written["snr_gamma"] == 5.0
+
+
+def test_a_config_command_line_round_trips(monkeypatch):
+    import shlex
+
+    import styleprefs.trainer.loop as loop
+    from styleprefs.trainer.config import TrainConfig
+
+    cfg = TrainConfig(stage="rpo", data="my data", out="o", random_flip=False, clip_model=None,
+                      validation_prompts=["a 'quoted' cat", "two"], scale_lr=False, reconstruct_prob=0.25, tau=0.01)
+    seen = []
+    monkeypatch.setattr(loop, "train", lambda config: seen.append(config) or Path(config.out))
+    main_args = shlex.split(cfg.command_line())
+    assert main_args[:2] == ["styleprefs", "train"]
+    with pytest.raises(SystemExit) as exc:
+        main(main_args[1:])
+        raise SystemExit(0)
+    assert exc.value.code == 0 and seen == [cfg]
+    with pytest.raises(StyleprefsError, match="--checkpoints-total-limit None has no command-line form"):
+        TrainConfig(stage="sft", data="d", out="o", checkpoints_total_limit=None).command_line()

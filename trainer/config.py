@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import shlex
 import types
 import typing
 from dataclasses import dataclass, field
@@ -281,6 +282,23 @@ class TrainConfig:
         """The rate the optimizer uses: the base rate, times the pairs per step with --scale-lr."""
         cfg = self.resolved()
         return cfg.learning_rate * (cfg.pairs_per_step(num_processes) if cfg.scale_lr else 1)
+
+    def command_line(self) -> str:
+        """The ``styleprefs train`` command that makes this config: a flag for every field not at its default."""
+        args = ["styleprefs", "train"]
+        for option in config_options():
+            value = getattr(self, option.name)
+            if value == option.default and not option.required:
+                continue
+            if option.type is bool and value is not None:
+                args.append(option.flag if value else f"--no-{option.flag[2:]}")
+            elif isinstance(value, list):
+                args += [arg for item in value for arg in (option.flag, item)]
+            elif value is None and option.type is not str:
+                raise StyleprefsError(f"{option.flag} None has no command-line form: set it in a --config YAML")
+            else:
+                args += [option.flag, "none" if value is None else str(value)]
+        return shlex.join(args)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False, allow_unicode=True)
