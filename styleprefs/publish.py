@@ -22,7 +22,7 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, co
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import get_session, validate_repo_id
 
-from styleprefs.card import check_config_name, human_size, render_card
+from styleprefs.card import check_config_name, check_license, human_size, render_card
 from styleprefs.errors import StyleprefsError
 from styleprefs.inspect import read_verified_manifest, shard_paths
 
@@ -52,6 +52,8 @@ def plan_push(dataset: Path, repo_id: str, *, config_name: str | None = None, li
     ``existing_card`` is the repo's current ``README.md``; its other configs are kept in the new card.
     """
     check_repo_id(repo_id)
+    if license is not None:
+        check_license(license)  # before hashing the shards
     dataset = Path(dataset)
     manifest = read_verified_manifest(dataset)
     name = check_config_name(config_name or manifest["config"]["build"]["style"])

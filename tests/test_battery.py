@@ -1232,3 +1232,12 @@ def test_a_config_command_line_round_trips(monkeypatch):
     assert exc.value.code == 0 and seen == [cfg]
     with pytest.raises(StyleprefsError, match="--checkpoints-total-limit None has no command-line form"):
         TrainConfig(stage="sft", data="d", out="o", checkpoints_total_limit=None).command_line()
+
+
+@pytest.mark.parametrize(("license", "expected"), [("not-a-license", "not a Hub license identifier"),
+                                                   ("cc-by-nc-4", "did you mean cc-by-nc-4.0?"),
+                                                   ("Apache-2.0", "did you mean apache-2.0?")])
+def test_push_checks_the_license_against_the_hub_list(license, expected, dataset, capsys):
+    assert_error(run(["push", str(dataset), "me/data", "--license", license, "--dry-run"], capsys), expected)
+    code, out, err = run(["push", str(dataset), "me/data", "--license", "llama3.1", "--dry-run"], capsys)
+    assert code == 0, err
