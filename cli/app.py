@@ -148,7 +148,8 @@ def filter_unsafe_cmd(
                             image_model=image_model, image_threshold=image_threshold, device=device)
     report = filter_unsafe(dataset, options, out=out)
     if report.status == "no-op":
-        console.print(f"{dataset} was already filtered with these options; nothing to do.")
+        done = f"{out} already holds {dataset} filtered" if out else f"{dataset} was already filtered"
+        console.print(f"{done} with these options; nothing to do.", markup=False, highlight=False)
         return
     table = Table("category", "rows quarantined", title=f"safety filter on {out or dataset}")
     for category, n in report.by_category().items():

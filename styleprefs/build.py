@@ -251,21 +251,22 @@ def _check_existing(out: Path, identity: dict) -> bool:
         if recorded != identity and marker.parent == state and _nothing_done(out):
             return False
         if recorded != identity:
-            raise StyleprefsError(
-                f"{out} holds a dataset built with other arguments ({_differences(recorded or {}, identity)}); "
-                "pass --overwrite to replace it or choose another --out"
-            )
+            differences = _differences(recorded or {}, identity)
+            what = ("from --source as it was then: the source has changed since"
+                    if all(d.startswith("source.") for d in differences) else "with other arguments")
+            raise StyleprefsError(f"{out} holds a dataset built {what} (differs in {', '.join(differences)}); pass "
+                                  "--overwrite to replace it or choose another --out")
         return marker.name == "manifest.json"
     if (out / "data").exists():
         raise StyleprefsError(f"{out}/data exists but is not a styleprefs build; pass --overwrite or choose another --out")
     return False
 
 
-def _differences(a: dict, b: dict) -> str:
+def _differences(a: dict, b: dict) -> list[str]:
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     nested = [f"{k}.{kk}" for k in keys if isinstance(a.get(k), dict) and isinstance(b.get(k), dict)
               for kk in sorted(set(a[k]) | set(b[k])) if a[k].get(kk) != b[k].get(kk)]
-    return "differs in " + ", ".join(nested or keys)
+    return nested or keys
 
 
 def _remove_outputs(out: Path) -> None:

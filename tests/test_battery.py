@@ -1241,3 +1241,35 @@ def test_push_checks_the_license_against_the_hub_list(license, expected, dataset
     assert_error(run(["push", str(dataset), "me/data", "--license", license, "--dry-run"], capsys), expected)
     code, out, err = run(["push", str(dataset), "me/data", "--license", "llama3.1", "--dry-run"], capsys)
     assert code == 0, err
+
+
+def test_filter_rerun_into_out_names_the_out_folder(dataset, tmp_path, capsys):
+    args = ["filter-unsafe", str(dataset), "--out", str(tmp_path / "f")]
+    assert run(args, capsys)[0] == 0
+    code, out, _ = run(args, capsys)
+    assert code == 0 and " ".join(out.split()) == f"{tmp_path / 'f'} already holds {dataset} filtered with these options; nothing to do."
+
+
+def test_a_changed_source_is_not_called_other_arguments(source, tmp_path, capsys):
+    src = Path(shutil.copytree(source, tmp_path / "src"))
+    assert run(build_args(src, tmp_path / "out"), capsys)[0] == 0
+    write_pickapic_parquet(tmp_path / "more", n_files=1, rows_per_file=3)
+    shutil.copy(next((tmp_path / "more").glob("*.parquet")), src / "extra.parquet")
+    line = assert_error(run(build_args(src, tmp_path / "out"), capsys), "the source has changed since")
+    assert "differs in source.files" in line and "other arguments" not in line
+    line = assert_error(run(build_args(src, tmp_path / "out", "--seed", "3"), capsys), "other arguments")
+
+
+def test_a_scorer_path_that_does_not_exist(dataset, tmp_path, capsys):
+    line = assert_error(run(["relabel", str(dataset), "--scorer", f"winter={tmp_path}/no/such/path"], capsys),
+                        f"--scorer winter={tmp_path}/no/such/path: no such path")
+    assert "repo" not in line.lower()
+
+
+def test_a_model_folder_as_prompts(tmp_path, capsys):
+    from styleprefs.tiny import ensure_tiny
+
+    model = ensure_tiny("tiny")
+    line = assert_error(run(["eval", "generate", "--model", "tiny", "--prompts", str(model), "--out",
+                             str(tmp_path / "g")], capsys), "is a model (pipeline) folder, not prompts")
+    assert "--model" in line
