@@ -1273,3 +1273,22 @@ def test_a_model_folder_as_prompts(tmp_path, capsys):
     line = assert_error(run(["eval", "generate", "--model", "tiny", "--prompts", str(model), "--out",
                              str(tmp_path / "g")], capsys), "is a model (pipeline) folder, not prompts")
     assert "--model" in line
+
+
+@pytest.mark.parametrize("improver", ["dataset", "plain pipeline"])
+def test_the_improver_is_checked_before_any_image_is_generated(improver, dataset, tmp_path, monkeypatch, capsys):
+    import styleprefs.eval.generate
+    from styleprefs.tiny import ensure_tiny
+
+    def generating(*args, **kwargs):
+        raise AssertionError("images were generated before the improver was checked")
+
+    monkeypatch.setattr(styleprefs.eval.generate, "generate", generating)
+    model = str(dataset) if improver == "dataset" else str(ensure_tiny("tiny"))
+    args = ["train", "--stage", "iterative", "--data", str(dataset), "--out", str(tmp_path / "run"), "--model", "tiny",
+            "--resolution", "32", "--improver", model, "--online-pairs", "2", "--iterations", "1"]
+    expected = ("is not a model folder: it holds none of model_index.json, unet/" if improver == "dataset"
+                else "unet/ takes 4 input channels, not noise + image latent")
+    line = assert_error(run(args, capsys), expected)
+    assert "(expected" not in line  # says what is wrong once
+    assert not (tmp_path / "run" / "iter-1").exists()

@@ -54,6 +54,10 @@ def train_iterations(cfg: TrainConfig, *, show_progress: bool = True) -> Path:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise StyleprefsError(f"--stage {cfg.stage} runs in one process: start it without torchrun or accelerate")
     cfg = cfg.resolved()
+    if cfg.stage == "iterative":
+        from styleprefs.editors.improve import resolve_improver
+
+        resolve_improver(cfg.improver)  # before generating anything
     out = Path(cfg.out)
     _check_same_run(cfg, out)
     policy = cfg.init or cfg.model
