@@ -1292,3 +1292,39 @@ def test_the_improver_is_checked_before_any_image_is_generated(improver, dataset
     line = assert_error(run(args, capsys), expected)
     assert "(expected" not in line  # says what is wrong once
     assert not (tmp_path / "run" / "iter-1").exists()
+
+
+def test_implicit_accuracy_prints_no_loading_bars(dataset, capfd):
+    from styleprefs.eval.implicit_acc import implicit_accuracy
+
+    implicit_accuracy("tiny", "tiny", dataset, num_draws=1, limit=2, resolution=32, device="cpu", show_progress=False)
+    captured = capfd.readouterr()
+    assert "Loading weights" not in captured.out + captured.err
+
+
+def test_experiment_tables_of_one_seed(capsys):
+    from styleprefs.experiments.common import render_rows
+    from styleprefs.experiments.online_improvement import render_table
+
+    one = {"Style FID": {"mean": 0.25, "std": 0.0, "values": [0.25]}}
+    two = {"Style FID": {"mean": 0.25, "std": 0.05, "values": [0.2, 0.3]}}
+    assert render_rows({"a": one}, "winter")[2].startswith("| a | 0.25 |")
+    assert render_rows({"a": two}, "winter")[2].startswith("| a | 0.25 ± 0.05 |")
+    plan = {"seeds": (0,), "iteration_steps": 1, "batch_size": 1, "online_pairs": 1, "style": "winter"}
+    text = render_table({"plan": plan, "rows": {"a": one}})
+    assert "± 0" not in text and "One seed (0); every method spends 1 DPO step at 1 pair per iteration" in text
+
+
+
+def test_experiment_tables_are_not_wrapped_mid_row(tmp_path, monkeypatch, capsys):
+    import styleprefs.experiments.style_alignment as experiment
+    from styleprefs.experiments.common import METRICS
+
+    metric = {"mean": 0.123456, "std": 0.0123, "values": [0.11, 0.13]}
+    rows = {"SFT+RPO (tau 0.01), a long method name": {m: metric for m in METRICS}}
+    results = {"plan": {"seeds": (0, 1), "steps": 60, "batch_size": 8, "style": "winter"}, "rows": rows}
+    monkeypatch.setattr(experiment, "run_experiment", lambda *args, **kwargs: results)
+    code, out, _ = run(["experiment", "style-alignment", "--out", str(tmp_path)], capsys)
+    assert code == 0
+    table = experiment.render_table(results).strip().splitlines()[:3]
+    assert max(map(len, table)) > 80 and all(line in out.splitlines() for line in table)

@@ -46,7 +46,7 @@ def implicit_accuracy(model: str, ref: str, data: str | Path, *, base: str | Non
                       batch_size: int = 8, seed: int = 0, device: str | None = None, ties: str = "drop",
                       out: str | Path | None = None, show_progress: bool = True) -> dict:
     """Implicit reward accuracy of ``model`` against ``ref`` on pairs ``offset .. offset+limit`` of ``data``."""
-    from styleprefs.editors.loading import resolve_device
+    from styleprefs.editors.loading import quiet_loading, resolve_device
     from styleprefs.images import decode
     from styleprefs.io import write_json
     from styleprefs.trainer.data import preprocess, read_pairs
@@ -67,9 +67,10 @@ def implicit_accuracy(model: str, ref: str, data: str | Path, *, base: str | Non
     if base is None:
         raise StyleprefsError("--model and --ref are both UNet folders: pass --base PIPELINE for the VAE, text "
                               "encoder(s) and noise schedule")
-    components = load_components(base, include_unet=False, device=dev)
-    policy = load_unet(model).to(dev).eval().requires_grad_(False)
-    reference = load_unet(ref).to(dev).eval().requires_grad_(False)
+    with quiet_loading():  # no transformers "Loading weights" bars between a caller's lines
+        components = load_components(base, include_unet=False, device=dev)
+        policy = load_unet(model).to(dev).eval().requires_grad_(False)
+        reference = load_unet(ref).to(dev).eval().requires_grad_(False)
     for name, unet in (("--model", policy), ("--ref", reference)):
         if unet.config.in_channels != 4:
             raise StyleprefsError(f"{name} UNet has {unet.config.in_channels} input channels; expected a text-to-image UNet")
