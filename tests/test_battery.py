@@ -1328,3 +1328,17 @@ def test_experiment_tables_are_not_wrapped_mid_row(tmp_path, monkeypatch, capsys
     assert code == 0
     table = experiment.render_table(results).strip().splitlines()[:3]
     assert max(map(len, table)) > 80 and all(line in out.splitlines() for line in table)
+
+
+def test_vendi_offline_names_the_embedding_that_works(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no Inception weights there
+    (tmp_path / "prompts.txt").write_text("a red cube\na blue ball\n")
+    generate = ["eval", "generate", "--model", "tiny", "--prompts", str(tmp_path / "prompts.txt"), "--out",
+                str(tmp_path / "gen"), "--images-per-prompt", "2", "--steps", "1", "--device", "cpu"]
+    assert run(generate, capsys)[0] == 0
+    line = assert_error(run(["eval", "vendi", str(tmp_path / "gen")], capsys), "--weights PATH")
+    assert "--embedding clip --clip-model mini-clip" in line
+    code, out, err = run(["eval", "vendi", str(tmp_path / "gen"), "--embedding", "clip", "--clip-model", "mini-clip"],
+                         capsys)
+    assert code == 0 and "Vendi" in out, err
+    assert "--embedding clip --clip-model mini-clip" in Path(__file__).parents[1].joinpath("README.md").read_text()
