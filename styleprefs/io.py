@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import shutil
+import stat
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -22,27 +23,45 @@ ROW_GROUP_ROWS = 100  # about 30 MB of Pick-a-Pic images per row group
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds, with the mode
+    ``open()`` would give a new file (the umask's; ``mkstemp`` makes 0600, as does safetensors' writer)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _new_temp_file(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _new_temp_file(path: Path) -> Path:
-    """A new empty file ``.NAME.XXXXXXXX.tmp`` beside ``path``, created with the mode ``open()`` gives (0666 less the
-    umask; ``tempfile.mkstemp`` would make it 0600, and the renamed file readable by its owner alone)."""
-    while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return tmp
-        except FileExistsError:
+def umask() -> int:
+    """The process's umask, read without changing it (Linux: /proc/self/status), else set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(folder: Path) -> None:
+    """Give ``folder`` and the folders and files under it the modes ``mkdir()`` and ``open()`` would under the
+    umask, where a writer made them private (safetensors writes 0600; ``mkdtemp`` makes 0700). Files with other
+    hard links (a base model's, shared with its cache) and entries of other users are left alone."""
+    mask, me = umask(), os.geteuid()
+    for entry in [Path(folder), *Path(folder).rglob("*")]:
+        info = entry.lstat()
+        if info.st_uid != me or stat.S_ISLNK(info.st_mode) or (stat.S_ISREG(info.st_mode) and info.st_nlink > 1):
             continue
+        mode = (0o777 if stat.S_ISDIR(info.st_mode) else 0o666) & ~mask
+        if stat.S_IMODE(info.st_mode) != mode:
+            os.chmod(entry, mode)
 
 
 @contextmanager

@@ -1021,10 +1021,14 @@ def test_outputs_honour_the_umask(source, tmp_path, capsys):
     old = os.umask(0o022)
     try:
         assert run(build_args(source, tmp_path / "out"), capsys)[0] == 0
+        assert run(["cache", str(tmp_path / "out"), "--model", "tiny", "--resolution", "32", "--clip-model", "none"],
+                   capsys)[0] == 0  # safetensors shards: its writer makes 0600 files
     finally:
         os.umask(old)
-    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.name != ".styleprefs.lock"]
-    assert files and {p.stat().st_mode & 0o777 for p in files} == {0o644}, [(p, oct(p.stat().st_mode)) for p in files]
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert {"manifest.json", "train-00000-of-00003.parquet", "cache.json"} <= {p.name for p in files}
+    assert any(p.suffix == ".safetensors" for p in files)
+    assert {p.stat().st_mode & 0o777 for p in files} == {0o644}, [(p, oct(p.stat().st_mode)) for p in files]
     old = os.umask(0o077)
     try:
         from styleprefs.io import write_text
@@ -1033,6 +1037,20 @@ def test_outputs_honour_the_umask(source, tmp_path, capsys):
     finally:
         os.umask(old)
     assert (tmp_path / "private.txt").stat().st_mode & 0o777 == 0o600
+
+
+def test_honour_umask_leaves_shared_files_alone(tmp_path, _umask_022):
+    from styleprefs.io import honour_umask
+
+    (tmp_path / "run" / "sub").mkdir(parents=True)
+    for name in ("own", "base"):
+        (tmp_path / "run" / "sub" / name).write_text(name)
+        os.chmod(tmp_path / "run" / "sub" / name, 0o600)
+    os.link(tmp_path / "run" / "sub" / "base", tmp_path / "base-in-its-cache")
+    os.chmod(tmp_path / "run" / "sub", 0o700)
+    honour_umask(tmp_path / "run")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").rglob("*")}
+    assert modes == {"sub": 0o755, "own": 0o644, "base": 0o600}
 
 
 @pytest.mark.parametrize("command", ["train from its cache", "cache", "relabel", "push", "filter-unsafe", "grid"])
@@ -1059,7 +1077,14 @@ def test_train_refuses_non_finite_numbers(flag, value, dataset, tmp_path, capsys
     assert not (tmp_path / "run").exists()
 
 
-def test_the_printed_command_resumes_an_interrupted_train(dataset, tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def _umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_the_printed_command_resumes_an_interrupted_train(dataset, tmp_path, monkeypatch, capsys, _umask_022):
     import shlex
 
     import styleprefs.trainer.loop as loop
@@ -1085,6 +1110,12 @@ def test_the_printed_command_resumes_an_interrupted_train(dataset, tmp_path, mon
     assert "resuming from" in out + err and (tmp_path / "run" / "model_index.json").is_file()
     steps = [line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if line.strip()]
     assert len(steps) == 3
+    # Under umask 022 (_umask_022) what the run wrote (weights, checkpoints, curves, config) is readable by others;
+    # the base's components are hard links to the base's own files, which keep their mode.
+    written = [p for p in (tmp_path / "run").rglob("*") if p.is_dir() or p.stat().st_nlink == 1]
+    assert any(p.name == "diffusion_pytorch_model.safetensors" for p in written)
+    private = [str(p) for p in written if p.stat().st_mode & 0o044 != 0o044]
+    assert private == [], [(p, oct(Path(p).stat().st_mode)) for p in private]
 
 
 def test_resume_command_of_each_interruption():
