@@ -56,6 +56,8 @@ def plan_push(dataset: Path, repo_id: str, *, config_name: str | None = None, li
         check_license(license)  # before hashing the shards
     dataset = Path(dataset)
     manifest = read_verified_manifest(dataset)
+    if not manifest["counts"]["kept"]:
+        raise StyleprefsError(f"{dataset} holds no pairs (0 kept): nothing to push")  # `datasets` cannot load it
     name = check_config_name(config_name or manifest["config"]["build"]["style"])
     files = [(path, f"{name}/{path.name}") for path in shard_paths(dataset, manifest)]
     files.append((dataset / "manifest.json", f"{name}/manifest.json"))

@@ -1373,3 +1373,11 @@ def test_vendi_offline_names_the_embedding_that_works(tmp_path, monkeypatch, cap
                          capsys)
     assert code == 0 and "Vendi" in out, err
     assert "--embedding clip --clip-model mini-clip" in Path(__file__).parents[1].joinpath("README.md").read_text()
+
+
+def test_push_refuses_a_dataset_without_pairs(dataset, tmp_path, capsys):
+    everything = tmp_path / "all.txt"
+    everything.write_text("".join(f"{row['caption']}\n" for row in pickapic_rows(10) if row["caption"].strip()))
+    assert run(["filter-unsafe", str(dataset), "--blocklist", str(everything)], capsys)[0] == 0
+    assert read_finished_manifest(dataset)["counts"]["kept"] == 0  # every caption quarantined
+    assert_error(run(["push", str(dataset), "me/data", "--dry-run"], capsys), "holds no pairs (0 kept)")
