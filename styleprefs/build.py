@@ -217,8 +217,8 @@ def _refuse_empty(job: _Job, out: Path, parts: list[_Part], procs: Processes) ->
 def shortfall(manifest: dict) -> str | None:
     """One line for a build that kept fewer pairs than asked for (the source ran out): where its rows went."""
     counts = manifest["counts"]
-    if counts["kept"] >= counts["requested"]:
-        return None
+    if counts["kept"] >= counts["requested"] or "relabel" in manifest or manifest.get("safety", {}).get("runs"):
+        return None  # not short; or filter-unsafe or relabel has changed the counts since the build
     skipped = manifest.get("selection", {}).get("skipped") or {}
     if not skipped and counts["skipped_duplicate_captions"]:
         skipped = {DUPLICATE: counts["skipped_duplicate_captions"]}

@@ -1381,3 +1381,9 @@ def test_push_refuses_a_dataset_without_pairs(dataset, tmp_path, capsys):
     assert run(["filter-unsafe", str(dataset), "--blocklist", str(everything)], capsys)[0] == 0
     assert read_finished_manifest(dataset)["counts"]["kept"] == 0  # every caption quarantined
     assert_error(run(["push", str(dataset), "me/data", "--dry-run"], capsys), "holds no pairs (0 kept)")
+
+
+def test_a_filtered_dataset_is_not_called_short(dataset, source, blocklist, capsys):
+    assert run(["filter-unsafe", str(dataset), "--blocklist", str(blocklist)], capsys)[0] == 0
+    code, out, _ = run(build_args(source, dataset), capsys)
+    assert code == 0 and "already complete" in out and "asked for" not in out
