@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
@@ -38,9 +39,14 @@ def build(
     out: Path = typer.Option(..., "--out", help="Dataset folder to create (or resume)."),
     style: str = typer.Option("winter", help="Built-in style (van_gogh, sketch, winter) or a style .yaml path."),
     source: str = typer.Option("pickapic", help="'pickapic' (Hub), 'sample' (bundled, offline), a Hub repo id, or a local Parquet/tar file, folder or glob."),
-    editor: str = typer.Option("classic", help="Editor that restyles the rejected image: classic, instruct-pix2pix, prompt-diffusion, kontext, qwen-image-edit."),
-    editor_model: Optional[str] = typer.Option(None, help="Neural editor's Hub id or folder ('tiny' offline); default the paper's model (kontext, qwen-image-edit: FLUX.1-Kontext-dev, Qwen-Image-Edit-2509)."),
-    editor_steps: Optional[int] = typer.Option(None, help="Neural editor's denoising steps (default: the style's; kontext, qwen-image-edit: the model card's)."),
+    editor: str = typer.Option("classic", help="Editor that restyles the rejected image: classic, instruct-pix2pix, "
+                               "prompt-diffusion, kontext, qwen-image-edit, or improve (an improvement model from "
+                               "`styleprefs train --stage improve`, given as --editor-model)."),
+    editor_model: Optional[str] = typer.Option(None, help="Neural editor's Hub id or folder ('tiny' offline; improve: "
+                                               "the improvement model's run folder); default the paper's model "
+                                               "(kontext, qwen-image-edit: FLUX.1-Kontext-dev, Qwen-Image-Edit-2509)."),
+    editor_steps: Optional[int] = typer.Option(None, help="Neural editor's denoising steps (default: the style's; "
+                                               "kontext, qwen-image-edit: the model card's)."),
     quality_gate: Optional[bool] = typer.Option(None, "--quality-gate/--no-quality-gate", help="CLIP quality gate (default: on for neural editors, off for classic)."),
     clip_model: str = typer.Option("openai/clip-vit-large-patch14", help="CLIP of the quality gate ('tiny' offline)."),
     min_direction: float = typer.Option(0.2, help="Gate: minimum CLIP directional similarity."),
@@ -75,7 +81,7 @@ def build(
     overwrite: bool = typer.Option(False, help="Replace a dataset built with other arguments."),
 ) -> None:
     """Build a style preference dataset in Pick-a-Pic's Parquet format."""
-    from styleprefs.build import BuildConfig, build_dataset
+    from styleprefs.build import BuildConfig, build_dataset, shortfall
     from styleprefs.gpu import parse_batch_size
     from styleprefs.parallel import parse_workers
     from styleprefs.sources.selection import SelectionConfig
@@ -97,6 +103,9 @@ def build(
     skipped = result.manifest.get("selection", {}).get("skipped")
     if skipped:
         _print_counts(skipped, "rows skipped by the selection")
+    short = shortfall(result.manifest)
+    if short:
+        console.print(f"{out}: {short}", markup=False, highlight=False)
 
 
 @app.command()
@@ -153,7 +162,8 @@ def filter_unsafe_cmd(
         console.print(skipped_note(), markup=False)
     report = filter_unsafe(dataset, options, out=out)
     if report.status == "no-op":
-        console.print(f"{dataset} was already filtered with these options; nothing to do.")
+        done = f"{out} already holds {dataset} filtered" if out else f"{dataset} was already filtered"
+        console.print(f"{done} with these options; nothing to do.", markup=False, highlight=False)
         return
     table = Table("category", "rows quarantined", title=f"safety filter on {out or dataset}")
     for category, n in report.by_category().items():
@@ -325,9 +335,19 @@ def run(typer_app: typer.Typer, argv: list[str] | None = None) -> None:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(2)
     if code == 130:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
+        print(f"interrupted; to resume, run: {resume_command(sys.argv[1:] if argv is None else argv)}", file=sys.stderr)
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command line that resumes an interrupted ``styleprefs ARGV``: the same one; ``train`` with ``--resume``
+    (without it, train refuses a folder that holds a run)."""
+    args = [arg for arg in argv if arg != "--no-resume"]
+    command = next((arg for arg in args if not arg.startswith("-")), None)
+    if command == "train" and "--resume" not in args:
+        args.append("--resume")
+    return shlex.join(["styleprefs", *args])
 
 
 def _usage_error(exc: Exception) -> StyleprefsError | None:

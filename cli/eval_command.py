@@ -45,7 +45,7 @@ def generate(
     seed: int = typer.Option(0, help="Base seed; image i of a prompt gets seed hash(seed, prompt, i), same for every model."),
     steps: int = typer.Option(50, help="Sampling steps."),
     guidance: Optional[float] = typer.Option(None, help="CFG scale (default: 7.5 for SD1.5, 5.0 for SDXL, 7.0 for SD3, 3.5 for FLUX.1)."),
-    resolution: Optional[int] = typer.Option(None, help="Image size [default: the model's native size]."),
+    resolution: Optional[int] = typer.Option(None, help="Image size (default: the model's native size)."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N prompts."),
     negative_prompt: str = typer.Option("", help="Negative prompt for every image."),
     batch_size: int = typer.Option(4, help="Images per pipeline call."),
@@ -75,7 +75,7 @@ def style_fid(
     data: str = typer.Option(..., "--data", help="Style dataset (its preferred images are the reference set)."),
     generated: Path = typer.Option(..., "--generated", help="Folder written by `eval generate` (or any image folder)."),
     inception: Optional[Path] = typer.Option(None, help="FID Inception weights (pytorch-fid pt_inception-2015-12-05-6726825d.pth) "
-                                             "[default: $TORCH_HOME/hub/checkpoints/]."),
+                                             "(default: $TORCH_HOME/hub/checkpoints/)."),
     features: str = typer.Option("fid", help="fid (the TF Inception weights), mini (mini-clip features: mini FID, "
                                  "comparable only within the miniature world) or random (seeded untrained network: "
                                  "smoke tests only). Only fid is comparable to published FID."),
@@ -87,7 +87,7 @@ def style_fid(
     kid_subset_size: int = typer.Option(1000, help="KID subset size (capped at N)."),
     batch_size: int = typer.Option(16, help="Images per Inception forward."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
-    out: Optional[Path] = typer.Option(None, help="Result JSON [default: GENERATED/style_fid.json]."),
+    out: Optional[Path] = typer.Option(None, help="Result JSON (default: GENERATED/style_fid.json)."),
 ) -> None:
     """FID and KID between a dataset's preferred images and generated images (equal counts)."""
     from styleprefs.eval.fid import style_fid as run
@@ -106,11 +106,11 @@ def style_fid(
 def rewards(
     folder: Path = typer.Argument(..., help="Folder written by `eval generate`."),
     scorer: List[str] = typer.Option(..., "--scorer", help=SCORER_HELP),
-    pickscore_processor: Optional[str] = typer.Option(None, help="Processor for PickScore [default: the model folder's, "
-                                                      "else laion/CLIP-ViT-H-14-laion2B-s32B-b79K]."),
-    aesthetic_clip: Optional[str] = typer.Option(None, help="CLIP under the aesthetic MLP [default: openai/clip-vit-large-patch14]."),
+    pickscore_processor: Optional[str] = typer.Option(None, help="Processor for PickScore (default: the model folder's, "
+                                                      "else laion/CLIP-ViT-H-14-laion2B-s32B-b79K)."),
+    aesthetic_clip: Optional[str] = typer.Option(None, help="CLIP under the aesthetic MLP (default: openai/clip-vit-large-patch14)."),
     hpsv2_version: str = typer.Option("v2.1", help="HPSv2 checkpoint fetched from xswu/HPSv2: v2.0 or v2.1."),
-    hpsv2_arch: Optional[str] = typer.Option(None, help="open_clip architecture for an HPSv2 .pt [default: ViT-H-14]."),
+    hpsv2_arch: Optional[str] = typer.Option(None, help="open_clip architecture for an HPSv2 .pt (default: ViT-H-14)."),
     batch_size: int = typer.Option(8, help="Images per scorer forward (does not change the scores)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
 ) -> None:
@@ -135,7 +135,7 @@ def winrate(
     n_bootstrap: int = typer.Option(10000, help="Bootstrap resamples (over prompts) for the confidence interval."),
     confidence: float = typer.Option(0.95, help="Confidence level of the interval."),
     seed: int = typer.Option(0, help="Bootstrap seed."),
-    out: Optional[Path] = typer.Option(None, help="Result JSON [default: DIR_A/winrate_vs_<DIR_B name>.json]."),
+    out: Optional[Path] = typer.Option(None, help="Result JSON (default: DIR_A/winrate_vs_<DIR_B name>.json)."),
     batch_size: int = typer.Option(8, help="Images per scorer forward, when scores must be computed."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
 ) -> None:
@@ -159,13 +159,13 @@ def vendi(
     folder: Path = typer.Argument(..., help="Folder written by `eval generate`."),
     embedding: str = typer.Option("inception", help="inception (torchvision ImageNet weights, the Vendi-Score repo's), "
                                   "clip, or random (smoke test, not comparable)."),
-    weights: Optional[Path] = typer.Option(None, help="inception_v3_google-0cc3c7bd.pth [default: $TORCH_HOME/hub/checkpoints/]."),
-    clip_model: Optional[str] = typer.Option(None, help="CLIP for --embedding clip [default: openai/clip-vit-large-patch14; "
-                                             "tiny-clip offline]."),
+    weights: Optional[Path] = typer.Option(None, help="inception_v3_google-0cc3c7bd.pth (default: $TORCH_HOME/hub/checkpoints/)."),
+    clip_model: Optional[str] = typer.Option(None, help="CLIP for --embedding clip (default: openai/clip-vit-large-patch14; "
+                                             "tiny-clip offline)."),
     seed: int = typer.Option(0, help="Seed of the random embedding."),
     batch_size: int = typer.Option(16, help="Images per forward."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
-    out: Optional[Path] = typer.Option(None, help="Result JSON [default: FOLDER/vendi.json]."),
+    out: Optional[Path] = typer.Option(None, help="Result JSON (default: FOLDER/vendi.json)."),
 ) -> None:
     """Vendi diversity score of each prompt's images (cosine kernel), averaged over prompts."""
     from styleprefs.eval.vendi import vendi_folder
@@ -183,12 +183,12 @@ def implicit_acc(
     ref: str = typer.Option(..., "--ref", help="Reference pipeline or UNet folder (e.g. the base or SFT model)."),
     data: str = typer.Option(..., "--data", help="Held-out preference pairs (dataset folder or Pick-a-Pic Parquet)."),
     base: Optional[str] = typer.Option(None, help="Pipeline giving the VAE, text encoders and schedule "
-                                       "[default: --ref, or --model if --ref is a UNet folder]."),
+                                       "(default: --ref, or --model if --ref is a UNet folder)."),
     draws: int = typer.Option(10, help="(t, noise) draws per pair (the Diffusion-DPO paper: 10)."),
     beta: float = typer.Option(5000.0, help="DPO beta (scales the logits; the accuracy depends only on their sign)."),
     limit: int = typer.Option(500, help="Pairs to use (0: all)."),
     offset: int = typer.Option(0, help="First pair to use."),
-    resolution: Optional[int] = typer.Option(None, help="Image size [default: the UNet's native size]."),
+    resolution: Optional[int] = typer.Option(None, help="Image size (default: the UNet's native size)."),
     batch_size: int = typer.Option(8, help="Pairs per forward (does not change the result)."),
     seed: int = typer.Option(0, help="Seed of the (t, noise) draws."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
@@ -207,7 +207,7 @@ def implicit_acc(
 def report(
     runs: List[Path] = typer.Argument(..., help="Generation folders holding eval results (first = baseline for win rates)."),
     out: Path = typer.Option(Path("report.md"), "--out", help="Markdown report; JSON and PNGs are written beside it."),
-    name: List[str] = typer.Option([], "--name", help="Row label per run, in order [default: folder names]."),
+    name: List[str] = typer.Option([], "--name", help="Row label per run, in order (default: folder names)."),
     grid_prompts: int = typer.Option(4, help="Prompts (rows) in the image grid."),
 ) -> None:
     """Markdown table (rows: methods, columns: metrics), image grid (same prompt and seed) and bar plots."""

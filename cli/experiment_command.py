@@ -26,7 +26,7 @@ def style_alignment(
         raise typer.BadParameter("must be at least 1", param_hint="--seeds")
     chosen = plan.seeds if seeds is None else tuple(range(seeds))
     results = run_experiment(out, ExperimentPlan(**{**plan.__dict__, "style": style, "seeds": chosen}), console=console)
-    console.print(render_table(results), markup=False, highlight=False)
+    console.print(render_table(results), markup=False, highlight=False, soft_wrap=True)  # a markdown row per line
     console.print(f"results: {out / 'results.json'}, grid: {out / 'grid' / 'report_grid.png'}")
 
 
@@ -45,5 +45,5 @@ def online_improvement(
         raise typer.BadParameter("must be at least 1", param_hint="--seeds")
     results = run_online_experiment(out, OnlinePlan(**{**plan.__dict__, "style": style, "seeds": tuple(range(seeds))}),
                                     console=console)
-    console.print(render_table(results), markup=False, highlight=False)
+    console.print(render_table(results), markup=False, highlight=False, soft_wrap=True)  # a markdown row per line
     console.print(f"results: {out / 'results.json'}, grids: {out / 'grid'}")

@@ -19,7 +19,7 @@ def _parameter(option: ConfigOption) -> inspect.Parameter:
         decls, annotation = (option.flag,), Optional[List[str]]
     else:
         decls, annotation = (option.flag,), Optional[option.type]
-    default = f" [default: {option.default}]" if option.default not in (None, []) else ""
+    default = f" (default: {option.default})" if option.default not in (None, []) else ""
     choices = f" One of: {', '.join(option.choices)}." if option.choices else ""
     return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
                              default=typer.Option(None, *decls, help=f"{option.help}{choices}{default}",
@@ -27,7 +27,9 @@ def _parameter(option: ConfigOption) -> inspect.Parameter:
 
 
 def train(config: Optional[Path] = None, **flags) -> None:
-    """Fine-tune SD1.5/SDXL with SFT, Diffusion-DPO, Diffusion-RPO, ORPO or ORRPO; flags override --config YAML."""
+    """Fine-tune SD1.5/SDXL, --stage sft, dpo, rpo, orpo, orrpo, improve, iterative or spin; flags override --config.
+
+    dpo Diffusion-DPO, rpo Diffusion-RPO, orpo/orrpo reference-free, improve an improvement model, spin SPIN-Diffusion."""
     from accelerate import PartialState
     from rich.console import Console
 

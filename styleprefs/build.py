@@ -45,7 +45,7 @@ from styleprefs.schema import DATASET_SCHEMA, QUARANTINE_SCHEMA, REJECTS_SCHEMA
 from styleprefs.shards import write_shards
 from styleprefs.sources import Source, SourcePair, open_source
 from styleprefs.sources.base import DeferredPair
-from styleprefs.sources.selection import Selection, SelectionConfig
+from styleprefs.sources.selection import DUPLICATE, Selection, SelectionConfig
 from styleprefs.style import StyleSpec, load_style
 
 PART_ROWS = 128
@@ -196,6 +196,7 @@ def _build(job: _Job, out: Path, batch_size: int, show_progress: bool, procs: Pr
     # them only spin, and cost the classic editor a third of its CPU time.
     with threadpool_limits(limits=1, user_api="blas"), _worker_pool(job, workers) as pool:
         parts = _run_parts(job, state, max(1, min(batch_size, PART_ROWS)), show_progress, procs, pool)
+    _refuse_empty(job, out, parts, procs)
     if procs.is_main:
         _finalize(job, out, parts)
         os.replace(state, out / BUILD_DONE)  # the commit
@@ -203,28 +204,71 @@ def _build(job: _Job, out: Path, batch_size: int, show_progress: bool, procs: Pr
     procs.wait()
 
 
+def _refuse_empty(job: _Job, out: Path, parts: list[_Part], procs: Processes) -> None:
+    """A build that kept no pair is an error, and leaves no state that would block the corrected command."""
+    tally = _tally(job, _cut(parts, job.cfg.num_pairs))
+    if tally["counts"]["kept"]:
+        return
+    procs.wait()
+    if procs.is_main:
+        shutil.rmtree(out / BUILD_STATE, ignore_errors=True)
+    raise StyleprefsError(f"{out}: {shortfall(tally)}; no dataset was written: change the selection "
+                          "(--models, --has-label, --max-per-prompt, --unique-captions) or the --source")
+
+
+def shortfall(manifest: dict) -> str | None:
+    """One line for a build that kept fewer pairs than asked for (the source ran out): where its rows went."""
+    counts = manifest["counts"]
+    if counts["kept"] >= counts["requested"] or "relabel" in manifest or manifest.get("safety", {}).get("runs"):
+        return None  # not short; or filter-unsafe or relabel has changed the counts since the build
+    skipped = manifest.get("selection", {}).get("skipped") or {}
+    if not skipped and counts["skipped_duplicate_captions"]:
+        skipped = {DUPLICATE: counts["skipped_duplicate_captions"]}
+    outcomes = [_by_reason(sum(skipped.values()), "skipped by the selection", skipped),
+                _by_reason(counts["rejected"], "rejected", manifest["reject_reasons"]),
+                _by_reason(counts["quarantined"], "quarantined as unsafe", {})]
+    outcomes = [text for text in outcomes if text]
+    total = counts["read"] + sum(skipped.values())
+    ran_out = f"the source ran out after {total} rows" if total else "the source has no rows"
+    return f"kept {counts['kept']} of the {counts['requested']} pairs asked for: {ran_out}" + "".join(
+        f"; {text}" for text in outcomes)
+
+
+def _by_reason(n: int, what: str, reasons: dict[str, int]) -> str:
+    if not n:
+        return ""
+    detail = ", ".join(f"{reason}: {count}" for reason, count in sorted(reasons.items()))
+    return f"{n} {what}" + (f" ({detail})" if detail else "")
+
+
 def _check_existing(out: Path, identity: dict) -> bool:
-    """True if ``out`` already holds this exact dataset, committed; an error if it holds another one."""
+    """True if ``out`` already holds this exact dataset, committed; an error if it holds another one.
+
+    A build that stopped before it finished a part (an editor that failed to load) holds nothing to lose:
+    another build may start afresh there."""
     state = out / BUILD_STATE
     marker = state / "state.json" if state.is_dir() else out / "manifest.json"  # .build/: not committed
     if marker.is_file():
         recorded = read_json(marker).get("config")
+        if recorded != identity and marker.parent == state and _nothing_done(out):
+            return False
         if recorded != identity:
-            raise StyleprefsError(
-                f"{out} holds a dataset built with other arguments ({_differences(recorded or {}, identity)}); "
-                "pass --overwrite to replace it or choose another --out"
-            )
+            differences = _differences(recorded or {}, identity)
+            what = ("from --source as it was then: the source has changed since"
+                    if all(d.startswith("source.") for d in differences) else "with other arguments")
+            raise StyleprefsError(f"{out} holds a dataset built {what} (differs in {', '.join(differences)}); pass "
+                                  "--overwrite to replace it or choose another --out")
         return marker.name == "manifest.json"
     if (out / "data").exists():
         raise StyleprefsError(f"{out}/data exists but is not a styleprefs build; pass --overwrite or choose another --out")
     return False
 
 
-def _differences(a: dict, b: dict) -> str:
+def _differences(a: dict, b: dict) -> list[str]:
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     nested = [f"{k}.{kk}" for k in keys if isinstance(a.get(k), dict) and isinstance(b.get(k), dict)
               for kk in sorted(set(a[k]) | set(b[k])) if a[k].get(kk) != b[k].get(kk)]
-    return "differs in " + ", ".join(nested or keys)
+    return nested or keys
 
 
 def _remove_outputs(out: Path) -> None:
@@ -236,10 +280,15 @@ def _remove_outputs(out: Path) -> None:
     remove_temp_files(out)
 
 
+def _nothing_done(out: Path) -> bool:
+    """Whether ``out``'s unfinished build has not finished a part yet (nor started writing the dataset)."""
+    return not any((out / BUILD_STATE).glob("part-*.json")) and not (out / "manifest.json").exists()
+
+
 def _prepare_state_dir(out: Path, identity: dict) -> None:
     state = out / BUILD_STATE
     state.mkdir(exist_ok=True)
-    if not (state / "state.json").is_file():
+    if not (state / "state.json").is_file() or _nothing_done(out):
         write_json({"config": identity}, state / "state.json")
 
 
@@ -410,22 +459,27 @@ def _finalize(job: _Job, out: Path, parts: list[_Part]) -> dict:
     shards = write_shards(tables, kept, out / "data", job.cfg.shard_size)
     write_parquet(pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA), out / "rejects.parquet")
     write_parquet(pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA), out / "quarantine.parquet")
-    manifest = {
-        "config": job.identity,
-        "styleprefs_version": __version__,
-        "counts": {"read": sum(len(p.outcomes) for p in parts), "kept": kept,
-                   "rejected": len(rejects), "quarantined": len(quarantine),
-                   "skipped_duplicate_captions": sum(p.skipped for p in parts), "requested": job.cfg.num_pairs},
-        "reject_reasons": _reason_counts(rejects),
-        "shards": shards,
-    }
-    if not job.cfg.selection.is_default:
-        manifest["selection"] = job.selection.record(manifest["counts"]["read"])
+    manifest = {"config": job.identity, "styleprefs_version": __version__, **_tally(job, parts), "shards": shards}
     if job.captions is not None:
         manifest["safety"] = safety_summary(job.captions.backends, quarantine)
     write_json(manifest, out / "manifest.json")
     write_card(out)
     return manifest
+
+
+def _tally(job: _Job, parts: list[_Part]) -> dict:
+    """The manifest's counts, reject reasons and (for a selection other than the default) selection record."""
+    rejects = [r for p in parts for r in p.rejects]
+    read = sum(len(p.outcomes) for p in parts)
+    tally = {
+        "counts": {"read": read, "kept": sum(p.kept for p in parts), "rejected": len(rejects),
+                   "quarantined": sum(len(p.quarantine) for p in parts),
+                   "skipped_duplicate_captions": sum(p.skipped for p in parts), "requested": job.cfg.num_pairs},
+        "reject_reasons": _reason_counts(rejects),
+    }
+    if not job.cfg.selection.is_default:
+        tally["selection"] = job.selection.record(read)
+    return tally
 
 
 def _cut(parts: list[_Part], num_pairs: int) -> list[_Part]:

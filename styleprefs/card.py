@@ -13,6 +13,7 @@ folder ``<config>/`` and passes that name. The card's ``configs`` point at ``<fo
 
 from __future__ import annotations
 
+import difflib
 import importlib.resources
 import json
 import re
@@ -28,6 +29,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from styleprefs.editors import OUTPUT_LICENCES
 from styleprefs.errors import StyleprefsError
+from styleprefs.hub_licenses import HUB_LICENSES
 from styleprefs.inspect import read_manifest
 from styleprefs.io import write_text
 
@@ -42,7 +44,6 @@ SIZE_CATEGORIES = tuple((10 ** (3 + i), label) for i, label in enumerate(
      "10B<n<100B", "100B<n<1T"]))
 LICENSES_URL = "https://huggingface.co/docs/hub/repositories-licenses"
 
-_LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
 _CONFIG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SECTION = re.compile(r"<!-- styleprefs-config: (?P<name>[\w.-]+) -->.*?<!-- /styleprefs-config: (?P=name) -->", re.S)
 
@@ -151,10 +152,12 @@ def check_card(text: str) -> None:
 
 
 def check_license(license: str) -> str:
-    if not _LICENSE_ID.match(license):
-        raise StyleprefsError(
-            f"license {license!r} is not a Hub license identifier (e.g. cc-by-nc-4.0, openrail++, other; see {LICENSES_URL})"
-        )
+    """``license`` if it is one of the Hub's license identifiers (an offline copy of its list)."""
+    if license not in HUB_LICENSES:
+        close = difflib.get_close_matches(license.lower(), sorted(HUB_LICENSES), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise StyleprefsError(f"license {license!r} is not a Hub license identifier: {hint}see {LICENSES_URL} (e.g. "
+                              "cc-by-nc-4.0, openrail++; other for a license the Hub does not list)")
     return license
 
 

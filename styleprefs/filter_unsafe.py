@@ -13,6 +13,7 @@ The dataset (and ``--out``) are locked for the whole run.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -23,7 +24,7 @@ import pyarrow as pa
 
 from styleprefs.errors import StyleprefsError
 from styleprefs.images import decode
-from styleprefs.inspect import FILTER_BACKUP, read_finished_manifest, read_manifest, shard_paths
+from styleprefs.inspect import FILTER_BACKUP, read_manifest, read_verified_manifest, shard_paths
 from styleprefs.io import check_separate, write_json, write_parquet
 from styleprefs.lock import LOCK_NAME, folder_lock
 from styleprefs.progress import pair_progress
@@ -55,6 +56,12 @@ class SafetyOptions:
     image_model: str = OPEN_NSFW  # open_nsfw (offline, onnxruntime), or an SD safety checker id or path
     image_threshold: float | None = None  # None: the backend's own (open_nsfw 0.8; SD checker 0, its own rule)
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.text_threshold <= 1:  # also refuses NaN
+            raise StyleprefsError(f"--text-threshold is a probability between 0 and 1, got {self.text_threshold}")
+        if not math.isfinite(self.image_threshold):
+            raise StyleprefsError(f"--image-threshold must be a finite number, got {self.image_threshold}")
 
 
 @dataclass
@@ -151,7 +158,7 @@ def _filter(dataset: Path, options: SafetyOptions, out: Path | None, show_progre
     SWAP.recover(dataset, fresh=False)
     if out is not None:
         SWAP.recover(out, fresh=True)
-    manifest = read_finished_manifest(dataset)
+    manifest = read_verified_manifest(dataset)
     settings = json.loads(json.dumps(asdict(options)))  # as the manifest stores it
     rows_before = manifest["counts"]["kept"]
     if _already_filtered(manifest, settings, out):

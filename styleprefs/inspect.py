@@ -53,6 +53,30 @@ def read_finished_manifest(dataset: Path) -> dict:
     return read_manifest(dataset)
 
 
+def read_verified_manifest(dataset: Path) -> dict:
+    """The manifest of a finished dataset whose shards are all there and match their sha256. Every command that
+    reads a dataset's rows calls it, so each refuses a damaged dataset with the same message."""
+    manifest = read_finished_manifest(dataset)
+    for shard, path in zip(manifest["shards"], shard_paths(dataset, manifest)):
+        if not path.is_file():
+            raise StyleprefsError(f"{dataset}: shard {shard['path']} is missing; rebuild the dataset")
+        if _sha256(path) != shard["sha256"]:
+            raise StyleprefsError(f"{dataset}: shard {shard['path']} does not match its sha256 in manifest.json; it "
+                                  "changed after the build, rebuild it")
+    return manifest
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256: a run that reads a dataset twice hashes it once
+
+
+def _sha256(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = sha256_file(path)
+    return _HASHES[key]
+
+
 def shard_paths(dataset: Path, manifest: dict) -> list[Path]:
     return [Path(dataset) / s["path"] for s in manifest["shards"]]
 
@@ -111,7 +135,7 @@ def save_grid(dataset: Path, out: Path, rows: int = 8, cell: int = 256) -> None:
     """A PNG of ``rows`` pairs: rejected original | preferred edit, caption under each pair."""
     if rows < 1:
         raise StyleprefsError(f"--rows must be at least 1, got {rows}")
-    manifest = read_finished_manifest(dataset)
+    manifest = read_verified_manifest(dataset)
     pairs = _first_rows(shard_paths(dataset, manifest), rows)
     if not pairs:
         raise StyleprefsError(f"{dataset} holds no rows to draw")

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,16 +23,45 @@ ROW_GROUP_ROWS = 100  # about 30 MB of Pick-a-Pic images per row group
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds, with the mode
+    ``open()`` would give a new file (the umask's; ``mkstemp`` makes 0600, as does safetensors' writer)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def umask() -> int:
+    """The process's umask, read without changing it (Linux: /proc/self/status), else set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(folder: Path) -> None:
+    """Give ``folder`` and the folders and files under it the modes ``mkdir()`` and ``open()`` would under the
+    umask, where a writer made them private (safetensors writes 0600; ``mkdtemp`` makes 0700). Files with other
+    hard links (a base model's, shared with its cache) and entries of other users are left alone."""
+    mask, me = umask(), os.geteuid()
+    for entry in [Path(folder), *Path(folder).rglob("*")]:
+        info = entry.lstat()
+        if info.st_uid != me or stat.S_ISLNK(info.st_mode) or (stat.S_ISREG(info.st_mode) and info.st_nlink > 1):
+            continue
+        mode = (0o777 if stat.S_ISDIR(info.st_mode) else 0o666) & ~mask
+        if stat.S_IMODE(info.st_mode) != mode:
+            os.chmod(entry, mode)
 
 
 @contextmanager
@@ -73,8 +103,11 @@ def write_parquet(table: pa.Table, path: Path) -> None:
 
 
 def write_json(data: dict, path: Path) -> None:
+    """Write ``data`` as JSON; NaN or infinity (not JSON: other readers refuse the file) is a bug and raises
+    ValueError before anything is written."""
+    text = json.dumps(data, indent=2, sort_keys=True, default=str, allow_nan=False)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+        tmp.write_text(text + "\n", encoding="utf-8")
 
 
 def write_text(text: str, path: Path) -> None:

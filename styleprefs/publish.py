@@ -22,10 +22,9 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, co
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import get_session, validate_repo_id
 
-from styleprefs.card import check_config_name, human_size, render_card
+from styleprefs.card import check_config_name, check_license, human_size, render_card
 from styleprefs.errors import StyleprefsError
-from styleprefs.inspect import read_finished_manifest, shard_paths
-from styleprefs.io import sha256_file
+from styleprefs.inspect import read_verified_manifest, shard_paths
 
 CARD_PATH = "README.md"
 REACH_TIMEOUT_S = 5.0
@@ -53,10 +52,13 @@ def plan_push(dataset: Path, repo_id: str, *, config_name: str | None = None, li
     ``existing_card`` is the repo's current ``README.md``; its other configs are kept in the new card.
     """
     check_repo_id(repo_id)
+    if license is not None:
+        check_license(license)  # before hashing the shards
     dataset = Path(dataset)
-    manifest = read_finished_manifest(dataset)
+    manifest = read_verified_manifest(dataset)
+    if not manifest["counts"]["kept"]:
+        raise StyleprefsError(f"{dataset} holds no pairs (0 kept): nothing to push")  # `datasets` cannot load it
     name = check_config_name(config_name or manifest["config"]["build"]["style"])
-    _verify_shards(dataset, manifest)
     files = [(path, f"{name}/{path.name}") for path in shard_paths(dataset, manifest)]
     files.append((dataset / "manifest.json", f"{name}/manifest.json"))
     if default_config is not None:
@@ -138,16 +140,6 @@ def _probe(endpoint: str) -> str | None:
     except Exception as exc:  # the HTTP client raises many transport error types
         return _one_line(exc)
     return None
-
-
-def _verify_shards(dataset: Path, manifest: dict) -> None:
-    for shard, path in zip(manifest["shards"], shard_paths(dataset, manifest)):
-        if not path.is_file():
-            raise StyleprefsError(f"{dataset}: shard {shard['path']} is missing; rebuild the dataset")
-        if sha256_file(path) != shard["sha256"]:
-            raise StyleprefsError(
-                f"{dataset}: shard {shard['path']} does not match its sha256 in manifest.json; it changed after the build, rebuild it"
-            )
 
 
 def _read_remote_card(api: HfApi, plan: UploadPlan) -> str:

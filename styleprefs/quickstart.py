@@ -12,13 +12,17 @@ from __future__ import annotations
 import html
 import json
 import math
-from dataclasses import dataclass
+import shlex
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from rich.console import Console
 
 from styleprefs.io import read_json, write_text
+
+if TYPE_CHECKING:
+    from styleprefs.trainer.config import TrainConfig
 
 RESOLUTION = 64
 MODEL, CLIP = "mini", "mini-clip"
@@ -27,6 +31,7 @@ RUNS = {"base": "base (mini)", "sft": "SFT", "rpo": "SFT+RPO"}
 # close to real scenes (mini FID) as they get; higher guidance re-saturates the colours that the winter wash takes
 # out (README, "Guidance in the miniature").
 GUIDANCE = 3.0
+IMPLICIT_DRAWS = 4  # (t, noise) draws per held-out pair
 
 
 @dataclass(frozen=True)
@@ -93,8 +98,8 @@ def _stages(out: Path, style: str, inception: str | None, plan: Plan) -> list[St
     data, heldout, runs, gen = out / "data", out / "data-heldout", out / "runs", out / "generated"
     models = {"base": MODEL, "sft": str(runs / "sft"), "rpo": str(runs / "rpo")}
     fid_flag = f"--inception {inception}" if inception else "--features mini"
-    snr_flag = f" --snr-gamma {plan.sft_snr_gamma}" if plan.sft_snr_gamma else ""
-    build = "styleprefs build --style {style} --source sample --split {split} --num-pairs {n} --out {out}"
+    build = "styleprefs build --style {style} --source sample --split {split} --num-pairs {n} --shard-size {n} --out {out}"
+    sft, rpo = _train_config("sft", data, runs / "sft", plan), _train_config("rpo", data, runs / "rpo", plan, runs / "sft")
     stages = [
         Stage("build the training set (sample scenes, train split)",
               build.format(style=style, split="train", n=plan.num_pairs, out=data),
@@ -111,31 +116,35 @@ def _stages(out: Path, style: str, inception: str | None, plan: Plan) -> list[St
         Stage("cache latents and embeddings",
               f"styleprefs cache {data} --model {MODEL} --resolution {RESOLUTION} --clip-model {CLIP}",
               lambda: _cache(data), lambda: False),
-        Stage("train SFT", f"styleprefs train --stage sft --data {data} --model {MODEL} --out {runs / 'sft'}{snr_flag}",
-              lambda: _train("sft", data, runs / "sft", plan), lambda: (runs / "sft" / "model_index.json").is_file()),
-        Stage("train RPO from the SFT model", f"styleprefs train --stage rpo --data {data} --init {runs / 'sft'} "
-              f"--out {runs / 'rpo'}", lambda: _train("rpo", data, runs / "rpo", plan, init=runs / "sft"),
+        Stage("train SFT", sft.command_line(), lambda: _train(sft), lambda: (runs / "sft" / "model_index.json").is_file()),
+        Stage("train RPO from the SFT model", rpo.command_line(), lambda: _train(rpo),
               lambda: (runs / "rpo" / "model_index.json").is_file()),
     ]
     for name, model in models.items():
         stages.append(Stage(f"generate from {name}", f"styleprefs eval generate --model {model} --prompts {data} "
-                            f"--guidance {plan.guidance} --out {gen / name}",
+                            f"--images-per-prompt {plan.images_per_prompt} --seed 0 --steps {plan.generation_steps} "
+                            f"--guidance {plan.guidance} --resolution {RESOLUTION} --limit {plan.prompts} "
+                            f"--batch-size 16 --device cpu --out {gen / name}",
                             lambda model=model, name=name: _generate(model, data, gen / name, plan), lambda: False))
     for name in models:
         stages += [
-            Stage(f"style FID of {name}", f"styleprefs eval style-fid --data {data} --generated {gen / name} {fid_flag}",
+            Stage(f"style FID of {name}", f"styleprefs eval style-fid --data {data} --generated {gen / name} {fid_flag} "
+                  f"--kid-subset-size {plan.prompts // 2} --device cpu",
                   lambda name=name: _fid(data, gen / name, inception, plan),
                   lambda name=name: (gen / name / "style_fid.json").is_file()),
-            Stage(f"{style} score of {name}", f"styleprefs eval rewards {gen / name} --scorer {style}={CLIP}",
+            Stage(f"{style} score of {name}", f"styleprefs eval rewards {gen / name} --scorer {style}={CLIP} --device cpu",
                   lambda name=name: _style_score(gen / name, style),
                   lambda name=name: style in read_json(gen / name / "rewards.json")),
         ]
     for name, ref in (("sft", "base"), ("rpo", "sft")):
         stages.append(Stage(f"implicit accuracy of {name} against {ref} on held-out pairs",
-                            f"styleprefs eval implicit-acc --model {models[name]} --ref {models[ref]} --data {heldout}",
+                            f"styleprefs eval implicit-acc --model {models[name]} --ref {models[ref]} --data {heldout} "
+                            f"--base {MODEL} --draws {IMPLICIT_DRAWS} --resolution {RESOLUTION} --device cpu "
+                            f"--out {gen / name / 'implicit_acc.json'}",
                             lambda name=name, ref=ref: _implicit(models[name], models[ref], heldout, gen / name),
                             lambda name=name: (gen / name / "implicit_acc.json").is_file()))
-    stages.append(Stage("report", f"styleprefs eval report {gen / 'base'} {gen / 'sft'} {gen / 'rpo'} "
+    names = " ".join(f"--name {shlex.quote(label)}" for label in RUNS.values())
+    stages.append(Stage("report", f"styleprefs eval report {gen / 'base'} {gen / 'sft'} {gen / 'rpo'} {names} "
                         f"--out {out / 'report.md'}", lambda: _report(out, gen), lambda: False))
     return stages
 
@@ -150,20 +159,25 @@ def _cache(data: Path) -> None:
     build_cache(data, MODEL, RESOLUTION, clip_model=CLIP)
 
 
-def _train(stage: str, data: Path, out: Path, plan: Plan, init: Path | None = None) -> None:
+def _train_config(stage: str, data: Path, out: Path, plan: Plan, init: Path | None = None) -> TrainConfig:
+    """The stage's run; its ``command_line`` is the command printed for it."""
     from styleprefs.trainer.config import TrainConfig
-    from styleprefs.trainer.loop import train
 
     steps = plan.sft_steps if stage == "sft" else plan.rpo_steps
-    cfg = TrainConfig(stage=stage, data=str(data), out=str(out), model=None if init else MODEL,
-                      init=str(init) if init else None, clip_model=CLIP, resolution=RESOLUTION,
-                      batch_size=plan.batch_size, gradient_accumulation_steps=1, max_steps=steps,
-                      learning_rate=plan.sft_lr if stage == "sft" else plan.rpo_lr, scale_lr=True,
-                      snr_gamma=plan.sft_snr_gamma if stage == "sft" else None,
-                      warmup_steps=steps // 10, beta=plan.beta, tau=1.0, checkpoint_every=steps,
-                      validation_every=steps, validation_prompts=["a red house on a grass field at sunset"],
-                      report_to="tensorboard", resume=(out / "checkpoints").is_dir())
-    train(cfg)
+    return TrainConfig(stage=stage, data=str(data), out=str(out), model=None if init else MODEL,
+                       init=str(init) if init else None, clip_model=CLIP, resolution=RESOLUTION,
+                       batch_size=plan.batch_size, gradient_accumulation_steps=1, max_steps=steps,
+                       learning_rate=plan.sft_lr if stage == "sft" else plan.rpo_lr, scale_lr=True,
+                       snr_gamma=plan.sft_snr_gamma if stage == "sft" else None,
+                       warmup_steps=steps // 10, beta=plan.beta, tau=1.0, checkpoint_every=steps,
+                       validation_every=steps, validation_prompts=["a red house on a grass field at sunset"],
+                       report_to="tensorboard")
+
+
+def _train(cfg: TrainConfig) -> None:
+    from styleprefs.trainer.loop import train
+
+    train(replace(cfg, resume=(Path(cfg.out) / "checkpoints").is_dir()))
 
 
 def _generate(model: str, data: Path, out: Path, plan: Plan) -> None:
@@ -189,7 +203,7 @@ def _style_score(generated: Path, style: str) -> None:
 def _implicit(model: str, ref: str, data: Path, out: Path) -> None:
     from styleprefs.eval.implicit_acc import implicit_accuracy
 
-    implicit_accuracy(model, ref, data, base=MODEL, num_draws=4, resolution=RESOLUTION, device="cpu",
+    implicit_accuracy(model, ref, data, base=MODEL, num_draws=IMPLICIT_DRAWS, resolution=RESOLUTION, device="cpu",
                       out=out / "implicit_acc.json")
 
 

@@ -32,7 +32,7 @@ from styleprefs import __version__
 from styleprefs.errors import StyleprefsError
 from styleprefs.eval.rewards import Scorer, parse_scorer
 from styleprefs.images import decode
-from styleprefs.inspect import RELABEL_BACKUP, read_finished_manifest, read_manifest, shard_paths
+from styleprefs.inspect import RELABEL_BACKUP, read_manifest, read_verified_manifest, shard_paths
 from styleprefs.io import check_separate, read_json, remove_temp_files, write_json, write_parquet
 from styleprefs.lock import LOCK_NAME, folder_lock
 from styleprefs.progress import pair_progress
@@ -107,7 +107,7 @@ def _relabel(dataset: Path, options: RelabelOptions, settings: dict, out: Path |
     SWAP.recover(dataset, fresh=False)
     if out is not None:
         SWAP.recover(out, fresh=True)
-    manifest = read_finished_manifest(dataset)
+    manifest = read_verified_manifest(dataset)
     done = _finished(manifest, settings, out)
     if done is not None:
         shutil.rmtree(target / SCORES, ignore_errors=True)

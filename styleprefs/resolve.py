@@ -73,9 +73,13 @@ def resolve_model(model: str, *, what: str, tiny: str | None = None, components:
         if not path.is_dir():
             raise StyleprefsError(f"{what} model {model} is a file; pass a model folder or a Hub id")
         missing = missing_parts(path, files, components)
+        expected = [*files, *(f"{c}/" for c in components)]
+        if missing == expected:
+            raise StyleprefsError(f"{what} model folder {model} is not a model folder: it holds none of "
+                                  f"{', '.join(expected)}")
         if missing:
-            expected = ", ".join([*files, *(f"{c}/" for c in components)])
-            raise StyleprefsError(f"{what} model folder {model} lacks {', '.join(missing)} (expected {expected})")
+            raise StyleprefsError(f"{what} model folder {model} lacks {', '.join(missing)} (expected "
+                                  f"{', '.join(expected)})")
     elif not is_hub_id(model):
         raise StyleprefsError(f"{what} model {model!r} is neither an existing folder nor a Hub id (owner/name)")
     return resolved

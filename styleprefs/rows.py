@@ -6,7 +6,6 @@ process or in a build's worker process (``styleprefs.parallel.WorkerPool``), in 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 from PIL import Image
@@ -24,8 +23,8 @@ def prepare(item: SourcePair | DeferredPair, seed: int) -> Prepared | ValueError
     pair = materialize(item)
     if not pair.caption.strip():
         return ValueError("empty caption")
-    if math.isnan(pair.label_0) or math.isnan(pair.label_1):
-        return ValueError("labels are not numbers")
+    if not (0 <= pair.label_0 <= 1 and 0 <= pair.label_1 <= 1):  # NaN (no value) too
+        return ValueError(f"labels are not numbers from 0 to 1 (label_0 {pair.label_0:g}, label_1 {pair.label_1:g})")
     plan = plan_row(pair, seed)
     data = (pair.jpg_0, pair.jpg_1)[plan.edited]
     if not data:

@@ -374,15 +374,18 @@ def test_inspect_reports_a_truncated_shard(dataset, capsys):
     assert code == 1 and "cannot be read" in out and "Traceback" not in err
 
 
+TRUNCATED = "does not match its sha256 in manifest.json"
+
+
 def test_grid_from_a_truncated_shard(dataset, tmp_path, capsys):
     _truncate_first_shard(dataset)
-    assert_error(run(["inspect", str(dataset), "--grid", str(tmp_path / "g.png")], capsys), "cannot be read")
+    assert_error(run(["inspect", str(dataset), "--grid", str(tmp_path / "g.png")], capsys), TRUNCATED)
 
 
 def test_filter_on_a_truncated_shard(dataset, capsys):
     _truncate_first_shard(dataset)
     before = snapshot(dataset)
-    assert_error(run(["filter-unsafe", str(dataset)], capsys), "cannot be read")
+    assert_error(run(["filter-unsafe", str(dataset)], capsys), TRUNCATED)
     assert snapshot(dataset) == before
 
 
@@ -617,8 +620,9 @@ def test_ctrl_c_prints_the_resume_hint(source, tmp_path, monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(styleprefs.build, "build_dataset", interrupted)
-    code, _, err = run(build_args(source, tmp_path / "out"), capsys)
-    assert code == 130 and err.strip() == "interrupted; run the same command again to resume"
+    args = build_args(source, tmp_path / "out")
+    code, _, err = run(args, capsys)
+    assert code == 130 and err.strip() == "interrupted; to resume, run: styleprefs " + " ".join(args)
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])
@@ -960,3 +964,436 @@ def test_kill_9_during_a_build_then_rerun(source, built, tmp_path):
     _unfinished_or_sound(tmp_path / "out")
     assert subprocess.run([sys.executable, "-m", "styleprefs.cli", *args], capture_output=True).returncode == 0
     assert snapshot(tmp_path / "out") == snapshot(built)
+
+
+# ---------------------------------------------------------------------------------------------
+# the first hour of a new user (issue 27)
+
+
+@pytest.mark.parametrize("case", ["narrow --models", "empty source"])
+def test_a_build_that_keeps_nothing_is_an_error(case, source, tmp_path, capsys):
+    if case == "empty source":
+        pq.write_table(pa.Table.from_pylist(pickapic_rows(1)).slice(0, 0), tmp_path / "empty.parquet")
+        args, expected = build_args(tmp_path / "empty.parquet", tmp_path / "out"), "the source has no rows"
+    else:
+        args, expected = build_args(source, tmp_path / "out", "--models", "nomatch*"), "10 skipped by the selection (model: 10)"
+    line = assert_error(run(args, capsys), expected)
+    assert "kept 0 of the 7 pairs" in line
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".styleprefs.lock"]  # nothing to resume or block
+    assert run(build_args(source, tmp_path / "out"), capsys)[0] == 0  # the corrected command runs
+
+
+def test_a_short_build_says_so_on_its_last_line(source, tmp_path, capsys):
+    code, out, err = run(build_args(source, tmp_path / "out", "--num-pairs", "99999999999999999999"), capsys)
+    assert code == 0, err
+    assert out.strip().splitlines()[-1] == (
+        f"{tmp_path / 'out'}: kept 7 of the 99999999999999999999 pairs asked for: the source ran out after 10 rows; "
+        "2 rejected (empty caption: 1, jpg_0 cannot be decoded: 1); 1 quarantined as unsafe")
+    code, out, _ = run(build_args(source, tmp_path / "out", "--num-pairs", "99999999999999999999"), capsys)
+    assert code == 0 and "kept 7 of the 99999999999999999999" in out.strip().splitlines()[-1]  # and when complete
+    assert "asked for" not in run(build_args(source, tmp_path / "full"), capsys)[1]
+
+
+def test_a_build_that_failed_before_its_first_part_does_not_block_the_next(source, tmp_path, monkeypatch, capsys):
+    import styleprefs.build
+
+    def cannot_load(*args, **kwargs):
+        raise StyleprefsError("the editor model cannot be loaded")
+
+    monkeypatch.setattr(styleprefs.build, "_process_part", cannot_load)
+    assert_error(run(build_args(source, tmp_path / "out"), capsys), "cannot be loaded")
+    assert (tmp_path / "out" / ".build" / "state.json").is_file()
+    monkeypatch.undo()
+    code, _, err = run(build_args(source, tmp_path / "out", "--seed", "1"), capsys)  # the corrected command
+    assert code == 0, err
+    assert_finished_and_sound(tmp_path / "out")
+
+
+def test_a_build_with_finished_parts_still_needs_overwrite(source, tmp_path, monkeypatch, capsys):
+    import styleprefs.build
+
+    real, calls = styleprefs.build._process_part, []
+
+    def fail_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise StyleprefsError("the second part fails")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(styleprefs.build, "_process_part", fail_second)
+    monkeypatch.setattr(styleprefs.build, "PART_ROWS", 3)
+    assert_error(run(build_args(source, tmp_path / "out"), capsys), "second part fails")
+    monkeypatch.undo()
+    assert_error(run(build_args(source, tmp_path / "out", "--seed", "1"), capsys), "--overwrite")
+
+
+def test_outputs_honour_the_umask(source, tmp_path, capsys):
+    old = os.umask(0o022)
+    try:
+        assert run(build_args(source, tmp_path / "out"), capsys)[0] == 0
+        assert run(["cache", str(tmp_path / "out"), "--model", "tiny", "--resolution", "32", "--clip-model", "none"],
+                   capsys)[0] == 0  # safetensors shards: its writer makes 0600 files
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert {"manifest.json", "train-00000-of-00003.parquet", "cache.json"} <= {p.name for p in files}
+    assert any(p.suffix == ".safetensors" for p in files)
+    assert {p.stat().st_mode & 0o777 for p in files} == {0o644}, [(p, oct(p.stat().st_mode)) for p in files]
+    old = os.umask(0o077)
+    try:
+        from styleprefs.io import write_text
+
+        write_text("x", tmp_path / "private.txt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "private.txt").stat().st_mode & 0o777 == 0o600
+
+
+def test_honour_umask_leaves_shared_files_alone(tmp_path, _umask_022):
+    from styleprefs.io import honour_umask
+
+    (tmp_path / "run" / "sub").mkdir(parents=True)
+    for name in ("own", "base"):
+        (tmp_path / "run" / "sub" / name).write_text(name)
+        os.chmod(tmp_path / "run" / "sub" / name, 0o600)
+    os.link(tmp_path / "run" / "sub" / "base", tmp_path / "base-in-its-cache")
+    os.chmod(tmp_path / "run" / "sub", 0o700)
+    honour_umask(tmp_path / "run")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").rglob("*")}
+    assert modes == {"sub": 0o755, "own": 0o644, "base": 0o600}
+
+
+@pytest.mark.parametrize("command", ["train from its cache", "cache", "relabel", "push", "filter-unsafe", "grid"])
+def test_every_reader_refuses_a_truncated_shard(command, dataset, tmp_path, capsys):
+    cache = ["cache", str(dataset), "--model", "tiny", "--resolution", "32", "--clip-model", "none"]
+    if command == "train from its cache":
+        assert run(cache, capsys)[0] == 0
+    _truncate_first_shard(dataset)
+    args = {"train from its cache": train_args(dataset, tmp_path / "run"), "cache": cache,
+            "relabel": ["relabel", str(dataset), "--scorer", RELABEL_SCORER],
+            "push": ["push", str(dataset), "me/data", "--dry-run"], "filter-unsafe": ["filter-unsafe", str(dataset)],
+            "grid": ["inspect", str(dataset), "--grid", str(tmp_path / "g.png")]}[command]
+    line = assert_error(run(args, capsys), TRUNCATED)
+    assert f"{dataset}: shard data/train-00000-of-00003.parquet does not match" in line  # the same words everywhere
+    assert not (tmp_path / "run" / "model_index.json").exists()
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--beta", "inf"), ("--beta", "nan"), ("--learning-rate", "inf"),
+                                             ("--caption-dropout", "nan"), ("--max-grad-norm", "inf"),
+                                             ("--weight-decay", "nan"), ("--text-guidance", "inf")])
+def test_train_refuses_non_finite_numbers(flag, value, dataset, tmp_path, capsys):
+    args = train_args(dataset, tmp_path / "run", flag, value)
+    assert_error(run([*args[:2], "dpo", *args[3:]], capsys), f"{flag} must be a finite number, got {value}")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def _umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_the_printed_command_resumes_an_interrupted_train(dataset, tmp_path, monkeypatch, capsys, _umask_022):
+    import shlex
+
+    import styleprefs.trainer.loop as loop
+
+    real = loop._train_step
+
+    def interrupt_at_step_2(cfg, run_, step):
+        if step == 2:
+            raise KeyboardInterrupt
+        return real(cfg, run_, step)
+
+    monkeypatch.setattr(loop, "_train_step", interrupt_at_step_2)
+    args = train_args(dataset, tmp_path / "run", "--max-steps", "3", "--checkpoint-every", "1", "--batch-size", "1",
+                      "--gradient-accumulation-steps", "1")
+    code, _, err = run(args, capsys)
+    assert code == 130
+    message = err.strip().splitlines()[-1]
+    assert message.startswith("interrupted; to resume, run: styleprefs train ")
+    command = shlex.split(message.split("run: ", 1)[1])
+    monkeypatch.undo()
+    code, out, err = run(command[1:], capsys)
+    assert code == 0, err
+    assert "resuming from" in out + err and (tmp_path / "run" / "model_index.json").is_file()
+    steps = [line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    assert len(steps) == 3
+    # Under umask 022 (_umask_022) what the run wrote (weights, checkpoints, curves, config) is readable by others;
+    # the base's components are hard links to the base's own files, which keep their mode.
+    written = [p for p in (tmp_path / "run").rglob("*") if p.is_dir() or p.stat().st_nlink == 1]
+    assert any(p.name == "diffusion_pytorch_model.safetensors" for p in written)
+    private = [str(p) for p in written if p.stat().st_mode & 0o044 != 0o044]
+    assert private == [], [(p, oct(Path(p).stat().st_mode)) for p in private]
+
+
+def test_resume_command_of_each_interruption():
+    from styleprefs.cli.app import resume_command
+
+    assert resume_command(["build", "--out", "my data"]) == "styleprefs build --out 'my data'"
+    assert resume_command(["--debug", "train", "--data", "d", "--no-resume"]) == "styleprefs --debug train --data d --resume"
+    assert resume_command(["train", "--resume", "--data", "d"]) == "styleprefs train --resume --data d"
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["eval", "generate", "--model", "tiny", "--guidance", "nan"], "--guidance must be a finite number"),
+    (["eval", "generate", "--model", "tiny", "--guidance", "inf"], "--guidance must be a finite number"),
+    (["eval", "implicit-acc", "--model", "tiny", "--ref", "tiny", "--beta", "inf"], "--beta must be a positive finite"),
+    (["filter-unsafe", "DATA", "--text-threshold", "nan"], "--text-threshold is a probability"),
+    (["filter-unsafe", "DATA", "--image-threshold", "-inf"], "--image-threshold must be a finite number"),
+    (["relabel", "DATA", "--scorer", RELABEL_SCORER, "--tie-tolerance", "inf"], "--tie-tolerance"),
+    (["eval", "winrate", "DATA", "DATA", "--scorer", "clip=tiny-clip", "--confidence", "nan"],
+     "--confidence must be in (0, 1)"),
+])
+def test_float_options_are_finite(args, expected, dataset, tmp_path, capsys):
+    (tmp_path / "prompts.txt").write_text("a red cube\n")
+    args = [str(dataset) if a == "DATA" else a for a in args]
+    if args[:2] == ["eval", "generate"]:
+        args += ["--prompts", str(tmp_path / "prompts.txt"), "--out", str(tmp_path / "gen")]
+    if args[:2] == ["eval", "implicit-acc"]:
+        args += ["--data", str(dataset)]
+    before = snapshot(dataset)
+    assert_error(run(args, capsys), expected)
+    assert not (tmp_path / "gen" / "generate.json").exists() and snapshot(dataset) == before
+
+
+def test_json_files_never_hold_nan(tmp_path):
+    from styleprefs.io import write_json
+
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        write_json({"guidance": float("nan")}, tmp_path / "x.json")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("label", [float("inf"), 7.0, -1.0, float("nan")])
+def test_source_labels_out_of_range_are_rejected(label, tmp_path, capsys):
+    rows = pickapic_rows(3)
+    rows[0] |= {"caption": "a lighthouse at dusk", "label_0": label, "label_1": 0.0}
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "src.parquet")
+    code, _, err = run(build_args(tmp_path / "src.parquet", tmp_path / "out"), capsys)
+    assert code == 0, err
+    rejects = pq.read_table(tmp_path / "out" / "rejects.parquet").to_pylist()
+    assert [r["reason"] for r in rejects if "lighthouse" in r["caption"]] == [
+        f"labels are not numbers from 0 to 1 (label_0 {label:g}, label_1 0)"]
+    # the trainer reads a raw Pick-a-Pic file too: it refuses the row rather than calling jpg_0 preferred
+    from styleprefs.trainer.data import read_pairs
+
+    with pytest.raises(StyleprefsError, match="labels are numbers from 0 to 1"):
+        read_pairs(tmp_path / "src.parquet")
+
+
+def _commands():
+    """(command path, click command) for the app and every command and subcommand."""
+    import typer
+
+    from styleprefs.cli.app import app
+
+    def walk(command, path):
+        yield path, command
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, f"{path} {name}")
+
+    return list(walk(typer.main.get_command(app), "styleprefs"))
+
+
+def test_no_help_text_loses_brackets_to_rich_markup():
+    """Typer renders help through rich markup, which drops `[default: 7.5]` (it reads it as a style tag)."""
+    from rich.text import Text
+
+    swallowed = []
+    for path, command in _commands():
+        for name, text in [("(summary)", command.help or "")] + [(p.name, getattr(p, "help", None) or "")
+                                                                  for p in command.params]:
+            shown = Text.from_markup(text).plain
+            swallowed += [f"{path} {name}: {group}" for group in re.findall(r"\[[^\[\]]*\]", text) if group not in shown]
+    assert swallowed == []
+    assert {"styleprefs train", "styleprefs eval generate"} <= set(dict(_commands()))  # the walk reaches subcommands
+
+
+def test_help_shows_every_default():
+    """An option with a default shows it: typer's own `[default: ...]`, or the help says it (train's options)."""
+    hidden = [f"{path} {p.opts[0]}" for path, command in _commands() for p in command.params
+              if getattr(p, "param_type_name", "") == "option" and p.default not in (None, [], ())
+              and not p.show_default and "default" not in (p.help or "").lower()]
+    assert hidden == []
+
+
+def test_help_lists_every_editor_and_stage(capsys):
+    from styleprefs.editors import EDITORS
+    from styleprefs.trainer.config import Stage
+
+    import typing
+
+    code, out, _ = run(["build", "--help"], capsys)
+    assert code == 0 and all(editor in " ".join(out.split()) for editor in EDITORS)
+    summary = dict(_commands())["styleprefs train"].help.split("\n")[0]
+    assert all(re.search(rf"\b{stage}\b", summary) for stage in typing.get_args(Stage)), summary
+    code, out, _ = run(["eval", "generate", "--help"], capsys)
+    assert "(default: 7.5 for SD1.5, 5.0 for SDXL)" in " ".join(out.replace("│", " ").split())
+
+
+def test_the_quickstart_prints_commands_that_reproduce_its_runs(tmp_path, capsys):
+    """Running the printed `styleprefs train` line gives the run the quickstart's own stage makes."""
+    import dataclasses
+    import shlex
+
+    import yaml
+
+    from styleprefs.quickstart import Plan, _stages, _train_config
+
+    plan = Plan(num_pairs=8, heldout_pairs=4, sft_steps=2, batch_size=2)
+    stages = {stage.name: stage for stage in _stages(tmp_path, "winter", None, plan)}
+    stages["build the training set (sample scenes, train split)"].run()
+    command = shlex.split(stages["train SFT"].command)
+    assert command[:2] == ["styleprefs", "train"]
+    code, _, err = run(command[1:], capsys)
+    assert code == 0, err
+    written = yaml.safe_load((tmp_path / "runs" / "sft" / "train_config.yaml").read_text())
+    expected = _train_config("sft", tmp_path / "data", tmp_path / "runs" / "sft", plan).resolved()
+    assert written == dataclasses.asdict(expected)
+    assert written["max_steps"] == 2 and written["batch_size"] == 2 and written["snr_gamma"] == 5.0
+
+
+def test_a_config_command_line_round_trips(monkeypatch):
+    import shlex
+
+    import styleprefs.trainer.loop as loop
+    from styleprefs.trainer.config import TrainConfig
+
+    cfg = TrainConfig(stage="rpo", data="my data", out="o", random_flip=False, clip_model=None,
+                      validation_prompts=["a 'quoted' cat", "two"], scale_lr=False, reconstruct_prob=0.25, tau=0.01)
+    seen = []
+    monkeypatch.setattr(loop, "train", lambda config: seen.append(config) or Path(config.out))
+    main_args = shlex.split(cfg.command_line())
+    assert main_args[:2] == ["styleprefs", "train"]
+    with pytest.raises(SystemExit) as exc:
+        main(main_args[1:])
+        raise SystemExit(0)
+    assert exc.value.code == 0 and seen == [cfg]
+    with pytest.raises(StyleprefsError, match="--checkpoints-total-limit None has no command-line form"):
+        TrainConfig(stage="sft", data="d", out="o", checkpoints_total_limit=None).command_line()
+
+
+@pytest.mark.parametrize(("license", "expected"), [("not-a-license", "not a Hub license identifier"),
+                                                   ("cc-by-nc-4", "did you mean cc-by-nc-4.0?"),
+                                                   ("Apache-2.0", "did you mean apache-2.0?")])
+def test_push_checks_the_license_against_the_hub_list(license, expected, dataset, capsys):
+    assert_error(run(["push", str(dataset), "me/data", "--license", license, "--dry-run"], capsys), expected)
+    code, out, err = run(["push", str(dataset), "me/data", "--license", "llama3.1", "--dry-run"], capsys)
+    assert code == 0, err
+
+
+def test_filter_rerun_into_out_names_the_out_folder(dataset, tmp_path, capsys):
+    args = ["filter-unsafe", str(dataset), "--out", str(tmp_path / "f")]
+    assert run(args, capsys)[0] == 0
+    code, out, _ = run(args, capsys)
+    assert code == 0 and " ".join(out.split()) == f"{tmp_path / 'f'} already holds {dataset} filtered with these options; nothing to do."
+
+
+def test_a_changed_source_is_not_called_other_arguments(source, tmp_path, capsys):
+    src = Path(shutil.copytree(source, tmp_path / "src"))
+    assert run(build_args(src, tmp_path / "out"), capsys)[0] == 0
+    write_pickapic_parquet(tmp_path / "more", n_files=1, rows_per_file=3)
+    shutil.copy(next((tmp_path / "more").glob("*.parquet")), src / "extra.parquet")
+    line = assert_error(run(build_args(src, tmp_path / "out"), capsys), "the source has changed since")
+    assert "differs in source.files" in line and "other arguments" not in line
+    line = assert_error(run(build_args(src, tmp_path / "out", "--seed", "3"), capsys), "other arguments")
+
+
+def test_a_scorer_path_that_does_not_exist(dataset, tmp_path, capsys):
+    line = assert_error(run(["relabel", str(dataset), "--scorer", f"winter={tmp_path}/no/such/path"], capsys),
+                        f"--scorer winter={tmp_path}/no/such/path: no such path")
+    assert "repo" not in line.lower()
+
+
+def test_a_model_folder_as_prompts(tmp_path, capsys):
+    from styleprefs.tiny import ensure_tiny
+
+    model = ensure_tiny("tiny")
+    line = assert_error(run(["eval", "generate", "--model", "tiny", "--prompts", str(model), "--out",
+                             str(tmp_path / "g")], capsys), "is a model (pipeline) folder, not prompts")
+    assert "--model" in line
+
+
+@pytest.mark.parametrize("improver", ["dataset", "plain pipeline"])
+def test_the_improver_is_checked_before_any_image_is_generated(improver, dataset, tmp_path, monkeypatch, capsys):
+    import styleprefs.eval.generate
+    from styleprefs.tiny import ensure_tiny
+
+    def generating(*args, **kwargs):
+        raise AssertionError("images were generated before the improver was checked")
+
+    monkeypatch.setattr(styleprefs.eval.generate, "generate", generating)
+    model = str(dataset) if improver == "dataset" else str(ensure_tiny("tiny"))
+    args = ["train", "--stage", "iterative", "--data", str(dataset), "--out", str(tmp_path / "run"), "--model", "tiny",
+            "--resolution", "32", "--improver", model, "--online-pairs", "2", "--iterations", "1"]
+    expected = ("is not a model folder: it holds none of model_index.json, unet/" if improver == "dataset"
+                else "unet/ takes 4 input channels, not noise + image latent")
+    line = assert_error(run(args, capsys), expected)
+    assert "(expected" not in line  # says what is wrong once
+    assert not (tmp_path / "run" / "iter-1").exists()
+
+
+def test_implicit_accuracy_prints_no_loading_bars(dataset, capfd):
+    from styleprefs.eval.implicit_acc import implicit_accuracy
+
+    implicit_accuracy("tiny", "tiny", dataset, num_draws=1, limit=2, resolution=32, device="cpu", show_progress=False)
+    captured = capfd.readouterr()
+    assert "Loading weights" not in captured.out + captured.err
+
+
+def test_experiment_tables_of_one_seed(capsys):
+    from styleprefs.experiments.common import render_rows
+    from styleprefs.experiments.online_improvement import render_table
+
+    one = {"Style FID": {"mean": 0.25, "std": 0.0, "values": [0.25]}}
+    two = {"Style FID": {"mean": 0.25, "std": 0.05, "values": [0.2, 0.3]}}
+    assert render_rows({"a": one}, "winter")[2].startswith("| a | 0.25 |")
+    assert render_rows({"a": two}, "winter")[2].startswith("| a | 0.25 ± 0.05 |")
+    plan = {"seeds": (0,), "iteration_steps": 1, "batch_size": 1, "online_pairs": 1, "style": "winter"}
+    text = render_table({"plan": plan, "rows": {"a": one}})
+    assert "± 0" not in text and "One seed (0); every method spends 1 DPO step at 1 pair per iteration" in text
+
+
+
+def test_experiment_tables_are_not_wrapped_mid_row(tmp_path, monkeypatch, capsys):
+    import styleprefs.experiments.style_alignment as experiment
+    from styleprefs.experiments.common import METRICS
+
+    metric = {"mean": 0.123456, "std": 0.0123, "values": [0.11, 0.13]}
+    rows = {"SFT+RPO (tau 0.01), a long method name": {m: metric for m in METRICS}}
+    results = {"plan": {"seeds": (0, 1), "steps": 60, "batch_size": 8, "style": "winter"}, "rows": rows}
+    monkeypatch.setattr(experiment, "run_experiment", lambda *args, **kwargs: results)
+    code, out, _ = run(["experiment", "style-alignment", "--out", str(tmp_path)], capsys)
+    assert code == 0
+    table = experiment.render_table(results).strip().splitlines()[:3]
+    assert max(map(len, table)) > 80 and all(line in out.splitlines() for line in table)
+
+
+def test_vendi_offline_names_the_embedding_that_works(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no Inception weights there
+    (tmp_path / "prompts.txt").write_text("a red cube\na blue ball\n")
+    generate = ["eval", "generate", "--model", "tiny", "--prompts", str(tmp_path / "prompts.txt"), "--out",
+                str(tmp_path / "gen"), "--images-per-prompt", "2", "--steps", "1", "--device", "cpu"]
+    assert run(generate, capsys)[0] == 0
+    line = assert_error(run(["eval", "vendi", str(tmp_path / "gen")], capsys), "--weights PATH")
+    assert "--embedding clip --clip-model mini-clip" in line
+    code, out, err = run(["eval", "vendi", str(tmp_path / "gen"), "--embedding", "clip", "--clip-model", "mini-clip"],
+                         capsys)
+    assert code == 0 and "Vendi" in out, err
+    assert "--embedding clip --clip-model mini-clip" in Path(__file__).parents[1].joinpath("README.md").read_text()
+
+
+def test_push_refuses_a_dataset_without_pairs(dataset, tmp_path, capsys):
+    everything = tmp_path / "all.txt"
+    everything.write_text("".join(f"{row['caption']}\n" for row in pickapic_rows(10) if row["caption"].strip()))
+    assert run(["filter-unsafe", str(dataset), "--blocklist", str(everything)], capsys)[0] == 0
+    assert read_finished_manifest(dataset)["counts"]["kept"] == 0  # every caption quarantined
+    assert_error(run(["push", str(dataset), "me/data", "--dry-run"], capsys), "holds no pairs (0 kept)")
+
+
+def test_a_filtered_dataset_is_not_called_short(dataset, source, blocklist, capsys):
+    assert run(["filter-unsafe", str(dataset), "--blocklist", str(blocklist)], capsys)[0] == 0
+    code, out, _ = run(build_args(source, dataset), capsys)
+    assert code == 0 and "already complete" in out and "asked for" not in out

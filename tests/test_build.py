@@ -320,7 +320,8 @@ def test_stopping_a_build_stops_its_workers(big_source, big_full, tmp_path, how)
     if how == "ctrl-c":
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(60) == 130
-        assert proc.stderr.read().decode().strip() == "interrupted; run the same command again to resume"
+        hint = proc.stderr.read().decode().strip()
+        assert hint.startswith("interrupted; to resume, run: styleprefs build ") and str(tmp_path / "stopped") in hint
     else:
         proc.kill()
         assert proc.wait(60) == -signal.SIGKILL

@@ -214,7 +214,7 @@ def test_cache_reads_a_relabelled_dataset(winter, tmp_path, capsys):
     (["--scorer", WINTER, "--tie-tolerance", "-1"], "--tie-tolerance"),
     (["--scorer", WINTER, "--batch-size", "0"], "--batch-size"),
     (["--scorer", WINTER, "--out", "{dataset}/data/inside"], "overlaps DATASET"),
-    (["--scorer", "clip=/nowhere/clip"], "scorer clip: cannot load"),
+    (["--scorer", "clip=/nowhere/clip"], "--scorer clip=/nowhere/clip: no such path /nowhere/clip"),
 ])
 def test_bad_input_is_one_line(dataset, args, expected, capsys):
     before = snapshot(dataset)

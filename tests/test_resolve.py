@@ -23,7 +23,11 @@ def test_paths_and_hub_ids(tmp_path: Path) -> None:
     assert locate(str(tmp_path)).local and not locate("owner/model").local
     assert is_hub_id("owner/model") and not any(map(is_hub_id, ("./a/b", "/a/b", "a/b/c", "~/x", "bad id/x")))
     (tmp_path / "model").mkdir()
-    with pytest.raises(StyleprefsError, match=r"CLIP model folder .* lacks config\.json, unet/ \(expected config\.json, unet/\)"):
+    with pytest.raises(StyleprefsError, match=r"CLIP model folder .* is not a model folder: it holds none of "
+                                              r"config\.json, unet/$"):
+        resolve_model(str(tmp_path / "model"), what="CLIP", files=("config.json",), components=("unet",))
+    (tmp_path / "model" / "unet").mkdir()
+    with pytest.raises(StyleprefsError, match=r"CLIP model folder .* lacks config\.json \(expected config\.json, unet/\)"):
         resolve_model(str(tmp_path / "model"), what="CLIP", files=("config.json",), components=("unet",))
     with pytest.raises(StyleprefsError, match="neither an existing folder nor a Hub id"):
         resolve_model(str(tmp_path / "nowhere"), what="CLIP")

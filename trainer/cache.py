@@ -45,7 +45,7 @@ from transformers import CLIPModel, CLIPProcessor
 
 from styleprefs.errors import StyleprefsError
 from styleprefs.images import decode
-from styleprefs.inspect import read_manifest
+from styleprefs.inspect import read_verified_manifest
 from styleprefs.io import atomic_path, read_json, write_json
 from styleprefs.lock import folder_lock
 from styleprefs.parallel import thread_map
@@ -113,7 +113,7 @@ def _cache_root(dataset: Path | str) -> Path:
 def _dataset_identity(dataset: Path | str) -> list:
     path = Path(str(dataset)).expanduser()
     if (path / "manifest.json").is_file():
-        return [shard["sha256"] for shard in read_manifest(path)["shards"]]
+        return [shard["sha256"] for shard in read_verified_manifest(path)["shards"]]
     return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in dataset_files(dataset)]
 
 

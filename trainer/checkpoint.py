@@ -27,7 +27,7 @@ from diffusers import DiffusionPipeline
 from safetensors.torch import save_file
 
 from styleprefs.errors import StyleprefsError
-from styleprefs.io import read_json, sha256_file, write_json
+from styleprefs.io import honour_umask, read_json, sha256_file, write_json
 from styleprefs.trainer.config import RESUMABLE_CHANGES, STATE_FILE, TrainConfig
 from styleprefs.trainer.families import Family
 from styleprefs.trainer.models import resolve_model
@@ -203,6 +203,7 @@ def write_pipeline(base: str, model: torch.nn.Module, out: Path, family: Family,
     if getattr(model, "_hf_peft_config_loaded", False):
         _save_lora(model, out, family)
     write_json(index, out / "model_index.json")
+    honour_umask(out)  # safetensors writes its files 0600
     return missing
 
 

@@ -11,6 +11,8 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import math
+import shlex
 import types
 import typing
 from dataclasses import dataclass, field
@@ -219,6 +221,10 @@ class TrainConfig:
             value = getattr(self, f.name)
             if choices and value is not None and value not in choices:
                 raise StyleprefsError(f"--{_flag(f.name)} must be one of {', '.join(choices)}, got {value!r}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if _unwrap_optional(hints[f.name])[0] is float and value is not None and not math.isfinite(value):
+                raise StyleprefsError(f"--{_flag(f.name)} must be a finite number, got {value}")
         positive = ("batch_size", "gradient_accumulation_steps", "max_steps", "resolution", "max_nan_steps",
                     "iterations", "online_pairs", "sample_steps")
         for name in positive:
@@ -295,6 +301,23 @@ class TrainConfig:
         """The rate the optimizer uses: the base rate, times the pairs per step with --scale-lr."""
         cfg = self.resolved()
         return cfg.learning_rate * (cfg.pairs_per_step(num_processes) if cfg.scale_lr else 1)
+
+    def command_line(self) -> str:
+        """The ``styleprefs train`` command that makes this config: a flag for every field not at its default."""
+        args = ["styleprefs", "train"]
+        for option in config_options():
+            value = getattr(self, option.name)
+            if value == option.default and not option.required:
+                continue
+            if option.type is bool and value is not None:
+                args.append(option.flag if value else f"--no-{option.flag[2:]}")
+            elif isinstance(value, list):
+                args += [arg for item in value for arg in (option.flag, item)]
+            elif value is None and option.type is not str:
+                raise StyleprefsError(f"{option.flag} None has no command-line form: set it in a --config YAML")
+            else:
+                args += [option.flag, "none" if value is None else str(value)]
+        return shlex.join(args)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False, allow_unicode=True)

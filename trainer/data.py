@@ -20,7 +20,7 @@ from PIL import Image
 from torch import Tensor
 
 from styleprefs.errors import StyleprefsError
-from styleprefs.inspect import read_manifest, shard_paths
+from styleprefs.inspect import read_verified_manifest, shard_paths
 from styleprefs.schema import REQUIRED_SOURCE_COLUMNS, missing_columns
 
 TIE_POLICIES = ("drop", "random")
@@ -45,7 +45,7 @@ def dataset_files(dataset: Path | str) -> list[Path]:
     elif path.is_file():
         files = [path]
     elif (path / "manifest.json").is_file() or (path / ".build").is_dir():
-        return shard_paths(path, read_manifest(path))  # an unfinished build fails here with its own message
+        return shard_paths(path, read_verified_manifest(path))  # an unfinished or damaged dataset fails here
     elif path.is_dir():
         files = sorted(path.rglob("*.parquet"))
     else:
@@ -102,10 +102,12 @@ def _winner_is_jpg_0(table: pa.Table, file: Path, offset: int) -> list[bool | No
     """Per row: True (jpg_0 preferred), False (jpg_1) or None (tie)."""
     label_0 = table.column("label_0").to_numpy(zero_copy_only=False).astype(np.float64)
     label_1 = table.column("label_1").to_numpy(zero_copy_only=False).astype(np.float64)
-    unusable = np.flatnonzero(np.isnan(label_0) | np.isnan(label_1))
+    usable = (label_0 >= 0) & (label_0 <= 1) & (label_1 >= 0) & (label_1 <= 1)  # False for NaN (no value) too
+    unusable = np.flatnonzero(~usable)
     if unusable.size:
         row = int(unusable[0])
-        raise StyleprefsError(f"{file} row {row} (dataset row {offset + row}) has no label_0/label_1 value")
+        raise StyleprefsError(f"{file} row {row} (dataset row {offset + row}) has label_0 {label_0[row]:g} and "
+                              f"label_1 {label_1[row]:g}: labels are numbers from 0 to 1 (nan: no value)")
     return [None if a == b else bool(a > b) for a, b in zip(label_0, label_1)]
 
 

@@ -56,6 +56,13 @@ def train_iterations(cfg: TrainConfig, *, show_progress: bool = True) -> Path:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise StyleprefsError(f"--stage {cfg.stage} runs in one process: start it without torchrun or accelerate")
     cfg = cfg.resolved()
+    if cfg.stage == "iterative":
+        from styleprefs.editors import improver_editor
+        from styleprefs.editors.improve import resolve_improver
+
+        editor, model = improver_editor(cfg.improver)
+        if editor == "improve":
+            resolve_improver(model)  # before generating anything
     out = Path(cfg.out)
     _check_same_run(cfg, out)
     policy = cfg.init or cfg.model

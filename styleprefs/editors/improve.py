@@ -13,6 +13,7 @@ size and back, as the ``instruct-pix2pix`` editor does.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import torch
@@ -33,6 +34,7 @@ from styleprefs.editors.loading import (
     resolve_dtype,
     working_resolution,
 )
+from styleprefs.io import read_json
 from styleprefs.resolve import ResolvedModel, resolve_model
 from styleprefs.errors import StyleprefsError
 
@@ -49,15 +51,28 @@ def double_guidance(uncond: Tensor, image: Tensor, full: Tensor, image_scale: fl
     return uncond + image_scale * (image - uncond) + text_scale * (full - image)
 
 
+def resolve_improver(model: str) -> ResolvedModel:
+    """Where the improvement model ``model`` loads from, checked without loading it (so a run checks it before any
+    expensive work): a pipeline folder, Hub id or tiny name whose local ``unet/`` takes noise + image latent."""
+    resolved = resolve_model(model, what="improvement", tiny="tiny-ip2p", components=SD_COMPONENTS)
+    unet = read_json(Path(resolved.location) / "unet" / "config.json") if resolved.local else {}
+    _check_unet(model, unet.get("in_channels"), unet.get("out_channels"))
+    return resolved
+
+
+def _check_unet(model: str, in_channels: int | None, out_channels: int | None) -> None:
+    if in_channels is not None and in_channels != 2 * (out_channels or 4):
+        raise StyleprefsError(f"improvement model {model}: unet/ takes {in_channels} input channels, not noise + "
+                              "image latent; give a `styleprefs train --stage improve` output")
+
+
 def _load_pipeline(model: ResolvedModel, device: torch.device, dtype: torch.dtype):
     with quiet_loading():
         try:
             pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(model.location, dtype=dtype)
         except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
             raise load_error("improvement", model, exc) from None
-    if pipe.unet.config.in_channels != 2 * pipe.unet.config.out_channels:
-        raise StyleprefsError(f"improvement model {model.name}: unet/ takes {pipe.unet.config.in_channels} input "
-                              "channels, not noise + image latent; give a `styleprefs train --stage improve` output")
+    _check_unet(model.name, pipe.unet.config.in_channels, pipe.unet.config.out_channels)
     pipe.set_progress_bar_config(disable=True)
     flagger = SafetyFlagger.detach_from(pipe)
     pipe.to(device)
@@ -111,7 +126,7 @@ class ImproveEditor:
                                   "output")
         if steps is not None and steps < 1:
             raise StyleprefsError("steps must be at least 1")
-        resolved = resolve_model(model, what="improvement", tiny="tiny-ip2p", components=SD_COMPONENTS)
+        resolved = resolve_improver(model)
         self.model_id = resolved.name
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)

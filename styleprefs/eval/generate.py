@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -145,6 +146,8 @@ def generate(model: str, prompts: str, out: Path | str, *, images_per_prompt: in
 
     if images_per_prompt < 1 or steps < 1 or batch_size < 1:
         raise StyleprefsError("--images-per-prompt, --steps and --batch-size must be at least 1")
+    if guidance is not None and not 0 <= guidance < math.inf:  # also refuses NaN
+        raise StyleprefsError(f"--guidance must be a finite number of at least 0, got {guidance}")
     items = load_prompts(prompts, limit=limit)
     out = Path(out)
     with folder_lock(out):  # a second writer of the same folder gets a one-line error

@@ -23,6 +23,8 @@ bare UNet folders.
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +46,7 @@ def implicit_accuracy(model: str, ref: str, data: str | Path, *, base: str | Non
                       batch_size: int = 8, seed: int = 0, device: str | None = None, ties: str = "drop",
                       out: str | Path | None = None, show_progress: bool = True) -> dict:
     """Implicit reward accuracy of ``model`` against ``ref`` on pairs ``offset .. offset+limit`` of ``data``."""
-    from styleprefs.editors.loading import resolve_device
+    from styleprefs.editors.loading import quiet_loading, resolve_device
     from styleprefs.images import decode
     from styleprefs.io import write_json
     from styleprefs.trainer.data import preprocess, read_pairs
@@ -54,8 +56,8 @@ def implicit_accuracy(model: str, ref: str, data: str | Path, *, base: str | Non
 
     if num_draws < 1 or batch_size < 1:
         raise StyleprefsError("--draws and --batch-size must be at least 1")
-    if beta <= 0:
-        raise StyleprefsError(f"--beta must be positive, got {beta}")
+    if not 0 < beta < math.inf:  # also refuses NaN
+        raise StyleprefsError(f"--beta must be a positive finite number, got {beta}")
     dev = resolve_device(device)
     pairs, counts = read_pairs(data, ties=ties, seed=seed)
     pairs = pairs[offset:offset + limit if limit else None]
@@ -66,10 +68,11 @@ def implicit_accuracy(model: str, ref: str, data: str | Path, *, base: str | Non
     if base is None:
         raise StyleprefsError("--model and --ref are both UNet or transformer folders: pass --base PIPELINE for the "
                               "VAE, text encoder(s) and noise schedule")
-    components = load_components(base, include_denoiser=False, device=dev)
-    family = components.family
-    policy = load_denoiser(model, family).to(dev).eval().requires_grad_(False)
-    reference = load_denoiser(ref, family).to(dev).eval().requires_grad_(False)
+    with quiet_loading():  # no transformers "Loading weights" bars between a caller's lines
+        components = load_components(base, include_denoiser=False, device=dev)
+        family = components.family
+        policy = load_denoiser(model, family).to(dev).eval().requires_grad_(False)
+        reference = load_denoiser(ref, family).to(dev).eval().requires_grad_(False)
     latent_channels = components.vae.config.latent_channels
     for name, denoiser in (("--model", policy), ("--ref", reference)):
         if denoiser.config.in_channels not in (latent_channels, 4 * latent_channels):  # FLUX packs 2x2 latents

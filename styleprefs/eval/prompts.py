@@ -76,6 +76,9 @@ def _read(source: str) -> list[PromptItem]:
         return _hpsv2_from_hub()
     if glob.has_magic(source) or (path.is_dir() and _is_dataset_folder(path)):
         return _dataset_captions(source)
+    if (path / "model_index.json").is_file():
+        raise StyleprefsError(f"--prompts {source} is a model (pipeline) folder, not prompts: give a dataset, a prompt "
+                              "file or folder, parti or hpsv2 (the model goes in --model)")
     if path.is_dir():
         files = sorted(path.glob("*.json"))
         if not files:

@@ -531,10 +531,12 @@ def load_scorer(name: str, source: str | None = None, *, device: str | None = No
 def parse_scorer(spec: str) -> tuple[str, str | None]:
     """``NAME`` or ``NAME=SOURCE`` -> (name, source or None)."""
     name, _, source = spec.partition("=")
-    name = name.strip().lower()
+    name, source = name.strip().lower(), source.strip()
     if name not in SCORERS:
         raise StyleprefsError(f"unknown scorer {name!r}; choose from {', '.join(SCORERS)} (optionally NAME=PATH)")
-    return name, source.strip() or None
+    if source.startswith(("/", ".", "~")) and not Path(source).expanduser().exists():
+        raise StyleprefsError(f"--scorer {spec}: no such path {source}")
+    return name, source or None
 
 
 # ---------------------------------------------------------------------------------------------

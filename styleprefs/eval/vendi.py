@@ -105,7 +105,7 @@ def _imagenet_inception(weights: str | None):
         raise StyleprefsError(
             f"no torchvision Inception weights at {path}: download "
             f"https://download.pytorch.org/models/{IMAGENET_INCEPTION} and pass --weights PATH, or use "
-            "--embedding clip (with a local CLIP) or --embedding random (smoke test)")
+            "--embedding clip with a local CLIP (offline: --embedding clip --clip-model mini-clip) or --embedding random (smoke test)")
     net = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=True)
     try:
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

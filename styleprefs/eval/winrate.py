@@ -23,8 +23,7 @@ from styleprefs.errors import StyleprefsError
 def win_rate(scores_a: Mapping[str, Sequence[float]], scores_b: Mapping[str, Sequence[float]], *,
              n_bootstrap: int = 10000, confidence: float = 0.95, seed: int = 0) -> dict:
     """Win rate of A over B from per-prompt score lists (only prompts present in both count)."""
-    if not 0 < confidence < 1:
-        raise StyleprefsError(f"confidence must be in (0, 1), got {confidence}")
+    _check_confidence(confidence)
     prompts = [p for p in scores_a if p in scores_b and len(scores_a[p]) and len(scores_b[p])]
     if not prompts:
         raise StyleprefsError("the two image sets share no prompt: generate both from the same prompt list")
@@ -43,6 +42,11 @@ def win_rate(scores_a: Mapping[str, Sequence[float]], scores_b: Mapping[str, Seq
         "only_in_a": sum(p not in scores_b for p in scores_a), "only_in_b": sum(p not in scores_a for p in scores_b),
         "mean_median_a": float(med_a.mean()), "mean_median_b": float(med_b.mean()),
     }
+
+
+def _check_confidence(confidence: float) -> None:
+    if not 0 < confidence < 1:  # also refuses NaN
+        raise StyleprefsError(f"--confidence must be in (0, 1), got {confidence}")
 
 
 def _scores_by_prompt(folder: Path, scorer: str, score_options: dict) -> tuple[dict[str, list[float]], dict]:
@@ -77,6 +81,7 @@ def winrate_folders(dir_a: str | Path, dir_b: str | Path, scorers: Sequence[str]
     dir_a, dir_b = Path(dir_a), Path(dir_b)
     if not scorers:
         raise StyleprefsError("give at least one --scorer")
+    _check_confidence(confidence)  # before scoring
     results: dict = {"a": str(dir_a), "b": str(dir_b)}
     mismatched = 0
     for scorer in scorers:

@@ -106,13 +106,30 @@ def summarise(folders: Sequence[Path], style: str) -> dict:
 
 
 def render_rows(rows: dict[str, dict], style: str, first: str = "method") -> list[str]:
-    """Markdown table lines: one row per method, mean ± std of every metric."""
+    """Markdown table lines: one row per method, mean ± std of every metric (the value alone from one seed)."""
     head = ["mini FID ↓", "KID ↓", f"{style} score ↑", "implicit acc (held-out) ↑", "Vendi ↑"]
     lines = [f"| {first} | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
     for name, row in rows.items():
-        cells = [f"{row[m]['mean']:.4g} ± {row[m]['std']:.2g}" if m in row else "" for m in METRICS]
+        cells = [_cell(row[m]) if m in row else "" for m in METRICS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _cell(metric: dict) -> str:
+    if len(metric["values"]) == 1:
+        return f"{metric['mean']:.4g}"
+    return f"{metric['mean']:.4g} ± {metric['std']:.2g}"
+
+
+def over_seeds(seeds: Sequence[int]) -> str:
+    """How the table's cells were made: "One seed (0)" or "Mean ± std over seeds (0, 1)"."""
+    listed = ", ".join(map(str, seeds))
+    return f"One seed ({listed})" if len(seeds) == 1 else f"Mean ± std over seeds ({listed})"
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 DPO step``, ``60 DPO steps``."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def save_results(out: Path, results: dict, table: str) -> dict:

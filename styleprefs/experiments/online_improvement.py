@@ -23,8 +23,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from styleprefs.experiments.common import (MODEL, MiniPlan, build_datasets, evaluate, render_rows, save_results,
-                                           summarise, train_run)
+from styleprefs.experiments.common import (MODEL, MiniPlan, build_datasets, evaluate, over_seeds, plural, render_rows,
+                                           save_results, summarise, train_run)
 
 BASE, SFT, IMPROVER = "base", "SFT", "improver alone"
 
@@ -136,9 +136,9 @@ def _aggregate(out: Path, plan: OnlinePlan) -> dict:
 def render_table(results: dict) -> str:
     plan = results["plan"]
     lines = render_rows(results["rows"], plan["style"])
-    lines.append(f"\nMean ± std over seeds {plan['seeds']}; every method spends {plan['iteration_steps']} DPO steps "
-                 f"at {plan['batch_size']} pairs per iteration; the online methods generate {plan['online_pairs']} "
-                 f"pairs per iteration. The improver alone edits the base's images. mini FID/KID on mini-clip "
+    lines.append(f"\n{over_seeds(plan['seeds'])}; every method spends {plural(plan['iteration_steps'], 'DPO step')} "
+                 f"at {plural(plan['batch_size'], 'pair')} per iteration; the online methods generate "
+                 f"{plural(plan['online_pairs'], 'pair')} per iteration. The improver alone edits the base's images. mini FID/KID on mini-clip "
                  "features (comparable only within the miniature world); implicit accuracy against the base mini "
                  "on held-out pairs.")
     return "\n".join(lines) + "\n"

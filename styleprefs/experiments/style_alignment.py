@@ -16,8 +16,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from styleprefs.experiments.common import (MODEL, MiniPlan, build_datasets, evaluate, render_rows, save_results,
-                                           summarise, train_run)
+from styleprefs.experiments.common import (MODEL, MiniPlan, build_datasets, evaluate, over_seeds, plural, render_rows,
+                                           save_results, summarise, train_run)
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def _aggregate(out: Path, plan: ExperimentPlan) -> dict:
 def render_table(results: dict) -> str:
     plan = results["plan"]
     lines = render_rows(results["rows"], plan["style"])
-    lines.append(f"\nMean ± std over seeds {plan['seeds']}; {plan['steps']} optimizer steps per method at "
-                 f"{plan['batch_size']} pairs; mini FID/KID on mini-clip features (comparable only within the "
+    lines.append(f"\n{over_seeds(plan['seeds'])}; {plural(plan['steps'], 'optimizer step')} per method at "
+                 f"{plural(plan['batch_size'], 'pair')}; mini FID/KID on mini-clip features (comparable only within the "
                  "miniature world); implicit accuracy against the base mini on held-out pairs.")
     return "\n".join(lines) + "\n"
