@@ -61,6 +61,8 @@ from transformers import (
     T5TokenizerFast,
 )
 
+from styleprefs.io import honour_umask
+
 Module = TypeVar("Module", bound=torch.nn.Module)
 
 VERSION = "v1"
@@ -344,6 +346,7 @@ def ensure_tiny(name: str, cache_dir: Path | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         BUILDERS[name](tmp)
+        honour_umask(tmp)  # safetensors writes 0600 and mkdtemp makes 0700: readable as open() would make it
         _move_into_place(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
