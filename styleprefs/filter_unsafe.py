@@ -60,7 +60,7 @@ class SafetyOptions:
     def __post_init__(self) -> None:
         if not 0 <= self.text_threshold <= 1:  # also refuses NaN
             raise StyleprefsError(f"--text-threshold is a probability between 0 and 1, got {self.text_threshold}")
-        if not math.isfinite(self.image_threshold):
+        if self.image_threshold is not None and not math.isfinite(self.image_threshold):
             raise StyleprefsError(f"--image-threshold must be a finite number, got {self.image_threshold}")
 
 

@@ -74,7 +74,7 @@ def resolve_model(model: str, *, what: str, tiny: str | None = None, components:
             raise StyleprefsError(f"{what} model {model} is a file; pass a model folder or a Hub id")
         missing = missing_parts(path, files, components)
         expected = [*files, *(f"{c}/" for c in components)]
-        if missing == expected:
+        if missing and missing == expected:
             raise StyleprefsError(f"{what} model folder {model} is not a model folder: it holds none of "
                                   f"{', '.join(expected)}")
         if missing:

@@ -196,7 +196,7 @@ def test_tiny_name_builds_the_tiny_clip(cache: Path, monkeypatch: pytest.MonkeyP
 
 def test_bad_clip_model_is_a_one_line_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(StyleprefsError, match=r"lacks config\.json") as exc:
+    with pytest.raises(StyleprefsError, match=r"is not a model folder: it holds none of config\.json") as exc:
         ClipGate(str(tmp_path / "empty"), device="cpu")
     assert "\n" not in str(exc.value)
     with pytest.raises(StyleprefsError, match="neither an existing folder nor a Hub id"):
