@@ -1230,7 +1230,7 @@ def test_help_lists_every_editor_and_stage(capsys):
     summary = dict(_commands())["styleprefs train"].help.split("\n")[0]
     assert all(re.search(rf"\b{stage}\b", summary) for stage in typing.get_args(Stage)), summary
     code, out, _ = run(["eval", "generate", "--help"], capsys)
-    assert "(default: 7.5 for SD1.5, 5.0 for SDXL)" in " ".join(out.replace("│", " ").split())
+    assert "(default: 7.5 for SD1.5, 5.0 for SDXL, 7.0 for SD3, 3.5 for FLUX.1)" in " ".join(out.replace("│", " ").split())
 
 
 def test_the_quickstart_prints_commands_that_reproduce_its_runs(tmp_path, capsys):
