@@ -69,16 +69,16 @@ class _Checkers:
         self.lists = TextFilter(options.blocklists, options.allowlists, options.replace_default_lists)
         self.text_model = self.image_model = None
         if options.text_model or options.images:
-            from styleprefs.tiny import resolve  # deferred: model backends import torch and transformers
+            from styleprefs.resolve import offline_or_path  # deferred: model backends import torch and transformers
         if options.text_model:
             from styleprefs.safety.classifier import TextSafetyClassifier
 
-            self.text_model = TextSafetyClassifier(resolve(options.text_model), device=options.device,
+            self.text_model = TextSafetyClassifier(offline_or_path(options.text_model), device=options.device,
                                                    unsafe_labels=options.text_labels or None)
         if options.images:
             from styleprefs.safety.image import ImageSafetyChecker
 
-            self.image_model = ImageSafetyChecker(resolve(options.image_model), device=options.device)
+            self.image_model = ImageSafetyChecker(offline_or_path(options.image_model), device=options.device)
 
     @property
     def backends(self) -> list[str]:

@@ -95,3 +95,14 @@ def flow_step(inputs: FlowInputs, pipe: StableDiffusion3Pipeline, model: torch.n
     dropped = rng.random(batch) < uncond_prob
     captions = ["" if drop else inputs.captions[i] for i, drop in zip(pick, dropped)]
     return flow_loss(model, pipe, z, captions, FlowSampling(), generator)
+
+
+def load_pipeline(location: str) -> StableDiffusion3Pipeline:
+    """A mini-flow folder as a StableDiffusion3Pipeline (without T5: text_encoder_3 and tokenizer_3 are None)."""
+    return StableDiffusion3Pipeline.from_pretrained(location, text_encoder_3=None, tokenizer_3=None)
+
+
+def sampling_options(pipe: StableDiffusion3Pipeline) -> dict:
+    """The pipeline-call options that give the transformer the text sequence it was trained on: as many zero
+    (no-T5) tokens as its CLIP tokenizers pad to."""
+    return {"max_sequence_length": pipe.tokenizer.model_max_length}
