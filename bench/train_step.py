@@ -100,18 +100,18 @@ def trainer_step(cfg: TrainConfig, run) -> Callable[[int], None]:
 
 def floor_step(cfg: TrainConfig, run) -> Callable[[int], None]:
     """The necessary work of a DPO step on one batch prepared once (see the module docstring)."""
-    device = run.accelerator.device
+    device, family = run.accelerator.device, run.components.family
     batch = {k: v.to(device) for k, v in run.pairs.batch(list(range(cfg.batch_size)), 0).items()}
     draws = loop.draw_pairs(cfg.seed, 0, list(range(cfg.batch_size)), tuple(batch["latent_mean"].shape[1:]),
-                            run.components.noise_scheduler.config.num_train_timesteps, cfg.caption_dropout)
+                            lambda gen: family.draw_time(gen, run.components), cfg.caption_dropout)
     draws = loop.PairDraws(*(t.to(device) for t in dataclasses.astuple(draws)))
-    inputs, target = loop._model_inputs(batch, draws, run.components)
+    inputs, target = family.model_inputs(batch, draws, run.components)
     optimizer = run.optimizer.optimizer  # the bare AdamW
 
     def step(_: int) -> None:
-        err_w, err_l = per_sample_error(run.policy(**inputs).sample, target).chunk(2)
+        err_w, err_l = per_sample_error(family.predict(run.policy, inputs), target).chunk(2)
         with torch.no_grad():
-            ref_w, ref_l = per_sample_error(run.reference(**inputs).sample, target).chunk(2)
+            ref_w, ref_l = per_sample_error(family.predict(run.reference, inputs), target).chunk(2)
         dpo_loss(err_w, err_l, ref_w, ref_l, cfg.beta).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

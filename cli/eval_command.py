@@ -44,7 +44,7 @@ def generate(
     images_per_prompt: int = typer.Option(5, help="Images per prompt (the paper's win rate uses 5)."),
     seed: int = typer.Option(0, help="Base seed; image i of a prompt gets seed hash(seed, prompt, i), same for every model."),
     steps: int = typer.Option(50, help="Sampling steps."),
-    guidance: Optional[float] = typer.Option(None, help="CFG scale [default: 7.5 for SD1.5, 5.0 for SDXL]."),
+    guidance: Optional[float] = typer.Option(None, help="CFG scale (default: 7.5 for SD1.5, 5.0 for SDXL, 7.0 for SD3, 3.5 for FLUX.1)."),
     resolution: Optional[int] = typer.Option(None, help="Image size [default: the model's native size]."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N prompts."),
     negative_prompt: str = typer.Option("", help="Negative prompt for every image."),

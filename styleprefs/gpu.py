@@ -1,7 +1,7 @@
 """GPU settings shared by training, caching, generation and the neural editors (README, "GPU settings").
 
 - ``set_tf32``: TF32 tensor-core matmuls and convolutions for float32 work on Ampere and newer GPUs.
-- ``to_channels_last`` / ``compile_unet``: the UNet's (and VAE's) memory layout, and ``torch.compile`` of the UNet.
+- ``to_channels_last`` / ``compile_model``: the denoiser's (and VAE's) memory layout, and ``torch.compile`` of the denoiser.
 - ``load_vae``: a VAE to use instead of the model's own (e.g. madebyollin/sdxl-vae-fp16-fix).
 - ``set_vae_memory``: VAE slicing always, tiling for large images, in the editors.
 - ``editor_batch_size``: ``--batch-size auto``, the editors' batch size from free GPU memory.
@@ -42,9 +42,9 @@ def to_channels_last(*modules: torch.nn.Module) -> None:
         module.to(memory_format=torch.channels_last)
 
 
-def compile_unet(unet: torch.nn.Module) -> torch.nn.Module:
-    """``torch.compile(unet)``: compiled on its first call, for the input shapes it then sees."""
-    return torch.compile(unet)
+def compile_model(model: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile(model)``: compiled on its first call, for the input shapes it then sees."""
+    return torch.compile(model)
 
 
 def prepare_pipeline(pipe, *, channels_last: bool = False, compile: bool = False):
@@ -52,7 +52,7 @@ def prepare_pipeline(pipe, *, channels_last: bool = False, compile: bool = False
     if channels_last:
         to_channels_last(pipe.unet, pipe.vae)
     if compile:
-        pipe.unet = compile_unet(pipe.unet)
+        pipe.unet = compile_model(pipe.unet)
     return pipe
 
 

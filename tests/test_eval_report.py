@@ -51,9 +51,10 @@ def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def shifted_unet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A UNet folder: the tiny UNet with small random weight changes."""
-    from styleprefs.trainer.models import load_unet
+    from styleprefs.trainer.families.unet import StableDiffusion
+    from styleprefs.trainer.models import load_denoiser
 
-    unet = load_unet("tiny")
+    unet = load_denoiser("tiny", StableDiffusion())
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in unet.parameters():

@@ -96,7 +96,7 @@ def test_vae_loads_from_a_vae_folder_a_pipeline_or_a_tiny_name(tmp_path: Path) -
     pipeline = Path(locate("tiny").location)
     for source in ("tiny", str(pipeline), str(pipeline / "vae")):
         assert isinstance(gpu.load_vae(source), AutoencoderKL)
-    swapped = load_components("tiny", include_unet=False, vae=str(pipeline / "vae")).vae
+    swapped = load_components("tiny", include_denoiser=False, vae=str(pipeline / "vae")).vae
     assert isinstance(swapped, AutoencoderKL) and not swapped.training
     with pytest.raises(StyleprefsError, match="no config.json"):
         gpu.load_vae(str(tmp_path))

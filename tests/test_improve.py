@@ -28,7 +28,8 @@ from styleprefs.trainer import loop
 from styleprefs.trainer.config import TrainConfig
 from styleprefs.trainer.improve import (IMPROVE, RECONSTRUCT, UNCONDITIONAL, add_image_channels, draw_tasks,
                                         improve_inputs)
-from styleprefs.trainer.models import load_components, load_unet
+from styleprefs.trainer.families.unet import StableDiffusion
+from styleprefs.trainer.models import load_components, load_denoiser
 
 TINY = {"model": "tiny", "resolution": 64, "batch_size": 2, "gradient_accumulation_steps": 1, "max_steps": 2,
         "warmup_steps": 0, "learning_rate": 1e-3, "report_to": "none", "checkpoint_every": 0}
@@ -65,8 +66,8 @@ def unet_inputs(in_channels: int, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def test_zero_initialised_channels_make_the_improver_equal_the_base() -> None:
-    base = load_unet("tiny").eval()
-    improver = add_image_channels(load_unet("tiny")).eval()
+    base = load_denoiser("tiny", StableDiffusion()).eval()
+    improver = add_image_channels(load_denoiser("tiny", StableDiffusion())).eval()
     assert improver.config.in_channels == 8 and improver.conv_in.weight[:, 4:].abs().max() == 0
     inputs = unet_inputs(4)
     with torch.no_grad():
@@ -75,7 +76,7 @@ def test_zero_initialised_channels_make_the_improver_equal_the_base() -> None:
             got = improver(**(inputs | {"sample": torch.cat([inputs["sample"], image], 1)})).sample
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     assert add_image_channels(improver) is improver  # already an improver: unchanged
-    odd = load_unet("tiny")
+    odd = load_denoiser("tiny", StableDiffusion())
     odd.register_to_config(in_channels=6)
     with pytest.raises(StyleprefsError, match="6 input channels"):
         add_image_channels(odd)
@@ -91,7 +92,7 @@ def test_tasks_are_drawn_at_the_configured_rates() -> None:
 
 
 def test_each_task_gets_its_conditioning() -> None:
-    components = load_components("tiny", include_unet=False)
+    components = load_components("tiny", include_denoiser=False)
     gen = torch.Generator().manual_seed(0)
     mean_w, mean_l = torch.randn(3, 4, 8, 8, generator=gen), torch.randn(3, 4, 8, 8, generator=gen) + 10
     batch = {"latent_mean": torch.cat([mean_w, mean_l]), "latent_std": torch.zeros(6, 4, 8, 8),

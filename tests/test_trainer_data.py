@@ -20,7 +20,8 @@ from styleprefs.errors import StyleprefsError
 from styleprefs.trainer import cache as cache_module
 from styleprefs.trainer.cache import PairBatches, build_cache, cache_dir, clip_dir
 from styleprefs.trainer.data import pair_augmentation, preprocess, read_pairs
-from styleprefs.trainer.models import encode_prompts, load_components, load_unet, resolve_model, sdxl_time_ids
+from styleprefs.trainer.families.unet import StableDiffusion, sdxl_time_ids
+from styleprefs.trainer.models import load_components, load_denoiser, resolve_model
 
 
 FP16 = {"rtol": 2e-3, "atol": 2e-3}
@@ -146,9 +147,9 @@ def test_pair_augmentation_is_shared_by_both_images_and_deterministic() -> None:
 
 def test_encode_prompts_shapes(sd, sdxl) -> None:
     captions = ["a red fox in the snow", ""]
-    assert sd.kind == "sd" and sdxl.kind == "sdxl" and sd.prediction_type == "epsilon"
-    assert {k: tuple(v.shape) for k, v in encode_prompts(sd, captions).items()} == {"prompt_embeds": (2, 77, 32)}
-    embeds = encode_prompts(sdxl, captions)
+    assert sd.kind == "sd" and sdxl.kind == "sdxl" and StableDiffusion.prediction_type(sd) == "epsilon"
+    assert {k: tuple(v.shape) for k, v in sd.family.encode_prompts(sd, captions).items()} == {"prompt_embeds": (2, 77, 32)}
+    embeds = sdxl.family.encode_prompts(sdxl, captions)
     assert tuple(embeds["prompt_embeds"].shape) == (2, 77, 16 + 32)  # both encoders' widths
     assert tuple(embeds["pooled_prompt_embeds"].shape) == (2, 32)
     assert tuple(sdxl_time_ids((48, 80), (0, 10), (32, 32)).tolist()) == (48, 80, 0, 10, 32, 32)
@@ -162,11 +163,11 @@ def test_local_model_missing_vae_is_named(tmp_path: Path) -> None:
     assert "unet" not in str(error.value)
 
 
-def test_load_unet_from_pipeline_or_unet_folder(sd, tmp_path: Path) -> None:
-    sd.unet.save_pretrained(tmp_path / "unet-only")
+def test_load_denoiser_from_pipeline_or_unet_folder(sd, tmp_path: Path) -> None:
+    sd.denoiser.save_pretrained(tmp_path / "unet-only")
     for location in ("tiny", str(tmp_path / "unet-only")):
-        unet = load_unet(location)
-        torch.testing.assert_close(unet.state_dict(), sd.unet.state_dict())
+        unet = load_denoiser(location, sd.family)
+        torch.testing.assert_close(unet.state_dict(), sd.denoiser.state_dict())
 
 
 # --- cache and batches ----------------------------------------------------------------------------

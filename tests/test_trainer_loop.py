@@ -28,7 +28,8 @@ from styleprefs.errors import StyleprefsError
 from styleprefs.trainer import loop
 from styleprefs.trainer.checkpoint import list_checkpoints
 from styleprefs.trainer.config import TrainConfig, config_options
-from styleprefs.trainer.models import load_components, load_unet, resolve_model
+from styleprefs.trainer.families.unet import StableDiffusion
+from styleprefs.trainer.models import load_components, load_denoiser, resolve_model
 from styleprefs.trainer.plots import plot_curves
 
 LOG2 = math.log(2)
@@ -49,13 +50,19 @@ def other_unets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("unets")
     folders = []
     for shift in (0.01, 0.02):
-        unet = load_unet("tiny")
+        unet = load_denoiser("tiny", StableDiffusion())
         with torch.no_grad():
             for p in unet.parameters():
                 p.add_(shift)
         unet.save_pretrained(root / str(shift))
         folders.append(root / str(shift))
     return folders[0], folders[1]
+
+
+# draw_pairs(seed 0, micro-step 5, slots 0-2, (4, 2, 2), the UNet family's timesteps, dropout 0.5) as drawn before the
+# model-family seam (commit 2142b91).
+GOLDEN_TIMESTEPS, GOLDEN_DROPPED = [357, 378, 488], [False, True, True]
+GOLDEN_NOISE = [0.8011599183082581, 0.2554866373538971]
 
 
 def _cfg(dataset: Path, out: Path, **kw) -> TrainConfig:
@@ -101,7 +108,7 @@ def test_every_stage_trains_and_writes_a_loadable_pipeline(dataset: Path, tmp_pa
     saved = yaml.safe_load((tmp_path / "run" / "train_config.yaml").read_text())
     assert TrainConfig(**saved) == _cfg(dataset, tmp_path / "run", stage=stage, **validation).resolved()
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "run")
-    assert not _same(pipe.unet, load_unet("tiny"))  # it trained
+    assert not _same(pipe.unet, load_denoiser("tiny", StableDiffusion()))  # it trained
     if stage == "sft":
         assert sorted(p.name for p in (tmp_path / "run" / "validation").iterdir()) == ["step-000001.png",
                                                                                         "step-000002.png"]
@@ -109,7 +116,7 @@ def test_every_stage_trains_and_writes_a_loadable_pipeline(dataset: Path, tmp_pa
 
 def test_reference_is_ref_else_init_else_base(other_unets: tuple[Path, Path], tmp_path: Path) -> None:
     a, b = other_unets
-    base = load_unet("tiny")
+    base = load_denoiser("tiny", StableDiffusion())
     components = load_components("tiny")
 
     def models(**kw):
@@ -118,13 +125,13 @@ def test_reference_is_ref_else_init_else_base(other_unets: tuple[Path, Path], tm
     policy, reference = models()
     assert _same(policy, base) and _same(reference, base)
     policy, reference = models(init=str(a))
-    assert _same(policy, load_unet(str(a))) and _same(reference, load_unet(str(a)))
+    assert _same(policy, load_denoiser(str(a), StableDiffusion())) and _same(reference, load_denoiser(str(a), StableDiffusion()))
     policy, reference = models(init=str(a), ref=str(b))
-    assert _same(policy, load_unet(str(a))) and _same(reference, load_unet(str(b)))
+    assert _same(policy, load_denoiser(str(a), StableDiffusion())) and _same(reference, load_denoiser(str(b), StableDiffusion()))
     assert not any(p.requires_grad for p in reference.parameters()) and not reference.training
     assert models(stage="sft", ref=str(b))[1] is None  # reference-free stages load none
     assert models(lora_rank=2)[1] is None  # the policy with adapters disabled serves
-    assert _same(models(lora_rank=2, ref=str(b))[1], load_unet(str(b)))
+    assert _same(models(lora_rank=2, ref=str(b))[1], load_denoiser(str(b), StableDiffusion()))
 
 
 def test_two_stage_sft_then_rpo_uses_the_sft_model_as_reference(dataset: Path, tmp_path: Path) -> None:
@@ -172,7 +179,7 @@ def test_lora_trains_only_adapters_against_the_disabled_adapter_reference_and_re
     assert rows[0]["loss"] == pytest.approx(LOG2, abs=1e-6)  # LoRA B starts at 0
     assert rows[1]["mse_w"] != rows[1]["ref_mse_w"] and rows[1]["loss"] != pytest.approx(LOG2)
 
-    trained, base = _unet_weights(tmp_path / "run"), load_unet("tiny").state_dict()
+    trained, base = _unet_weights(tmp_path / "run"), load_denoiser("tiny", StableDiffusion()).state_dict()
     assert trained.keys() == base.keys()  # merged: no adapter weights left
     targets = (".to_q.", ".to_k.", ".to_v.", ".to_out.0.")
     changed = {k for k in base if not torch.equal(trained[k], base[k])}
@@ -199,14 +206,19 @@ def test_rpo_with_tiny_tau_equals_dpo(dataset: Path, other_unets: tuple[Path, Pa
 
 def test_model_inputs_share_noise_and_timestep_within_a_pair() -> None:
     scheduler = DDPMScheduler(prediction_type="v_prediction")
-    components = SimpleNamespace(noise_scheduler=scheduler, vae=SimpleNamespace(config=SimpleNamespace(scaling_factor=0.5)),
-                                 prediction_type="v_prediction", kind="sd")
+    family = StableDiffusion()
+    components = SimpleNamespace(noise_scheduler=scheduler, vae=SimpleNamespace(config={"scaling_factor": 0.5}),
+                                 family=family)
     b, shape = 3, (4, 2, 2)
     batch = {"latent_mean": torch.randn(2 * b, *shape), "latent_std": torch.zeros(2 * b, *shape),
              "prompt_embeds": torch.randn(b, 77, 8), "empty_prompt_embeds": torch.zeros(77, 8)}
-    draws = loop.draw_pairs(0, 5, [0, 1, 2], shape, 1000, caption_dropout=0.5)
-    assert torch.equal(loop.draw_pairs(0, 5, [1], shape, 1000, 0.5).noise[0], draws.noise[1])  # per pair, not per batch
-    inputs, target = loop._model_inputs(batch, draws, components)
+    draw_time = lambda gen: family.draw_time(gen, components)  # noqa: E731
+    draws = loop.draw_pairs(0, 5, [0, 1, 2], shape, draw_time, caption_dropout=0.5)
+    assert torch.equal(loop.draw_pairs(0, 5, [1], shape, draw_time, 0.5).noise[0], draws.noise[1])  # per pair
+    # Golden values: the UNet family's draw stream must not change (a resumed run promises the same weights).
+    assert draws.timesteps.tolist() == GOLDEN_TIMESTEPS and draws.dropped.tolist() == GOLDEN_DROPPED
+    assert draws.noise[0, 0, 0].tolist() == pytest.approx(GOLDEN_NOISE, abs=1e-6)
+    inputs, target = family.model_inputs(batch, draws, components)
 
     t, hidden = inputs["timestep"], inputs["encoder_hidden_states"]
     assert torch.equal(t[:b], t[b:]) and torch.equal(hidden[:b], hidden[b:])
@@ -501,6 +513,6 @@ def test_lora_checkpoint_loads_with_diffusers_load_lora_weights(dataset: Path, t
     pipe.fuse_lora()
     pipe.unload_lora_weights()
     fused, merged = pipe.unet.state_dict(), _unet_weights(checkpoint)
-    assert fused.keys() == merged.keys() and not _same(merged, load_unet("tiny").state_dict())
+    assert fused.keys() == merged.keys() and not _same(merged, load_denoiser("tiny", StableDiffusion()).state_dict())
     assert all(torch.allclose(fused[k], merged[k], atol=1e-6) for k in fused)
     assert _same(merged, _unet_weights(out))  # final pipeline: the same merged UNet

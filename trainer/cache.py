@@ -9,10 +9,12 @@ embeddings, and adding them to a finished cache computes only them. Each shard i
 file and renamed, so an interrupted build keeps its finished shards and later computes only the missing ones.
 
 Tensors per shard (``_w`` winner, ``_l`` loser; N pairs; axis "flip": 0 as is, 1 mirrored):
-  latent_mean_*, latent_std_*   [N, 2, 4, h, w]  VAE posterior of the centre crop and of its mirror (unscaled)
+  latent_mean_*, latent_std_*   [N, 2, C, h, w]  VAE posterior of the centre crop and of its mirror (unscaled)
   original_size_*               [N, 2]           (h, w) before resizing
   crop_top_left_*               [N, 2, 2]        centre crop (top, left), then the same crop in the mirrored frame
-  prompt_embeds                 [N, 77, D]       (+ SDXL pooled_prompt_embeds [N, P])
+  text_row                      [N]              the pair's row among the shard's distinct captions
+  prompt_embeds                 [U, L, D]        per distinct caption (U <= N; + pooled_prompt_embeds [U, P] for
+                                                 SDXL, SD3, FLUX): the family's ``encode_prompts``, named in cache.json
   clip_image_w, clip_image_l, clip_text [N, E]   unnormalised CLIP embeddings (in ``clip-<hash>/``)
   index                         [N]              Pair.index, the pair's row in the dataset
 Storage is float16 (half the disk of float32), except latent std in bfloat16: the VAE clamps log-variance
@@ -34,6 +36,7 @@ from typing import Callable, Iterator
 
 import torch
 from PIL import Image
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -50,14 +53,15 @@ from styleprefs.progress import RateColumn
 from styleprefs.resolve import locate
 from styleprefs.trainer.data import (Pair, dataset_files, flipped_crop, pair_augmentation, preprocess, read_pairs,
                                      resized_size)
-from styleprefs.trainer.models import (SDComponents, encode_latent_dist, encode_prompts, load_components, quiet_loading,
-                                       resolve_model, sdxl_time_ids)
+from styleprefs.trainer.families import FAMILIES, Components
+from styleprefs.trainer.models import encode_latent_dist, load_components, quiet_loading, resolve_model
 
-CACHE_VERSION = 2  # 2: CLIP embeddings in clip-<hash>/ beside the latents, not in the key
+CACHE_VERSION = 3  # 2: CLIP embeddings in clip-<hash>/ beside the latents, not in the key; 3: text per caption
 SHARD_PAIRS = 256
 OPEN_SHARDS = 32  # memory-mapped shard files kept open for random access
+_console = Console(stderr=True, soft_wrap=True)
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
-ENCODER_FOLDERS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+ENCODER_FOLDERS = ("vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3")
 FLIP_FIELDS = ("latent_mean_w", "latent_mean_l", "latent_std_w", "latent_std_l", "crop_top_left_w", "crop_top_left_l")
 CLIP_FIELDS = ("clip_image_w", "clip_image_l", "clip_text")
 STORAGE = {"latent_mean": "float16", "latent_std": "bfloat16", "embeddings": "float16"}
@@ -247,14 +251,24 @@ def _decode_pair(pair: Pair) -> tuple[Image.Image, Image.Image]:
         raise StyleprefsError(f"pair {pair.index} ({pair.caption[:40]!r}) has an undecodable image: {exc}") from None
 
 
-def _encode_pixels(c: SDComponents, pixels: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+def _encode_pixels(c: Components, pixels: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
     """VAE posterior mean and std of ``pixels``, ``batch_size`` images per forward pass, float32 on the CPU."""
     means, stds = zip(*(encode_latent_dist(c, chunk) for chunk in pixels.split(batch_size)))
     return torch.cat(means).float().cpu(), torch.cat(stds).float().cpu()
 
 
-def _encode_text(c: SDComponents, captions: list[str]) -> dict[str, Tensor]:
-    return {name: t.float().cpu() for name, t in encode_prompts(c, captions).items()}
+def _encode_text(c: Components, captions: list[str]) -> dict[str, Tensor]:
+    return {name: t.float().cpu() for name, t in c.family.encode_prompts(c, captions).items()}
+
+
+def _encode_captions(c: Components, captions: list[str], batch_size: int) -> dict[str, Tensor]:
+    """Text embeddings of each distinct caption of ``captions`` once (first appearance order), and ``text_row``
+    [N]: each caption's row among them. T5 embeddings are megabytes a caption: a prompt's pairs share its row."""
+    distinct = list(dict.fromkeys(captions))
+    row = {caption: i for i, caption in enumerate(distinct)}
+    parts = [_encode_text(c, distinct[i : i + batch_size]) for i in range(0, len(distinct), batch_size)]
+    return {name: torch.cat([p[name] for p in parts]) for name in parts[0]} | {
+        "text_row": torch.tensor([row[caption] for caption in captions])}
 
 
 def _encode_clip(clip: ClipEncoder, images_w: list[Image.Image], images_l: list[Image.Image],
@@ -264,7 +278,7 @@ def _encode_clip(clip: ClipEncoder, images_w: list[Image.Image], images_l: list[
     return {"clip_image_w": image_emb[:n], "clip_image_l": image_emb[n:], "clip_text": clip.texts(captions).float().cpu()}
 
 
-def _encode_for_cache(c: SDComponents | None, clip: ClipEncoder | None, pairs: list[Pair], resolution: int,
+def _encode_for_cache(c: Components | None, clip: ClipEncoder | None, pairs: list[Pair], resolution: int,
                       batch_size: int) -> dict[str, Tensor]:
     """The cache tensors (see the module docstring) of ``pairs``, float32: latents and text embeddings with ``c``,
     CLIP embeddings with ``clip``."""
@@ -277,9 +291,9 @@ def _encode_for_cache(c: SDComponents | None, clip: ClipEncoder | None, pairs: l
     return tensors
 
 
-def _encode_latents(c: SDComponents, images: list[Image.Image], pairs: list[Pair], resolution: int,
+def _encode_latents(c: Components, images: list[Image.Image], pairs: list[Pair], resolution: int,
                     batch_size: int) -> dict[str, Tensor]:
-    """Latent distributions, sizes, crops and text embeddings of ``pairs`` (``images``: winners, then losers)."""
+    """Latent distributions, sizes and crops of ``pairs`` (``images``: winners, then losers)."""
     prepared = thread_map(lambda image: preprocess(image, resolution, None, False), images)
     pixels = torch.stack([p for p, _, _ in prepared])
     mean, std = _encode_pixels(c, torch.cat([pixels, pixels.flip(-1)]), batch_size)
@@ -292,8 +306,7 @@ def _encode_latents(c: SDComponents, images: list[Image.Image], pairs: list[Pair
     return {"index": torch.tensor([p.index for p in pairs]),
             "latent_mean_w": mean[0], "latent_mean_l": mean[1], "latent_std_w": std[0], "latent_std_l": std[1],
             "original_size_w": sizes[:n], "original_size_l": sizes[n:],
-            "crop_top_left_w": crops[:n], "crop_top_left_l": crops[n:],
-            **_encode_text(c, [p.caption for p in pairs])}
+            "crop_top_left_w": crops[:n], "crop_top_left_l": crops[n:]}
 
 
 def _storage(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -339,16 +352,21 @@ def build_cache(dataset: Path | str, model: str, resolution: int, *, clip_model:
             clip_out.mkdir(exist_ok=True)
         todo = [(s, not (out / s["path"]).is_file(), clip_out is not None and not (clip_out / s["path"]).is_file())
                 for s in shards]
-        c = None if complete else load_components(model, dtype=dtype, device=device, include_unet=False, vae=vae)
+        c = None if complete else load_components(model, dtype=dtype, device=device, include_denoiser=False, vae=vae)
         clip = ClipEncoder.load(clip_model, device, dtype) if any(t[2] for t in todo) else None
+        text_fields = read_json(out / "cache.json")["text_fields"] if complete else []
         if c is not None:
-            _save(_storage({k: v[0] for k, v in _encode_text(c, [""]).items()}), out / "empty.safetensors")
+            empty = {k: v[0] for k, v in _encode_text(c, [""]).items()}
+            text_fields = sorted(empty)
+            _save(_storage(empty), out / "empty.safetensors")
+            if show_progress:
+                _console.print(disk_estimate(pairs, [s for s, latents, _ in todo if latents], c, empty, resolution))
         _encode_shards(pairs, [t for t in todo if t[1] or t[2]], c, clip, out, clip_out, resolution, batch_size,
                        show_progress)
         if not complete:
             _remove_strays(out, {s["path"] for s in shards})
             write_json({"key": key, "kind": c.kind, "count": len(pairs), "shards": shards, "empty": "empty.safetensors",
-                        "stats": stats, "storage": STORAGE}, out / "cache.json")
+                        "text_fields": text_fields, "stats": stats, "storage": STORAGE}, out / "cache.json")
         if clip_out is not None:
             _remove_strays(clip_out, {s["path"] for s in shards})
             write_json({"clip_model": clip_model, "identity": _clip_identity(clip_model), "shards": shards},
@@ -356,12 +374,26 @@ def build_cache(dataset: Path | str, model: str, resolution: int, *, clip_model:
         return out
 
 
+def disk_estimate(pairs: list[Pair], shards: list[dict], c: Components, empty: dict[str, Tensor],
+                  resolution: int) -> str:
+    """One line: what the latents and text embeddings of ``shards`` will take on disk (2 bytes a value)."""
+    side = resolution // c.vae_scale_factor
+    latent_bytes = 2 * 2 * 2 * 2 * c.vae.config.latent_channels * side * side  # sides x flips x (mean, std) x 2 bytes
+    caption_bytes = 2 * sum(t.numel() for t in empty.values())
+    n_pairs = sum(s["count"] for s in shards)
+    n_captions = sum(len({p.caption for p in pairs[s["start"] : s["start"] + s["count"]]}) for s in shards)
+    latents, text = n_pairs * latent_bytes / 1e6, n_captions * caption_bytes / 1e6
+    return (f"caching {n_pairs} pairs ({n_captions} distinct captions per shard): about {latents + text:,.1f} MB on "
+            f"disk, {latents:,.1f} MB latents and {text:,.1f} MB text embeddings "
+            f"({caption_bytes / 1e6:.3g} MB a caption)")
+
+
 def _layout(count: int, shard_pairs: int) -> list[dict]:
     return [{"path": f"pairs-{start:07d}-{min(start + shard_pairs, count):07d}.safetensors", "start": start,
              "count": min(shard_pairs, count - start)} for start in range(0, count, shard_pairs)]
 
 
-def _encode_shards(pairs: list[Pair], todo: list[tuple[dict, bool, bool]], c: SDComponents | None,
+def _encode_shards(pairs: list[Pair], todo: list[tuple[dict, bool, bool]], c: Components | None,
                    clip: ClipEncoder | None, out: Path, clip_out: Path | None, resolution: int, batch_size: int,
                    show_progress: bool) -> None:
     """Encode and save each (shard, its latents missing, its CLIP embeddings missing) of ``todo``."""
@@ -372,7 +404,10 @@ def _encode_shards(pairs: list[Pair], todo: list[tuple[dict, bool, bool]], c: SD
                 parts.append(_encode_for_cache(c if latents else None, clip if embeddings else None,
                                                chunk[i : i + batch_size], resolution, batch_size))
                 advance(len(chunk[i : i + batch_size]))
-            tensors = _storage({name: torch.cat([p[name] for p in parts]) for name in parts[0]})
+            tensors = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+            if latents:
+                tensors |= _encode_captions(c, [p.caption for p in chunk], batch_size)
+            tensors = _storage(tensors)
             if embeddings:
                 _save({name: tensors.pop(name) for name in CLIP_FIELDS}, clip_out / shard["path"])
             if latents:
@@ -411,6 +446,7 @@ class _CachedPairs:
         info = read_json(path / "cache.json")
         self.path, self.clip, self.seed, self.resolution, self.random_flip = path, clip, seed, resolution, random_flip
         self.kind, self.count, self.stats, self.shards = info["kind"], info["count"], info["stats"], info["shards"]
+        self.text_fields = set(info["text_fields"])
         self.starts = [s["start"] for s in self.shards]
         self.empty = {name: t.float() for name, t in load_file(path / info["empty"]).items()}
         self._open: OrderedDict[Path, object] = OrderedDict()
@@ -433,7 +469,10 @@ class _CachedPairs:
             sizes = tuple(tuple(f.get_slice(f"original_size_{side}")[offset].tolist()) for side in "wl")
             index = int(f.get_slice("index")[offset])
             flip = int(pair_augmentation(self.seed, index, epoch, sizes, self.resolution, False, self.random_flip)[2])
-            row = {k: f.get_slice(k)[offset, flip] if k in FLIP_FIELDS else f.get_slice(k)[offset] for k in f.keys()}
+            text_row = int(f.get_slice("text_row")[offset])
+            row = {k: f.get_slice(k)[text_row] if k in self.text_fields else
+                   f.get_slice(k)[offset, flip] if k in FLIP_FIELDS else f.get_slice(k)[offset]
+                   for k in f.keys() if k != "text_row"}
             if self.clip is not None:
                 embeddings = self._handle(self.clip / name)
                 row |= {k: embeddings.get_slice(k)[offset] for k in CLIP_FIELDS}
@@ -444,7 +483,7 @@ class _CachedPairs:
 class _LivePairs:
     """Rows encoded on the fly from the dataset's images (allows random crops)."""
 
-    def __init__(self, dataset: Path | str, c: SDComponents, clip: ClipEncoder | None, *, ties: str, seed: int,
+    def __init__(self, dataset: Path | str, c: Components, clip: ClipEncoder | None, *, ties: str, seed: int,
                  resolution: int, random_flip: bool, random_crop: bool):
         self.pairs, self.stats = read_pairs(dataset, ties=ties, seed=seed)
         self.c, self.clip, self.kind, self.count = c, clip, c.kind, len(self.pairs)
@@ -487,12 +526,12 @@ class PairBatches:
     :func:`~styleprefs.trainer.data.pair_augmentation` per (seed, pair index, epoch), one for both
     images of a pair, so a batch is the same whether it comes from the cache or not.
 
-    Attributes: ``cache`` (the cache folder, or None when encoding on the fly), ``kind`` ("sd" or
-    "sdxl") and ``stats`` (``read_pairs``' counts).
+    Attributes: ``cache`` (the cache folder, or None when encoding on the fly), ``kind`` (the model family's
+    name: "sd", "sdxl", "sd3", "flux") and ``stats`` (``read_pairs``' counts).
     """
 
     def __init__(self, dataset: Path | str, model: str, resolution: int, *, clip_model: str | None = None,
-                 components: SDComponents | None = None, ties: str = "drop", seed: int = 0, random_flip: bool = True,
+                 components: Components | None = None, ties: str = "drop", seed: int = 0, random_flip: bool = True,
                  random_crop: bool = False, use_cache: bool = True, cached_clip: bool = False, vae: str | None = None):
         _check_resolution(resolution)
         if cached_clip and (clip_model is not None or not use_cache or random_crop):
@@ -524,10 +563,10 @@ class PairBatches:
         """The batch of pairs at positions ``indices`` (0 <= i < len) for ``epoch``, float32 on the CPU.
 
         ``latent_mean``, ``latent_std`` [2B, 4, h, w]: winners first, then losers; unscaled (sample
-        ``mean + std * noise``, then multiply by ``vae.config.scaling_factor``). ``prompt_embeds``
-        [B, 77, D] and ``empty_prompt_embeds`` [77, D] for caption dropout; SDXL adds
-        ``pooled_prompt_embeds`` [B, P], ``empty_pooled_prompt_embeds`` [P] and ``add_time_ids``
-        [2B, 6] (real original size and crop). With a CLIP model: ``clip_image_w``, ``clip_image_l``,
+        ``mean + std * noise``, then scale with the family's ``scale_latents``). The family's text inputs,
+        e.g. ``prompt_embeds`` [B, 77, D], each with its ``empty_*`` value for caption dropout (SDXL, SD3 and FLUX
+        add ``pooled_prompt_embeds`` [B, P]); the family's extras (SDXL: ``add_time_ids`` [2B, 6], each image's
+        real original size and crop). With a CLIP model: ``clip_image_w``, ``clip_image_l``,
         ``clip_text`` [B, E], unnormalised. ``index`` [B]: each pair's row in the dataset (``Pair.index``).
         """
         bad = [i for i in indices if not 0 <= i < len(self)]
@@ -537,18 +576,11 @@ class PairBatches:
         batch = {
             "latent_mean": torch.cat([rows["latent_mean_w"], rows["latent_mean_l"]]).float(),
             "latent_std": torch.cat([rows["latent_std_w"], rows["latent_std_l"]]).float(),
-            "prompt_embeds": rows["prompt_embeds"].float(),
-            "empty_prompt_embeds": self._rows.empty["prompt_embeds"],
             "index": rows["index"].long(),
         }
-        if self.kind == "sdxl":
-            target = (self.resolution, self.resolution)
-            batch["pooled_prompt_embeds"] = rows["pooled_prompt_embeds"].float()
-            batch["empty_pooled_prompt_embeds"] = self._rows.empty["pooled_prompt_embeds"]
-            batch["add_time_ids"] = torch.stack([
-                sdxl_time_ids(tuple(size), tuple(crop), target)
-                for side in "wl"
-                for size, crop in zip(rows[f"original_size_{side}"].tolist(), rows[f"crop_top_left_{side}"].tolist())])
+        for name, empty in self._rows.empty.items():
+            batch |= {name: rows[name].float(), f"empty_{name}": empty}
+        batch |= FAMILIES[self.kind]().batch_extras(rows, self.resolution)
         if self.has_clip:
             batch |= {name: rows[name].float() for name in ("clip_image_w", "clip_image_l", "clip_text")}
         return batch

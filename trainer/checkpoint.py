@@ -23,12 +23,13 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from diffusers import DiffusionPipeline, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import DiffusionPipeline
 from safetensors.torch import save_file
 
 from styleprefs.errors import StyleprefsError
 from styleprefs.io import read_json, sha256_file, write_json
 from styleprefs.trainer.config import RESUMABLE_CHANGES, STATE_FILE, TrainConfig
+from styleprefs.trainer.families import Family
 from styleprefs.trainer.models import resolve_model
 
 CHECKPOINTS = "checkpoints"
@@ -54,10 +55,10 @@ def list_checkpoints(out: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, step: int, nan_steps: int,
-                    unet: UNet2DConditionModel) -> Path:
-    """Save the training state after ``step`` optimizer steps, and ``unet`` (unwrapped) with the base as a
-    pipeline; call on every process."""
+def save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, step: int, nan_steps: int, model: torch.nn.Module,
+                    family: Family) -> Path:
+    """Save the training state after ``step`` optimizer steps, and ``model`` (the unwrapped denoiser) with the base
+    as a pipeline; call on every process."""
     final = checkpoint_dir(Path(cfg.out), step)
     partial = final.with_name(f".{final.name}.partial")
     if accelerator.is_main_process:
@@ -69,7 +70,7 @@ def save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, step: int, nan_s
         write_json({"step": step, "nan_steps": nan_steps, "weights_hash": cfg.weights_hash(),
                     "config": dataclasses.asdict(cfg.resolved()), "inputs": run_inputs(cfg.resolved())},
                    partial / STATE_FILE)
-        write_pipeline(cfg.resolved().model, unet, partial)
+        write_pipeline(cfg.resolved().model, model, partial, family)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
         prune_checkpoints(Path(cfg.out), cfg.checkpoints_total_limit)
@@ -140,7 +141,7 @@ def base_pipeline(model_path: str, **modules: Any) -> DiffusionPipeline:
     return DiffusionPipeline.from_pretrained(model_path, **dropped, **modules)
 
 
-def save_pipeline(base: str, unet: UNet2DConditionModel, out: Path) -> list[str]:
+def save_pipeline(base: str, model: torch.nn.Module, out: Path, family: Family) -> list[str]:
     """Write :func:`write_pipeline` into ``out``; returns the components left out.
 
     Files are written beside ``out``'s other contents and moved in with ``model_index.json`` last,
@@ -149,7 +150,7 @@ def save_pipeline(base: str, unet: UNet2DConditionModel, out: Path) -> list[str]
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".pipeline-", dir=out))
     try:
-        missing = write_pipeline(base, unet, tmp)
+        missing = write_pipeline(base, model, tmp, family)
         for entry in sorted(tmp.iterdir(), key=lambda p: p.name == "model_index.json"):
             target = out / entry.name
             if target.is_dir():
@@ -160,14 +161,15 @@ def save_pipeline(base: str, unet: UNet2DConditionModel, out: Path) -> list[str]
     return missing
 
 
-def write_pipeline(base: str, unet: UNet2DConditionModel, out: Path) -> list[str]:
-    """Make ``out`` a diffusers pipeline folder of ``base`` with ``unet`` (LoRA adapters merged) as ``unet/``.
+def write_pipeline(base: str, model: torch.nn.Module, out: Path, family: Family) -> list[str]:
+    """Make ``out`` a diffusers pipeline folder of ``base`` with ``model`` (LoRA adapters merged) as its family's
+    denoiser folder (``unet/`` or ``transformer/``).
 
-    A ``unet`` that takes an image latent beside the noise (``--stage improve``) makes it an InstructPix2Pix
+    A UNet that takes an image latent beside the noise (``--stage improve``) makes it an InstructPix2Pix
     pipeline folder (``model_index.json`` names ``StableDiffusionInstructPix2PixPipeline``).
 
-    A LoRA ``unet`` also gets its adapters as ``pytorch_lora_weights.safetensors``, loadable by diffusers'
-    ``load_lora_weights``. ``unet`` itself is not changed. Every other component of ``base`` (safety checker
+    A LoRA ``model`` also gets its adapters as ``pytorch_lora_weights.safetensors``, loadable by the family's
+    pipeline's ``load_lora_weights``. ``model`` itself is not changed. Every other component of ``base`` (safety checker
     and feature extractor included) is hard-linked, or copied across file systems. Components that ``base``
     lists but does not hold locally (a Hub model's safety checker never downloaded) are set to null in
     ``model_index.json``; returns their names.
@@ -176,34 +178,35 @@ def write_pipeline(base: str, unet: UNet2DConditionModel, out: Path) -> list[str
     index = json.loads((root / "model_index.json").read_text(encoding="utf-8"))
     missing = []
     for name, value in index.items():
-        if name == "unet" or not (isinstance(value, list) and value and value[0]):
+        if name == family.denoiser_folder or not (isinstance(value, list) and value and value[0]):
             continue
         if (root / name).is_dir():
             _link_tree(root / name, out / name)
         else:
             index[name] = [None, None]
             missing.append(name)
-    if unet.config.in_channels == 2 * unet.config.out_channels:  # noise + image latent: an improvement model
-        index["_class_name"] = IP2P_PIPELINE
+    if family.denoiser_folder == "unet" and model.config.in_channels == 2 * model.config.out_channels:
+        index["_class_name"] = IP2P_PIPELINE  # noise + image latent: an improvement model
     if "safety_checker" in missing and "requires_safety_checker" in index:
         index["requires_safety_checker"] = False
-    (out / "unet").mkdir(parents=True, exist_ok=True)
-    unet.save_config(out / "unet")
-    save_file({k: v.detach().cpu().contiguous() for k, v in merged_state_dict(unet).items()},
-              out / "unet" / "diffusion_pytorch_model.safetensors")
-    if getattr(unet, "_hf_peft_config_loaded", False):
-        _save_lora(unet, out)
+    folder = out / family.denoiser_folder
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_config(folder)
+    save_file({k: v.detach().cpu().contiguous() for k, v in merged_state_dict(model).items()},
+              folder / "diffusion_pytorch_model.safetensors")
+    if getattr(model, "_hf_peft_config_loaded", False):
+        _save_lora(model, out, family)
     write_json(index, out / "model_index.json")
     return missing
 
 
-def merged_state_dict(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
-    """``unet``'s weights with its active LoRA adapters merged in (as ``fuse_lora`` would), under the plain
-    UNet's names; ``unet`` is left as it is."""
+def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s weights with its active LoRA adapters merged in (as ``fuse_lora`` would), under the plain
+    model's names; ``model`` is left as it is."""
     from peft.tuners.lora import LoraLayer
 
-    state = {k: v for k, v in unet.state_dict().items() if ".base_layer." not in k and ".lora_" not in k}
-    for name, module in unet.named_modules():
+    state = {k: v for k, v in model.state_dict().items() if ".base_layer." not in k and ".lora_" not in k}
+    for name, module in model.named_modules():
         if isinstance(module, LoraLayer):
             layer = module.get_base_layer()
             with torch.no_grad():
@@ -213,13 +216,11 @@ def merged_state_dict(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
     return state
 
 
-def _save_lora(unet: UNet2DConditionModel, out: Path) -> None:
+def _save_lora(model: torch.nn.Module, out: Path, family: Family) -> None:
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=layers, weight_name=LORA_WEIGHTS,
-                                              safe_serialization=True)
+    family.save_lora(convert_state_dict_to_diffusers(get_peft_model_state_dict(model)), out, LORA_WEIGHTS)
 
 
 def _local_folder(base: str) -> Path:

@@ -68,9 +68,12 @@ class TrainConfig:
                                   "output); it is also the reference unless --ref is given.")
     ref: str | None = _opt(None, "Reference UNet for dpo/rpo (pipeline or UNet folder). Default: --init, else the "
                                  "base model; with LoRA and neither, the base is the same UNet with adapters off.")
-    beta: float = _opt(5000.0, "DPO/RPO beta on Diffusion-DPO's official scale: logit = -(beta/2) * "
-                               "(d(w) - d(l)), errors are per-element means (the diffusers SD1.5 port's 2500 "
-                               "without the 1/2 is the same). Paper range 2000-5000.")
+    beta: float | None = _opt(None, "DPO/RPO beta on Diffusion-DPO's official scale: logit = -(beta/2) * "
+                                    "(d(w) - d(l)), errors are per-element means (the diffusers SD1.5 port's 2500 "
+                                    "without the 1/2 is the same). Default: the model family's, 5000 for SD1.5 and "
+                                    "SDXL (epsilon errors; the paper's range is 2000-5000); 500 for SD3 and 1500 for "
+                                    "FLUX.1, the same scale on velocity errors (5000 x E[(1 - sigma)^2]; flow_grpo "
+                                    "uses 100).")
     orpo_beta: float = _opt(20.0, "ORPO/ORRPO beta: logit = orpo_beta * (e(l) - e(w)) on raw errors, which differ "
                                   "by ~0.01-0.05, so it is far smaller than --beta. With --lam 0.1 the preference "
                                   "term's initial gradient (lam*orpo_beta/2 = 1) equals the SFT term's.")
@@ -217,7 +220,7 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise StyleprefsError(f"--{_flag(name)} must not be negative, got {getattr(self, name)}")
         for name in ("beta", "orpo_beta", "tau"):
-            if not getattr(self, name) > 0:
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise StyleprefsError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise StyleprefsError(f"--learning-rate must be positive, got {self.learning_rate}")
@@ -264,10 +267,13 @@ class TrainConfig:
         return 1e-5 if self.lora_rank > 0 else 1e-8
 
     def resolved(self) -> TrainConfig:
-        """A copy with defaults that depend on other fields filled in (learning rate, its scaling)."""
+        """A copy with defaults that depend on other fields filled in (learning rate, its scaling, the base model
+        and the beta of its family)."""
         scale_lr = self.lora_rank == 0 if self.scale_lr is None else self.scale_lr
         model = self.model or (recorded_base(self.init) if self.init else None) or DEFAULT_MODEL
-        return dataclasses.replace(self, learning_rate=self.base_learning_rate, scale_lr=scale_lr, model=model)
+        beta = self.beta if self.beta is not None else default_beta(model)
+        return dataclasses.replace(self, learning_rate=self.base_learning_rate, scale_lr=scale_lr, model=model,
+                                   beta=beta)
 
     def pairs_per_step(self, num_processes: int) -> int:
         return self.batch_size * self.gradient_accumulation_steps * num_processes
@@ -284,6 +290,13 @@ class TrainConfig:
         """sha256 of the fields that determine the trained weights (all but RESUMABLE_CHANGES)."""
         fields = {k: v for k, v in dataclasses.asdict(self.resolved()).items() if k not in RESUMABLE_CHANGES}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def default_beta(model: str) -> float:
+    """The DPO/RPO beta of ``model``'s family (see the ``beta`` option)."""
+    from styleprefs.trainer.models import family_of
+
+    return family_of(model).default_beta
 
 
 def recorded_base(source: str) -> str | None:

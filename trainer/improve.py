@@ -21,7 +21,8 @@ from diffusers import UNet2DConditionModel
 from torch import Tensor
 
 from styleprefs.errors import StyleprefsError
-from styleprefs.trainer.models import SDComponents
+from styleprefs.trainer.families import Components
+from styleprefs.trainer.families.unet import StableDiffusion
 
 TASKS = ("improve", "reconstruct", "unconditional")
 IMPROVE, RECONSTRUCT, UNCONDITIONAL = range(3)
@@ -69,7 +70,7 @@ def draw_tasks(seed: int, micro_step: int, slots: list[int], reconstruct: float,
 
 
 def improve_inputs(batch: dict[str, Tensor], timesteps: Tensor, noise: Tensor, posterior: tuple[Tensor, Tensor],
-                   tasks: Tensor, use_loser: Tensor, components: SDComponents) -> tuple[dict[str, Tensor], Tensor]:
+                   tasks: Tensor, use_loser: Tensor, components: Components) -> tuple[dict[str, Tensor], Tensor]:
     """UNet inputs (noisy latent and conditioning latent as 8 channels) and target of one multi-task micro-batch.
 
     ``batch`` is a :class:`~styleprefs.trainer.cache.PairBatches` batch (winners then losers); ``posterior``
@@ -84,7 +85,7 @@ def improve_inputs(batch: dict[str, Tensor], timesteps: Tensor, noise: Tensor, p
     image = torch.where(_rows(use_loser | (tasks == IMPROVE)), mean_l, mean_w)
     image = torch.where(_rows(tasks == UNCONDITIONAL), torch.zeros_like(image), image)
     noisy = scheduler.add_noise(x, noise, timesteps)
-    target = noise if components.prediction_type == "epsilon" else scheduler.get_velocity(x, noise, timesteps)
+    target = noise if StableDiffusion.prediction_type(components) == "epsilon" else scheduler.get_velocity(x, noise, timesteps)
     prompt = torch.where((tasks == IMPROVE)[:, None, None], batch["prompt_embeds"], batch["empty_prompt_embeds"][None])
     return {"sample": torch.cat([noisy, image], dim=1), "timestep": timesteps, "encoder_hidden_states": prompt}, target
 

@@ -27,6 +27,7 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -34,16 +35,14 @@ import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType, set_seed
-from diffusers import UNet2DConditionModel
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import compute_snr
 from peft import LoraConfig
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor
 
 from styleprefs.errors import StyleprefsError
-from styleprefs.gpu import compile_unet, set_tf32, to_channels_last
+from styleprefs.gpu import compile_model, set_tf32, to_channels_last
 from styleprefs.io import check_separate, write_text
 from styleprefs.lock import folder_lock
 from styleprefs.trainer.cache import PairBatches, build_cache, find_clip_cache
@@ -51,17 +50,15 @@ from styleprefs.trainer.checkpoint import (base_pipeline, checkpoint_dir, list_c
                                            save_checkpoint, save_pipeline)
 from styleprefs.trainer.config import CONFIG_FILE, ITERATIVE_STAGES, REFERENCE_STAGES, RPO_STAGES, TrainConfig
 from styleprefs.trainer.improve import add_image_channels, check_improver_base, draw_tasks, improve_inputs, task_metrics
-from styleprefs.trainer.losses import (combine_embeddings, dpo_loss, min_snr_weights, orpo_loss, orrpo_loss,
-                                       per_sample_error, rpo_loss, rpo_weights, sft_loss)
+from styleprefs.trainer.families import Components, Family, PairDraws
+from styleprefs.trainer.losses import (combine_embeddings, dpo_loss, orpo_loss, orrpo_loss, per_sample_error, rpo_loss,
+                                       rpo_weights, sft_loss)
 from styleprefs.trainer.metrics import preference_metrics
-from styleprefs.trainer.models import (SDComponents, check_unet_source, load_components, load_unet, quiet_loading,
-                                       resolve_model)
+from styleprefs.trainer.models import check_denoiser_source, load_components, load_denoiser, quiet_loading, resolve_model
 from styleprefs.trainer.plots import plot_curves, save_grid
 
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 VALIDATION_INFERENCE_STEPS = 25
-VALIDATION_GUIDANCE = {"sd": 7.5, "sdxl": 5.0}  # Diffusion-DPO's sampling settings
 # Below this AdamW / Adafactor (fixed step) move a weight by at most ~lr per step: a run changes next to nothing.
 MIN_MOVING_LR = 1e-7
 # A preference loss this close to 0 for this many steps in a row has no gradient left: warn once.
@@ -73,25 +70,14 @@ console = Console(stderr=True, soft_wrap=True)
 
 
 @dataclass
-class PairDraws:
-    """The random draws of one micro-batch, one row per pair."""
-
-    timesteps: Tensor  # [B] long
-    noise: Tensor  # [B, C, h, w], shared by winner and loser
-    posterior_w: Tensor  # [B, C, h, w], VAE posterior sample noise of the winner
-    posterior_l: Tensor  # [B, C, h, w], and of the loser
-    dropped: Tensor  # [B] bool, caption replaced by the empty prompt
-
-
-@dataclass
 class _Run:
     """What the steps of one training run share."""
 
     accelerator: Accelerator
     pairs: PairBatches
-    components: SDComponents
+    components: Components
     policy: torch.nn.Module  # as prepared by accelerate (DDP-wrapped with several processes)
-    policy_module: UNet2DConditionModel  # unwrapped
+    policy_module: torch.nn.Module  # unwrapped (the UNet or transformer)
     reference: torch.nn.Module | None  # policy_module itself for LoRA without --ref (adapters disabled)
     trainable: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
@@ -143,7 +129,7 @@ def _train(cfg: TrainConfig, out: Path, show_progress: bool) -> Path:
         step, nan_steps = state["step"], state["nan_steps"]
     if main:
         _start_files(cfg, out, step)
-        _print_start(cfg, accelerator, len(run.pairs), resume_from)
+        _print_start(cfg, accelerator, len(run.pairs), resume_from, run.components.family)
     accelerator.init_trackers("styleprefs", config=_tracker_config(cfg))
 
     saturated = 0  # preference-loss steps in a row with a loss of about 0
@@ -161,19 +147,19 @@ def _train(cfg: TrainConfig, out: Path, show_progress: bool) -> Path:
                 nan_steps += 1
                 _on_skipped(cfg, main, step - 1, nan_steps)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                save_checkpoint(accelerator, cfg, step, nan_steps, run.policy_module)
+                save_checkpoint(accelerator, cfg, step, nan_steps, run.policy_module, run.components.family)
             if cfg.validation_prompts and cfg.validation_every and step % cfg.validation_every == 0 \
                     and step < cfg.max_steps:
                 _validate(cfg, accelerator, run.components, run.policy_module, step)
 
     if cfg.checkpoint_every and not checkpoint_dir(out, step).is_dir():
-        save_checkpoint(accelerator, cfg, step, nan_steps, run.policy_module)
+        save_checkpoint(accelerator, cfg, step, nan_steps, run.policy_module, run.components.family)
     if cfg.validation_prompts:
         _validate(cfg, accelerator, run.components, run.policy_module, step)
     _check_in_sync(accelerator, run)
     accelerator.wait_for_everyone()
     if main:
-        _finish(cfg, out, run.policy_module)
+        _finish(cfg, out, run.policy_module, run.components.family)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return out
@@ -201,7 +187,7 @@ def _setup(cfg: TrainConfig, accelerator: Accelerator, show_progress: bool) -> _
     set_tf32(cfg.allow_tf32)
     for flag, source in (("--init", cfg.init), ("--ref", cfg.ref)):
         if source is not None:
-            check_unet_source(source, flag)
+            check_denoiser_source(source, flag)
     clip_model = cfg.clip_model if cfg.stage in RPO_STAGES else None
     cached_clip = cfg.stage in RPO_STAGES and clip_model is None  # --clip-model none: embeddings from the cache
     if cached_clip:
@@ -212,7 +198,7 @@ def _setup(cfg: TrainConfig, accelerator: Accelerator, show_progress: bool) -> _
                         show_progress=show_progress and accelerator.is_main_process, ties=cfg.ties, seed=cfg.seed,
                         vae=cfg.vae)
         components = load_components(cfg.model, dtype=weight_dtype, device=device,
-                                     include_unet=_reference_source(cfg) == cfg.model, vae=cfg.vae)
+                                     include_denoiser=_reference_source(cfg) == cfg.model, vae=cfg.vae)
         if cfg.stage == "improve":
             check_improver_base(components.kind)
         pairs = PairBatches(cfg.data, cfg.model, cfg.resolution, clip_model=clip_model, components=components,
@@ -234,9 +220,9 @@ def _setup(cfg: TrainConfig, accelerator: Accelerator, show_progress: bool) -> _
     accelerator.register_for_checkpointing(lr_scheduler)
     policy_module = accelerator.unwrap_model(policy)
     if cfg.compile:  # after prepare: DDP wraps the module, the compiled wrapper runs it
-        policy = compile_unet(policy)
+        policy = compile_model(policy)
     if reference is not None:
-        reference = compile_unet(reference.to(device)) if cfg.compile else reference.to(device)
+        reference = compile_model(reference.to(device)) if cfg.compile else reference.to(device)
     elif cfg.stage in REFERENCE_STAGES:
         reference = policy_module  # LoRA without --ref: the reference pass disables the adapters
     return _Run(accelerator, pairs, components, policy, policy_module, reference, trainable, optimizer, lr_scheduler)
@@ -324,15 +310,16 @@ def _cpu_processes() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
-def load_models(cfg: TrainConfig, components: SDComponents, weight_dtype: torch.dtype
-                ) -> tuple[UNet2DConditionModel, UNet2DConditionModel | None]:
+def load_models(cfg: TrainConfig, components: Components, weight_dtype: torch.dtype
+                ) -> tuple[torch.nn.Module, torch.nn.Module | None]:
     """The trainable policy (float32, LoRA adapters added if ``lora_rank``) and the frozen reference.
 
-    Reference = ``ref``, else ``init``, else the base model (``components.unet``, loaded in
+    Reference = ``ref``, else ``init``, else the base model (``components.denoiser``, loaded in
     ``weight_dtype``). It is None for reference-free stages (sft, orpo, orrpo) and for LoRA runs
-    without ``ref``, whose reference is the policy with its adapters disabled (the UNet it started from).
+    without ``ref``, whose reference is the policy with its adapters disabled (the denoiser it started from).
     """
-    policy = load_unet(cfg.init or cfg.model)
+    family = components.family
+    policy = load_denoiser(cfg.init or cfg.model, family)
     if cfg.stage == "improve":
         policy = add_image_channels(policy)
     policy.train()
@@ -341,11 +328,11 @@ def load_models(cfg: TrainConfig, components: SDComponents, weight_dtype: torch.
     if cfg.lora_rank:
         policy.requires_grad_(False)
         policy.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, init_lora_weights="gaussian",
-                                      target_modules=LORA_TARGETS))
+                                      target_modules=list(family.lora_targets)))
     source = _reference_source(cfg)
     if source is None:
         return policy, None
-    reference = components.unet if source == cfg.model else load_unet(source, dtype=weight_dtype)
+    reference = components.denoiser if source == cfg.model else load_denoiser(source, family, dtype=weight_dtype)
     return policy, reference.requires_grad_(False).eval()
 
 
@@ -376,17 +363,18 @@ def _epoch_order(n_pairs: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n_pairs)
 
 
-def draw_pairs(seed: int, micro_step: int, slots: list[int], latent_shape: tuple[int, ...], num_timesteps: int,
-               caption_dropout: float) -> PairDraws:
+def draw_pairs(seed: int, micro_step: int, slots: list[int], latent_shape: tuple[int, ...],
+               draw_time: Callable[[torch.Generator], Tensor], caption_dropout: float) -> PairDraws:
     """The draws of the pairs at global-batch positions ``slots``, each from ``(seed, micro_step, slot)``.
 
-    Per pair, in this order: timestep, shared noise, winner and loser posterior noise, dropout draw.
+    Per pair, in this order: time (``draw_time``, the family's: a DDPM timestep or a flow noise level's index),
+    shared noise, winner and loser posterior noise, dropout draw.
     """
     rows = []
     for slot in slots:
         state = np.random.SeedSequence([seed, micro_step, slot]).generate_state(2, dtype=np.uint32)
         gen = torch.Generator().manual_seed(int(state[0]) << 31 ^ int(state[1]))
-        rows.append((torch.randint(0, num_timesteps, (), generator=gen),
+        rows.append((draw_time(gen),
                      torch.randn(latent_shape, generator=gen),
                      torch.randn(latent_shape, generator=gen),
                      torch.randn(latent_shape, generator=gen),
@@ -401,21 +389,21 @@ def _micro_step(cfg: TrainConfig, run: _Run, micro: int) -> tuple[Tensor, dict[s
                                               accelerator.num_processes, accelerator.process_index)
     batch = {k: v.to(accelerator.device) for k, v in run.pairs.batch(positions, epoch).items()}
     draws = draw_pairs(cfg.seed, micro, slots, tuple(batch["latent_mean"].shape[1:]),
-                       components.noise_scheduler.config.num_train_timesteps, cfg.caption_dropout)
+                       lambda gen: components.family.draw_time(gen, components), cfg.caption_dropout)
     draws = PairDraws(*(t.to(accelerator.device) for t in dataclasses.astuple(draws)))
     if cfg.stage == "improve":
         return _improve_step(cfg, run, batch, draws, micro, slots)
-    inputs, target = _model_inputs(batch, draws, components)
+    family = components.family
+    inputs, target = family.model_inputs(batch, draws, components)
     if cfg.stage == "sft":  # its loss uses the winners only
-        err_w = _errors(run.policy, _winners(inputs), _winners(target), accelerator)
-        weights = None if cfg.snr_gamma is None else min_snr_weights(
-            compute_snr(components.noise_scheduler, draws.timesteps), cfg.snr_gamma, components.prediction_type)
+        err_w = _errors(family, run.policy, _winners(inputs), _winners(target), accelerator)
+        weights = family.sft_weights(draws.timesteps, components, cfg.snr_gamma)
         return sft_loss(err_w, weights), {"err_w": err_w.detach()}
-    err_w, err_l = _errors(run.policy, inputs, target, accelerator).chunk(2)
+    err_w, err_l = _errors(family, run.policy, inputs, target, accelerator).chunk(2)
     ref_w = ref_l = None
     if run.reference is not None:
         with torch.no_grad():
-            ref_w, ref_l = _reference_errors(run.reference, inputs, target, accelerator).chunk(2)
+            ref_w, ref_l = _reference_errors(family, run.reference, inputs, target, accelerator).chunk(2)
     loss = _stage_loss(cfg, accelerator, batch, err_w, err_l, ref_w, ref_l)
     errors = {"err_w": err_w, "err_l": err_l}
     if ref_w is not None:
@@ -430,28 +418,8 @@ def _improve_step(cfg: TrainConfig, run: _Run, batch: dict[str, Tensor], draws: 
                         draw_tasks(cfg.seed, micro, slots, cfg.reconstruct_prob, cfg.unconditional_prob))
     inputs, target = improve_inputs(batch, draws.timesteps, draws.noise, (draws.posterior_w, draws.posterior_l),
                                     tasks, use_loser, run.components)
-    errors = _errors(run.policy, inputs, target, run.accelerator)
+    errors = _errors(run.components.family, run.policy, inputs, target, run.accelerator)
     return sft_loss(errors), {"err_w": errors.detach(), "task": tasks}
-
-
-def _model_inputs(batch: dict[str, Tensor], draws: PairDraws, components: SDComponents
-                  ) -> tuple[dict[str, Tensor], Tensor]:
-    """UNet inputs for the 2B stacked latents (winners, then losers) and the denoising target."""
-    scheduler = components.noise_scheduler
-    posterior = torch.cat([draws.posterior_w, draws.posterior_l])
-    latents = (batch["latent_mean"] + batch["latent_std"] * posterior) * components.vae.config.scaling_factor
-    noise = torch.cat([draws.noise, draws.noise])
-    timesteps = torch.cat([draws.timesteps, draws.timesteps])
-    noisy = scheduler.add_noise(latents, noise, timesteps)
-    target = noise if components.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
-    dropped = draws.dropped
-    prompt = torch.where(dropped[:, None, None], batch["empty_prompt_embeds"][None], batch["prompt_embeds"])
-    inputs = {"sample": noisy, "timestep": timesteps, "encoder_hidden_states": torch.cat([prompt, prompt])}
-    if components.kind == "sdxl":
-        pooled = torch.where(dropped[:, None], batch["empty_pooled_prompt_embeds"][None],
-                             batch["pooled_prompt_embeds"])
-        inputs["added_cond_kwargs"] = {"text_embeds": torch.cat([pooled, pooled]), "time_ids": batch["add_time_ids"]}
-    return inputs, target
 
 
 def _winners(stacked: dict | Tensor) -> dict | Tensor:
@@ -461,24 +429,22 @@ def _winners(stacked: dict | Tensor) -> dict | Tensor:
     return stacked[: stacked.shape[0] // 2]
 
 
-def _errors(unet: torch.nn.Module, inputs: dict, target: Tensor, accelerator: Accelerator) -> Tensor:
-    """Per-sample denoising errors of ``unet`` (inputs cast to its dtype), shape [2B]."""
-    dtype = next(unet.parameters()).dtype
-    cast = {k: v.to(dtype) if torch.is_floating_point(v) else v for k, v in inputs.items() if k != "added_cond_kwargs"}
-    if "added_cond_kwargs" in inputs:
-        cast["added_cond_kwargs"] = {k: v.to(dtype) for k, v in inputs["added_cond_kwargs"].items()}
+def _errors(family: Family, model: torch.nn.Module, inputs: dict, target: Tensor, accelerator: Accelerator
+            ) -> Tensor:
+    """Per-sample denoising errors of ``model`` (inputs cast to its dtype), shape [2B]."""
     with accelerator.autocast():
-        pred = unet(**cast).sample
+        pred = family.predict(model, inputs)
     return per_sample_error(pred, target)
 
 
-def _reference_errors(reference: torch.nn.Module, inputs: dict, target: Tensor, accelerator: Accelerator) -> Tensor:
+def _reference_errors(family: Family, reference: torch.nn.Module, inputs: dict, target: Tensor,
+                      accelerator: Accelerator) -> Tensor:
     """The reference's errors; a LoRA policy serving as reference runs with its adapters disabled."""
     if not getattr(reference, "_hf_peft_config_loaded", False):
-        return _errors(reference, inputs, target, accelerator)
+        return _errors(family, reference, inputs, target, accelerator)
     reference.disable_adapters()
     try:
-        return _errors(reference, inputs, target, accelerator)
+        return _errors(family, reference, inputs, target, accelerator)
     finally:
         reference.enable_adapters()
 
@@ -596,7 +562,8 @@ def learning_rate_lines(cfg: TrainConfig, num_processes: int) -> list[str]:
     return lines
 
 
-def _print_start(cfg: TrainConfig, accelerator: Accelerator, n_pairs: int, resume_from: Path | None) -> None:
+def _print_start(cfg: TrainConfig, accelerator: Accelerator, n_pairs: int, resume_from: Path | None,
+                 family: Family) -> None:
     per_step = cfg.pairs_per_step(accelerator.num_processes)
     reference = {"sft": "none", "orpo": "none", "orrpo": "none", "improve": "none"}.get(
         cfg.stage, _reference_source(cfg) or f"{cfg.init or cfg.model} (policy with LoRA adapters disabled)")
@@ -604,14 +571,16 @@ def _print_start(cfg: TrainConfig, accelerator: Accelerator, n_pairs: int, resum
                   f"{cfg.init or cfg.model}, "
                   f"reference {reference}; {n_pairs} pairs, {cfg.batch_size} pairs x "
                   f"{accelerator.num_processes} processes x {cfg.gradient_accumulation_steps} accumulation = "
-                  f"{per_step} pairs per step, {cfg.max_steps} steps"
+                  f"{per_step} pairs per step, {cfg.max_steps} steps; model family {family.name}"
                   + (f"; resuming from {resume_from}" if resume_from else ""))
     for line in learning_rate_lines(cfg, accelerator.num_processes):
         console.print(line)
     if cfg.stage in REFERENCE_STAGES:
-        console.print(f"beta {cfg.beta:g} on Diffusion-DPO's official scale: logit = -(beta/2) * "
-                      f"((e_theta(w) - e_ref(w)) - (e_theta(l) - e_ref(l))), e = per-element mean squared error; "
-                      f"the paper's beta*T on summed errors = beta / (2*C*H*W)")
+        target = "velocity (noise - x0)" if family.denoiser_folder == "transformer" else "noise (or v)"
+        console.print(f"beta {cfg.beta:g} (the {family.name} default is {family.default_beta:g}) on Diffusion-DPO's "
+                      f"official scale: logit = -(beta/2) * ((e_theta(w) - e_ref(w)) - (e_theta(l) - e_ref(l))), "
+                      f"e = per-element mean squared error of the {target} prediction; the paper's beta*T on "
+                      f"summed errors = beta / (2*C*H*W)")
     elif cfg.stage == "improve":
         console.print(f"tasks per pair: improve (winner | loser, prompt) "
                       f"{1 - cfg.reconstruct_prob - cfg.unconditional_prob:.3g}, reconstruct (x | x) "
@@ -656,31 +625,29 @@ def _progress(total: int, done: int, enabled: bool):
         yield advance
 
 
-def _validate(cfg: TrainConfig, accelerator: Accelerator, components: SDComponents,
-              unet: UNet2DConditionModel, step: int) -> None:
+def _validate(cfg: TrainConfig, accelerator: Accelerator, components: Components, model: torch.nn.Module,
+              step: int) -> None:
     """Draw the validation prompts with fixed seeds (seed + prompt number) into out/validation/step-XXXXXX.png."""
     if accelerator.is_main_process:
-        modules = {"unet": unet, "vae": components.vae}
-        for i, (encoder, tokenizer) in enumerate(zip(components.text_encoders, components.tokenizers)):
-            suffix = f"_{i + 1}" if i else ""
-            modules |= {f"text_encoder{suffix}": encoder, f"tokenizer{suffix}": tokenizer}
+        family = components.family
+        modules = {family.denoiser_folder: model, "vae": components.vae, **components.text}
         pipe = base_pipeline(resolve_model(cfg.model), **modules)
         pipe.set_progress_bar_config(disable=True)
-        unet.eval()
+        model.eval()
         with torch.no_grad(), accelerator.autocast():
             images = [pipe(prompt, height=cfg.resolution, width=cfg.resolution,
                            num_inference_steps=VALIDATION_INFERENCE_STEPS,
-                           guidance_scale=VALIDATION_GUIDANCE[components.kind],
+                           guidance_scale=family.validation_guidance,
                            generator=torch.Generator().manual_seed(cfg.seed + i)).images[0]
                       for i, prompt in enumerate(cfg.validation_prompts)]
-        unet.train()
+        model.train()
         save_grid(images, Path(cfg.out) / "validation" / f"step-{step:06d}.png")
     accelerator.wait_for_everyone()
 
 
-def _finish(cfg: TrainConfig, out: Path, unet: UNet2DConditionModel) -> None:
-    """Save the final pipeline (LoRA merged into the UNet, and beside it for LoRA runs) and the curves."""
-    missing = save_pipeline(cfg.model, unet.eval(), out)
+def _finish(cfg: TrainConfig, out: Path, model: torch.nn.Module, family: Family) -> None:
+    """Save the final pipeline (LoRA merged into the denoiser, and beside it for LoRA runs) and the curves."""
+    missing = save_pipeline(cfg.model, model.eval(), out, family)
     if missing:
         console.print(f"note: {cfg.model} lists {', '.join(missing)} but they are not stored locally, so the saved "
                       f"pipeline has none")

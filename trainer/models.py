@@ -1,75 +1,70 @@
-"""Stable Diffusion 1.5 / SDXL components for training: loading, prompt encoding, VAE encoding, time ids."""
+"""Loading a diffusers pipeline's parts for training, whatever its family (:mod:`styleprefs.trainer.families`)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DiffusionPipeline
 from torch import Tensor
-from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from styleprefs.errors import StyleprefsError
 from styleprefs.resolve import is_offline_name, locate, missing_parts
+from styleprefs.trainer.families import Components, Family, family_from_index
 
-REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-SDXL_COMPONENTS = ("text_encoder_2", "tokenizer_2")
 T = TypeVar("T")
-
-
-@dataclass
-class SDComponents:
-    """Everything the trainer needs from one diffusers pipeline folder or Hub id.
-
-    ``kind`` is "sd" (one text encoder) or "sdxl" (two text encoders, pooled embeddings, time ids).
-    ``text_encoders`` and ``tokenizers`` are in pipeline order (``text_encoder``, then ``text_encoder_2``).
-    The VAE and text encoders are frozen (``requires_grad`` off, eval mode); the UNet is left as loaded.
-    """
-
-    kind: str
-    unet: UNet2DConditionModel | None
-    vae: AutoencoderKL
-    noise_scheduler: DDPMScheduler
-    text_encoders: list
-    tokenizers: list
-    prediction_type: str
+DENOISER_FOLDERS = ("unet", "transformer")
 
 
 def resolve_model(model: str) -> str:
     """A loadable location for ``model`` (``styleprefs.resolve.locate``): offline names are built; Hub ids pass unchanged.
 
-    A local pipeline folder must hold unet, vae, text_encoder, tokenizer and scheduler (plus
-    text_encoder_2 and tokenizer_2 when its model_index.json names them); otherwise StyleprefsError
-    names the missing ones.
+    A local pipeline folder must hold its family's denoiser, vae, scheduler, text encoders and tokenizers (those
+    its model_index.json names); otherwise StyleprefsError names the missing ones.
     """
     resolved = locate(model)
     path = Path(resolved.location)
     if path.is_dir() and not is_offline_name(model):
-        missing = [m.rstrip("/") for m in missing_parts(path, components=_expected_components(path))]
+        missing = [m.rstrip("/") for m in missing_parts(path, components=_expected_components(model, path))]
         if missing:
             raise StyleprefsError(
                 f"model folder {model} is missing {', '.join(missing)}: give a complete diffusers pipeline folder")
     return resolved.location
 
 
-def _expected_components(path: Path) -> list[str]:
+def _index(path: Path) -> dict:
     index = path / "model_index.json"
-    names = json.loads(index.read_text()) if index.is_file() else {}
-    extra = [n for n in SDXL_COMPONENTS if (names.get(n) or [None])[0] is not None or (path / n).is_dir()]
-    return [*REQUIRED_COMPONENTS, *extra]
+    return json.loads(index.read_text(encoding="utf-8")) if index.is_file() else {}
 
 
-def _kind(path: str) -> str:
-    local = Path(path)
-    if local.is_dir():
-        return "sdxl" if "text_encoder_2" in _expected_components(local) else "sd"
-    config = _loading(path, "model_index.json", DiffusionPipeline.load_config, path)
-    has_second_encoder = (config.get("text_encoder_2") or [None])[0] is not None
-    return "sdxl" if has_second_encoder or "XL" in config.get("_class_name", "") else "sd"
+def _expected_components(model: str, path: Path) -> list[str]:
+    index = _index(path)
+    family = family_from_index(index) if index else None
+    if family is None:
+        return ["model_index.json"] if not index else [f"model_index.json of a pipeline styleprefs trains ({model})"]
+    listed = [part for encoder, _, tokenizer, _ in family.text_parts for part in (encoder, tokenizer)
+              if encoder not in family.optional_text_parts or _names(index, encoder)]
+    return [family.denoiser_folder, "vae", "scheduler", *listed]
+
+
+def _names(index: dict, component: str) -> bool:
+    return (index.get(component) or [None])[0] is not None
+
+
+def family_of(model: str) -> Family:
+    """The model family of pipeline ``model`` (its model_index.json's ``_class_name``); a one-line StyleprefsError
+    for a pipeline no family trains."""
+    path = resolve_model(model)
+    index = _index(Path(path)) if Path(path).is_dir() else _loading(model, "model_index.json",
+                                                                    DiffusionPipeline.load_config, path)
+    family = family_from_index(index)
+    if family is None:
+        raise StyleprefsError(f"{model} is a {index.get('_class_name') or 'pipeline without _class_name'}: styleprefs "
+                              f"trains StableDiffusion(XL)Pipeline, StableDiffusion3Pipeline and FluxPipeline folders")
+    return family
 
 
 def _loading(model: str, what: str, load: Callable[..., T], *args, **kwargs) -> T:
@@ -82,30 +77,42 @@ def _loading(model: str, what: str, load: Callable[..., T], *args, **kwargs) -> 
 
 
 def load_components(model: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                    include_unet: bool = True, vae: str | None = None) -> SDComponents:
-    """Load UNet, VAE, DDPM noise scheduler, text encoder(s) and tokenizer(s) of ``model`` (safetensors only).
+                    include_denoiser: bool = True, include_text: bool = True, vae: str | None = None) -> Components:
+    """Load ``model``'s denoiser (UNet or transformer), VAE, noise scheduler, text encoders and tokenizers
+    (safetensors only) as its family (:func:`family_of`) names them.
 
     A VAE whose config sets ``force_upcast`` (SDXL's, which overflows to NaN in fp16) stays in
-    float32 when ``dtype`` is float16. ``include_unet=False`` (for caching, which needs only the
-    encoders) leaves ``unet`` None. ``vae`` (``styleprefs.gpu.load_vae``) replaces the model's own VAE.
+    float32 when ``dtype`` is float16. ``include_denoiser=False`` (for caching, which needs only the
+    encoders) leaves ``denoiser`` None; ``include_text=False`` loads no text encoder. ``vae``
+    (``styleprefs.gpu.load_vae``) replaces the model's own VAE.
     """
     path = resolve_model(model)
-    kind = _kind(path)
-    unet = (_loading(model, "unet", UNet2DConditionModel.from_pretrained, path, subfolder="unet", dtype=dtype,
-                     use_safetensors=True).to(device) if include_unet else None)
+    family = family_of(model)
+    denoiser = (_loading(model, family.denoiser_folder, family.denoiser_class.from_pretrained, path,
+                         subfolder=family.denoiser_folder, dtype=dtype, use_safetensors=True).to(device)
+                if include_denoiser else None)
     vae_model = _load_vae(model, path, vae, dtype)
-    scheduler = _loading(model, "scheduler", DDPMScheduler.from_pretrained, path, subfolder="scheduler")
-    folders = [("text_encoder", "tokenizer", CLIPTextModel)]
-    if kind == "sdxl":
-        folders.append(("text_encoder_2", "tokenizer_2", CLIPTextModelWithProjection))
-    encoders = [_loading(model, enc, cls.from_pretrained, path, subfolder=enc, dtype=dtype, use_safetensors=True)
-                for enc, _, cls in folders]
-    tokenizers = [_loading(model, tok, CLIPTokenizer.from_pretrained, path, subfolder=tok) for _, tok, _ in folders]
-    for frozen in (vae_model, *encoders):
+    scheduler = _loading(model, "scheduler", family.scheduler_class.from_pretrained, path, subfolder="scheduler")
+    text = _load_text(model, path, family, dtype) if include_text else {}
+    for frozen in (vae_model, *(m for m in text.values() if isinstance(m, torch.nn.Module))):
         frozen.requires_grad_(False).eval()
-    return SDComponents(kind=kind, unet=unet, vae=vae_model.to(device), noise_scheduler=scheduler,
-                        text_encoders=[e.to(device) for e in encoders], tokenizers=tokenizers,
-                        prediction_type=scheduler.config.prediction_type)
+    text = {name: m.to(device) if isinstance(m, torch.nn.Module) else m for name, m in text.items()}
+    return Components(family=family, denoiser=denoiser, vae=vae_model.to(device), noise_scheduler=scheduler,
+                      text=text)
+
+
+def _load_text(model: str, path: str, family: Family, dtype: torch.dtype) -> dict:
+    """The family's text encoders and tokenizers by pipeline name; optional ones the pipeline leaves out are None."""
+    index = _index(Path(path)) if Path(path).is_dir() else DiffusionPipeline.load_config(path)
+    text = {}
+    for encoder, encoder_class, tokenizer, tokenizer_class in family.text_parts:
+        if encoder in family.optional_text_parts and not _names(index, encoder):
+            text |= {encoder: None, tokenizer: None}
+            continue
+        text[encoder] = _loading(model, encoder, encoder_class.from_pretrained, path, subfolder=encoder, dtype=dtype,
+                                 use_safetensors=True)
+        text[tokenizer] = _loading(model, tokenizer, tokenizer_class.from_pretrained, path, subfolder=tokenizer)
+    return text
 
 
 def _load_vae(model: str, path: str, vae: str | None, dtype: torch.dtype) -> AutoencoderKL:
@@ -148,83 +155,73 @@ def quiet_loading():
             hub_utils.enable_progress_bars()
 
 
-def check_unet_source(value: str, flag: str) -> None:
-    """Raise a one-line StyleprefsError unless ``value`` (of option ``flag``, e.g. --init) can be a UNet source
-    for :func:`load_unet`: a pipeline folder with ``unet/``, a UNet folder, a tiny name or a Hub id.
+def _denoiser_classes() -> dict[str, Family]:
+    from styleprefs.trainer.families import FAMILIES
+
+    return {cls.denoiser_class.__name__: cls() for cls in FAMILIES.values()}
+
+
+def check_denoiser_source(value: str, flag: str) -> None:
+    """Raise a one-line StyleprefsError unless ``value`` (of option ``flag``, e.g. --init) can be a denoiser source
+    for :func:`load_denoiser`: a pipeline folder with ``unet/`` or ``transformer/``, a bare UNet or transformer
+    folder, a tiny name or a Hub id.
 
     Checked before any slow work, so a wrong folder does not cost a cache build first.
     """
     if is_offline_name(value):
         return
     path = Path(value).expanduser()
-    wanted = "a diffusers pipeline folder (model_index.json, unet/) or a UNet folder (config.json and safetensors)"
+    wanted = ("a diffusers pipeline folder (model_index.json, unet/ or transformer/) or a UNet or transformer "
+              "folder (config.json and safetensors)")
     if not path.exists():
         if path.is_absolute() or value.startswith((".", "~")) or value.count("/") != 1:  # cannot be a Hub id
             raise StyleprefsError(f"{flag} {value} does not exist: give {wanted}")
         return
-    folder = path if (path / "config.json").is_file() else path / "unet"
-    if not (folder / "config.json").is_file():
+    folder = _denoiser_folder(path)
+    if folder is None:
         raise StyleprefsError(f"{flag} {value} is not {wanted}")
     try:
         class_name = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_class_name")
     except (OSError, ValueError, AttributeError):
         class_name = None
-    if class_name != UNet2DConditionModel.__name__:
-        raise StyleprefsError(f"{flag} {value}: {folder / 'config.json'} is the config of {class_name or 'no diffusers model'}, "
-                              f"not a UNet2DConditionModel; give {wanted}")
+    if class_name not in _denoiser_classes():
+        raise StyleprefsError(f"{flag} {value}: {folder / 'config.json'} is the config of "
+                              f"{class_name or 'no diffusers model'}, not a UNet or transformer styleprefs trains; "
+                              f"give {wanted}")
     if not any(folder.glob("*.safetensors")):
         raise StyleprefsError(f"{flag} {value}: {folder} has no .safetensors weights; give {wanted}")
 
 
-def load_unet(model_or_dir: str, dtype: torch.dtype = torch.float32) -> UNet2DConditionModel:
-    """The UNet of a UNet folder (``config.json`` + weights), of a folder with ``unet/``, or of a tiny name / Hub id."""
+def _denoiser_folder(path: Path) -> Path | None:
+    """``path`` if it is a bare denoiser folder, else its ``unet/`` or ``transformer/`` holding a config; or None."""
+    for folder in (path, *(path / name for name in DENOISER_FOLDERS)):
+        if (folder / "config.json").is_file():
+            return folder
+    return None
+
+
+def load_denoiser(model_or_dir: str, family: Family, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The ``family`` denoiser of a bare denoiser folder (``config.json`` + weights), of a pipeline folder, or of a
+    tiny name / Hub id."""
     path = Path(model_or_dir).expanduser()
-    if (path / "config.json").is_file():
-        location, subfolder = str(path), None
-    elif (path / "unet").is_dir():
-        location, subfolder = str(path), "unet"
+    folder = _denoiser_folder(path) if path.is_dir() else None
+    if folder is None:
+        location, subfolder = resolve_model(model_or_dir), family.denoiser_folder
     else:
-        location, subfolder = resolve_model(model_or_dir), "unet"
-    return _loading(model_or_dir, "unet", UNet2DConditionModel.from_pretrained, location, subfolder=subfolder,
-                    dtype=dtype, use_safetensors=True)
+        location, subfolder = str(folder), None
+        class_name = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_class_name")
+        if class_name != family.denoiser_class.__name__:
+            raise StyleprefsError(f"{model_or_dir} holds a {class_name}, but the base model is a {family.name} "
+                                  f"pipeline, whose denoiser is a {family.denoiser_class.__name__}")
+    return _loading(model_or_dir, family.denoiser_folder, family.denoiser_class.from_pretrained, location,
+                    subfolder=subfolder, dtype=dtype, use_safetensors=True)
 
 
 @torch.no_grad()
-def encode_prompts(c: SDComponents, captions: list[str]) -> dict[str, Tensor]:
-    """Text conditioning of ``captions``, on the text encoders' device.
+def encode_latent_dist(c: Components, pixels: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and std of the VAE posterior of ``pixels`` ([B, 3, H, W] in [-1, 1]), unscaled, [B, C, H/f, W/f].
 
-    SD1.5: ``{"prompt_embeds": [B, 77, D]}``, the text encoder's last hidden state.
-    SDXL (as diffusers' ``StableDiffusionXLPipeline.encode_prompt``): ``prompt_embeds`` [B, 77, D1 + D2]
-    is the penultimate hidden states of both encoders concatenated; ``pooled_prompt_embeds`` [B, P]
-    is text_encoder_2's projected ``text_embeds``.
-    """
-    if c.kind == "sd":
-        encoder = c.text_encoders[0]
-        return {"prompt_embeds": encoder(_token_ids(c.tokenizers[0], captions, encoder.device)).last_hidden_state}
-    outs = [encoder(_token_ids(tokenizer, captions, encoder.device), output_hidden_states=True)
-            for tokenizer, encoder in zip(c.tokenizers, c.text_encoders)]
-    return {"prompt_embeds": torch.cat([out.hidden_states[-2] for out in outs], dim=-1),
-            "pooled_prompt_embeds": outs[-1].text_embeds}
-
-
-def _token_ids(tokenizer: CLIPTokenizer, captions: list[str], device: torch.device) -> Tensor:
-    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                     truncation=True, return_tensors="pt").input_ids.to(device)
-
-
-def sdxl_time_ids(original_size: tuple[int, int], crop_top_left: tuple[int, int], target_size: tuple[int, int]) -> Tensor:
-    """SDXL micro-conditioning ``[orig_h, orig_w, crop_top, crop_left, target_h, target_w]``, float32 [6].
-
-    Pass the image's real size before resizing and the crop actually taken, as SDXL was trained with.
-    """
-    return torch.tensor([*original_size, *crop_top_left, *target_size], dtype=torch.float32)
-
-
-@torch.no_grad()
-def encode_latent_dist(c: SDComponents, pixels: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and std of the VAE posterior of ``pixels`` ([B, 3, H, W] in [-1, 1]), unscaled, [B, 4, H/8, W/8].
-
-    Sample as ``mean + std * noise`` and multiply by ``vae.config.scaling_factor`` before the UNet.
+    Sample as ``mean + std * noise`` and scale with the family's ``scale_latents`` before the denoiser.
     """
     dist = c.vae.encode(pixels.to(c.vae.device, c.vae.dtype)).latent_dist
     return dist.mean, dist.std

@@ -11,7 +11,7 @@ the prompt's text and the index: every model given the same ``--seed`` starts ea
 from the same initial latent, whatever its place in the prompt list, the batch size or the device
 (noise is drawn on the CPU, one generator per image). Same settings and batch size give bit-identical
 images; another batch size changes them only by float round-off (at most one 8-bit level here). Sampling follows Diffusion-DPO's: safety checker off, CFG 7.5 for SD1.5
-and 5.0 for SDXL, 50 steps by default.
+and 5.0 for SDXL, 50 steps by default; SD3 samples at its pipeline's 7.0, FLUX.1 at 3.5 (its guidance input).
 
 Resumable: each image is written to a temporary file and renamed, then its line appended to
 ``index.jsonl``; a rerun with the same settings skips the images already listed. Other settings in an
@@ -38,7 +38,6 @@ from styleprefs.lock import LOCK_NAME, folder_lock
 INDEX = "index.jsonl"
 SETTINGS = "generate.json"
 IMAGES = "images"
-DEFAULT_GUIDANCE = {"sd": 7.5, "sdxl": 5.0}
 # Settings that change the pixels: a folder generated with other values is not resumed.
 IMAGE_SETTINGS = ("model", "prompts", "prompt_list_sha256", "images_per_prompt", "seed", "steps", "guidance",
                   "height", "width", "negative_prompt", "dtype")
@@ -90,7 +89,8 @@ def read_settings(folder: Path | str) -> dict:
 
 def load_pipeline(model: str, device: torch.device, dtype: torch.dtype, *, vae: str | None = None,
                   channels_last: bool = False, compile: bool = False):
-    """A diffusers text-to-image pipeline (SD1.5 or SDXL folder, Hub id, or tiny name), safety checker off; ``vae``
+    """A diffusers text-to-image pipeline (SD1.5, SDXL, SD3 or FLUX.1 folder, Hub id, or tiny name), safety checker
+    off; ``vae``
     in place of its own, the GPU settings of ``styleprefs.gpu.prepare_pipeline`` applied."""
     from diffusers import DiffusionPipeline
 
@@ -110,8 +110,9 @@ def load_pipeline(model: str, device: torch.device, dtype: torch.dtype, *, vae: 
         except (OSError, ValueError) as exc:
             hint = "" if Path(location).exists() else " (no network? download it and pass the local folder)"
             raise StyleprefsError(f"cannot load the pipeline {model}: {_first_line(exc)}{hint}") from None
-        if not hasattr(pipe, "unet") or not hasattr(pipe, "text_encoder") or hasattr(pipe, "controlnet"):
-            raise StyleprefsError(f"{model} is a {type(pipe).__name__}, not a Stable Diffusion text-to-image pipeline")
+        if pipeline_family(pipe) is None or type(pipe).__name__ == "StableDiffusionInstructPix2PixPipeline":
+            raise StyleprefsError(f"{model} is a {type(pipe).__name__}, not a text-to-image pipeline of SD1.5, SDXL, "
+                                  f"SD3 or FLUX.1")
         pipe.set_progress_bar_config(disable=True)
         return prepare_pipeline(pipe.to(device), channels_last=channels_last, compile=compile)
 
@@ -120,8 +121,11 @@ def load_pipeline(model: str, device: torch.device, dtype: torch.dtype, *, vae: 
                       str(device), dtype, vae, channels_last, compile), load)
 
 
-def pipeline_kind(pipe) -> str:
-    return "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd"
+def pipeline_family(pipe):
+    """The trainer's model family of a loaded pipeline (None for a pipeline no family serves)."""
+    from styleprefs.trainer.families import family_from_index
+
+    return None if hasattr(pipe, "controlnet") else family_from_index(dict(pipe.config, _class_name=type(pipe).__name__))
 
 
 def generate(model: str, prompts: str, out: Path | str, *, images_per_prompt: int = 5, seed: int = 0,
@@ -148,14 +152,16 @@ def generate(model: str, prompts: str, out: Path | str, *, images_per_prompt: in
         torch_dtype = resolve_dtype(dtype, dev)
         set_tf32(allow_tf32)
         pipe = load_pipeline(model, dev, torch_dtype, vae=vae, channels_last=channels_last, compile=compile)
-        kind = pipeline_kind(pipe)
-        default_size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        family = pipeline_family(pipe)
+        kind = family.name
+        default_size = (getattr(pipe, "default_sample_size", None)
+                        or getattr(pipe, family.denoiser_folder).config.sample_size) * pipe.vae_scale_factor
         size = resolution or default_size
         settings = {
             "model": model, "pipeline": type(pipe).__name__, "kind": kind, "scheduler": type(pipe.scheduler).__name__,
             "prompts": describe(prompts), "prompt_list_sha256": _prompt_list_hash(items), "n_prompts": len(items),
             "images_per_prompt": images_per_prompt, "seed": seed, "steps": steps,
-            "guidance": float(guidance if guidance is not None else DEFAULT_GUIDANCE[kind]),
+            "guidance": float(guidance if guidance is not None else family.validation_guidance),
             "height": size, "width": size, "negative_prompt": negative_prompt, "dtype": dtype_name(torch_dtype),
             **({"vae": vae} if vae else {}), "safety_checker": "off", "seeding": "image_seed(seed, prompt, index) = sha256, 63 bits; noise drawn on CPU",
         }

@@ -31,11 +31,11 @@ import torch
 from styleprefs.errors import StyleprefsError
 
 
-def _draw(seed: int, index: int, k: int, latent_shape: tuple[int, ...], num_timesteps: int
-          ) -> tuple[torch.Tensor, torch.Tensor]:
+def _draw(seed: int, index: int, k: int, latent_shape: tuple[int, ...], components) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw ``k`` of the pair at row ``index``: the family's time (a DDPM timestep or a flow noise level) and noise."""
     state = np.random.SeedSequence([seed, index, k]).generate_state(2, dtype=np.uint32)
     gen = torch.Generator().manual_seed(int(state[0]) << 31 ^ int(state[1]))
-    return torch.randint(0, num_timesteps, (), generator=gen), torch.randn(latent_shape, generator=gen)
+    return components.family.draw_time(gen, components), torch.randn(latent_shape, generator=gen)
 
 
 @torch.no_grad()
@@ -49,7 +49,8 @@ def implicit_accuracy(model: str, ref: str, data: str | Path, *, base: str | Non
     from styleprefs.io import write_json
     from styleprefs.trainer.data import preprocess, read_pairs
     from styleprefs.trainer.losses import dpo_logits, per_sample_error
-    from styleprefs.trainer.models import encode_latent_dist, encode_prompts, load_components, load_unet, sdxl_time_ids
+    from styleprefs.trainer.families import PairDraws
+    from styleprefs.trainer.models import encode_latent_dist, load_components, load_denoiser
 
     if num_draws < 1 or batch_size < 1:
         raise StyleprefsError("--draws and --batch-size must be at least 1")
@@ -63,26 +64,26 @@ def implicit_accuracy(model: str, ref: str, data: str | Path, *, base: str | Non
                               f"{counts['kept']} usable pair(s) of {counts['read']} read")
     base = base or next((m for m in (ref, model) if _is_pipeline(m)), None)
     if base is None:
-        raise StyleprefsError("--model and --ref are both UNet folders: pass --base PIPELINE for the VAE, text "
-                              "encoder(s) and noise schedule")
-    components = load_components(base, include_unet=False, device=dev)
-    policy = load_unet(model).to(dev).eval().requires_grad_(False)
-    reference = load_unet(ref).to(dev).eval().requires_grad_(False)
-    for name, unet in (("--model", policy), ("--ref", reference)):
-        if unet.config.in_channels != 4:
-            raise StyleprefsError(f"{name} UNet has {unet.config.in_channels} input channels; expected a text-to-image UNet")
-    vae_factor = 2 ** (len(components.vae.config.block_out_channels) - 1)
-    size = resolution or int(policy.config.sample_size) * vae_factor
-    scheduler = components.noise_scheduler
-    num_timesteps = int(scheduler.config.num_train_timesteps)
-    scaling = components.vae.config.scaling_factor
+        raise StyleprefsError("--model and --ref are both UNet or transformer folders: pass --base PIPELINE for the "
+                              "VAE, text encoder(s) and noise schedule")
+    components = load_components(base, include_denoiser=False, device=dev)
+    family = components.family
+    policy = load_denoiser(model, family).to(dev).eval().requires_grad_(False)
+    reference = load_denoiser(ref, family).to(dev).eval().requires_grad_(False)
+    latent_channels = components.vae.config.latent_channels
+    for name, denoiser in (("--model", policy), ("--ref", reference)):
+        if denoiser.config.in_channels not in (latent_channels, 4 * latent_channels):  # FLUX packs 2x2 latents
+            raise StyleprefsError(f"{name} {family.denoiser_folder} has {denoiser.config.in_channels} input channels; "
+                                  f"expected a text-to-image model")
+    size = resolution or _native_size(policy, components)
 
     logits = np.zeros((len(pairs), num_draws))
     progress = _Progress(len(pairs), show_progress)
     with progress as advance:
         for start in range(0, len(pairs), batch_size):
             batch = pairs[start:start + batch_size]
-            pixels, time_ids = [], []
+            pixels, rows = [], {"original_size_w": [], "crop_top_left_w": [], "original_size_l": [],
+                                "crop_top_left_l": []}
             for side in ("winner", "loser"):
                 for pair in batch:
                     try:
@@ -91,23 +92,24 @@ def implicit_accuracy(model: str, ref: str, data: str | Path, *, base: str | Non
                         raise StyleprefsError(f"{data} pair at row {pair.index}: {side} image cannot be decoded ({exc})") from None
                     px, original, crop = preprocess(image, size, None, False)
                     pixels.append(px)
-                    time_ids.append(sdxl_time_ids(original, crop, (size, size)))
+                    side_name = "w" if side == "winner" else "l"
+                    rows[f"original_size_{side_name}"].append(original)
+                    rows[f"crop_top_left_{side_name}"].append(crop)
             mean, _ = encode_latent_dist(components, torch.stack(pixels))
-            latents = mean.float() * scaling
-            text = encode_prompts(components, [p.caption for p in batch])
-            cond = {"encoder_hidden_states": torch.cat([text["prompt_embeds"]] * 2).float()}
-            if components.kind == "sdxl":
-                cond["added_cond_kwargs"] = {"text_embeds": torch.cat([text["pooled_prompt_embeds"]] * 2).float(),
-                                             "time_ids": torch.stack(time_ids).to(dev)}
+            inputs = {"latent_mean": mean.float(), "latent_std": torch.zeros_like(mean, dtype=torch.float32)}
+            for name, value in family.encode_prompts(components, [p.caption for p in batch]).items():
+                inputs |= {name: value.float(), f"empty_{name}": value[0].float()}  # no caption is dropped here
+            inputs |= {k: v.to(dev) for k, v in family.batch_extras(
+                {k: torch.tensor(v) for k, v in rows.items()}, size).items()}
+            zeros = torch.zeros_like(mean[: len(batch)], dtype=torch.float32)
             for k in range(num_draws):
-                draws = [_draw(seed, p.index, k, tuple(latents.shape[1:]), num_timesteps) for p in batch]
-                t = torch.stack([d[0] for d in draws]).to(dev)
-                eps = torch.stack([d[1] for d in draws]).to(dev)
-                t2, eps2 = torch.cat([t, t]), torch.cat([eps, eps])
-                noisy = scheduler.add_noise(latents, eps2, t2)
-                target = eps2 if components.prediction_type == "epsilon" else scheduler.get_velocity(latents, eps2, t2)
-                err = per_sample_error(policy(noisy, t2, **cond).sample, target)
-                ref_err = per_sample_error(reference(noisy, t2, **cond).sample, target)
+                drawn = [_draw(seed, p.index, k, tuple(mean.shape[1:]), components) for p in batch]
+                draws = PairDraws(timesteps=torch.stack([d[0] for d in drawn]).to(dev),
+                                  noise=torch.stack([d[1] for d in drawn]).to(dev), posterior_w=zeros,
+                                  posterior_l=zeros, dropped=torch.zeros(len(batch), dtype=torch.bool, device=dev))
+                model_inputs, target = family.model_inputs(inputs, draws, components)
+                err = per_sample_error(family.predict(policy, model_inputs), target)
+                ref_err = per_sample_error(family.predict(reference, model_inputs), target)
                 err_w, err_l = err.chunk(2)
                 ref_w, ref_l = ref_err.chunk(2)
                 values = dpo_logits(err_w.double(), err_l.double(), ref_w.double(), ref_l.double(), beta)
@@ -125,6 +127,12 @@ def implicit_accuracy(model: str, ref: str, data: str | Path, *, base: str | Non
     if out:
         write_json(result, Path(out))
     return result
+
+
+def _native_size(denoiser: torch.nn.Module, components) -> int:
+    """The image size a denoiser was configured for (its ``sample_size`` in latents; FLUX has none: 1024 px)."""
+    sample = denoiser.config.get("sample_size")
+    return int(sample) * components.vae_scale_factor if sample else 1024
 
 
 def _is_pipeline(model: str) -> bool:
