@@ -25,6 +25,8 @@ def test_shipped_weights_are_small_and_checked():
     ship.verify()
     total = sum(p.stat().st_size for p in ship.WEIGHTS.rglob("*.safetensors"))
     assert total <= 30 * 2**20
+    flow = sum(p.stat().st_size for p in (ship.WEIGHTS / "mini-flow").rglob("*.safetensors"))
+    assert flow <= 10 * 2**20  # mini-flow ships its transformer alone: its VAE and text encoders are shared
 
 
 def test_a_tampered_file_is_named(tmp_path):

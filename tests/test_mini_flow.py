@@ -135,3 +135,19 @@ def test_flow_vae_shifts_and_scales_latents_to_zero_mean_and_unit_deviation():
     vae = flow.flow_vae(models.new_vae(), means)
     normalised = (means - vae.config.shift_factor) * vae.config.scaling_factor
     assert normalised.mean().abs().item() < 1e-4 and normalised.std().item() == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def quality() -> dict:
+    from styleprefs.mini.quality import FLOW_GUIDANCE, FLOW_STEPS, measure
+
+    return measure("mini-flow", scenes=40, steps=FLOW_STEPS, guidance=FLOW_GUIDANCE)
+
+
+def test_mini_flow_generations_follow_held_out_captions(quality):
+    """The model card's goals for generations (>= 3x chance for what mini-clip reads), on 40 held-out scenes."""
+    assert quality["generated_both_accuracy"] >= 3 * quality["both_chance"]
+    assert quality["generated_time_accuracy"] >= 3 * quality["time_chance"]
+    assert quality["generated_color_accuracy"] >= 3 * quality["color_chance"]
+    assert quality["generated_winter_probability"] < 0.25  # the base draws summer
+    assert quality["mini_fid_real_floor"] < quality["mini_fid_generated"]

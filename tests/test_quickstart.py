@@ -162,3 +162,11 @@ def test_page_renders_in_headless_chromium(report):
     with Image.open(shot) as img:
         colours = img.convert("RGB").resize((60, 150)).getcolors(60 * 150)
     assert colours is not None and len(colours) > 200  # images and curves drawn, not a blank page
+
+
+def test_an_unknown_model_is_one_line_and_writes_nothing(tmp_path):
+    from styleprefs.errors import StyleprefsError
+
+    with pytest.raises(StyleprefsError, match="--model must be one of mini, mini-flow"):
+        quickstart(tmp_path / "qs", model="tiny", console=Console(quiet=True))
+    assert not (tmp_path / "qs").exists()
