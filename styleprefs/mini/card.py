@@ -95,6 +95,7 @@ torch {record['torch']}. {_beside(record)}Total {record['total_seconds'] / 60:.1
 (data {minutes.get('data', '-')}), as measured: on a shared machine this includes time spent waiting for the CPU.
 Seed {cfg['seed']}; every draw comes from it, so the same command on the same thread count gives the
 same weights. A rerun trains only the models its folder lacks; those it finds keep their recorded times.
+{record.get('note', '')}
 
 ![loss curves](loss_curves.png)
 
