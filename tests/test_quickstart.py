@@ -94,11 +94,14 @@ def test_every_generation_uses_the_plans_guidance(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(generate_module, "generate", lambda *args, **kwargs: calls.append(kwargs))
     plan = replace(Plan.reduced(), guidance=5.5)
-    stages = [s for s in quickstart_module._stages(tmp_path, "winter", None, plan) if s.name.startswith("generate")]
-    for stage in stages:
-        assert "--guidance 5.5 " in stage.command
-        stage.run()
-    assert len(calls) == 3 and all(call["guidance"] == 5.5 for call in calls)
+    for model in ("mini", "mini-flow"):
+        stages = [s for s in quickstart_module._stages(tmp_path, model, "winter", None, plan)
+                  if s.name.startswith("generate")]
+        assert stages[0].command.startswith(f"styleprefs eval generate --model {model} ")  # the base is the model
+        for stage in stages:
+            assert "--guidance 5.5 " in stage.command
+            stage.run()
+    assert len(calls) == 6 and all(call["guidance"] == 5.5 for call in calls)
 
 
 def test_held_out_pairs_are_scenes_training_never_saw(report):
