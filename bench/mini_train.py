@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from styleprefs.mini.train import MiniConfig, Pool, text_encoder_of, train_clip, train_unet, train_vae  # noqa: E402
 from styleprefs.parallel import beside  # noqa: E402
-from styleprefs.tiny import bpe_tokenizer, resolve  # noqa: E402
+from styleprefs.resolve import offline_or_path  # noqa: E402
+from styleprefs.tiny import bpe_tokenizer  # noqa: E402
 
 
 def per_step(run: Callable[[int], None], counts: list[int]) -> float:
@@ -69,8 +70,8 @@ def unet(cfg: MiniConfig, pool: Pool, ddp: bool) -> Callable[[int], None]:
     from diffusers import AutoencoderKL
     from transformers import CLIPModel
 
-    vae = AutoencoderKL.from_pretrained(resolve("mini"), subfolder="vae")
-    text_encoder = text_encoder_of(CLIPModel.from_pretrained(resolve("mini-clip")))
+    vae = AutoencoderKL.from_pretrained(offline_or_path("mini"), subfolder="vae")
+    text_encoder = text_encoder_of(CLIPModel.from_pretrained(offline_or_path("mini-clip")))
     store = Path(tempfile.mkdtemp()) / "store" if ddp else None
 
     def run(steps: int) -> None:

@@ -296,11 +296,12 @@ def quickstart(
     out: Path = typer.Option(Path("out/quickstart"), help="Folder for the dataset, runs, generations and report."),
     style: str = typer.Option("winter", help="Built-in style or style .yaml."),
     inception: Optional[str] = typer.Option(None, help="FID Inception weights (pt_inception-2015-12-05-6726825d.pth); default: mini FID (mini-clip features), labelled as such."),
+    model: str = typer.Option("mini", help="The trained base model: mini (SD1.5 layout) or mini-flow (SD3 layout, rectified flow)."),
 ) -> None:
     """The whole pipeline offline on the trained mini models: build, filter, cache, SFT, RPO, generate, evaluate, report."""
     from styleprefs.quickstart import quickstart as run
 
-    run(out, style=style, inception=inception, console=console)
+    run(out, model=model, style=style, inception=inception, console=console)
 
 
 def _print_counts(counts: dict, title: str) -> None:

@@ -85,10 +85,10 @@ class _Checkers:
                                      options.learned_text_threshold)
         self.text_model = self.image_model = None
         if options.text_model:
+            from styleprefs.resolve import offline_or_path
             from styleprefs.safety.classifier import TextSafetyClassifier  # deferred: imports torch and transformers
-            from styleprefs.tiny import resolve
 
-            self.text_model = TextSafetyClassifier(resolve(options.text_model), device=options.device,
+            self.text_model = TextSafetyClassifier(offline_or_path(options.text_model), device=options.device,
                                                    unsafe_labels=options.text_labels or None)
         if options.images:
             self.image_model = _image_checker(options)
@@ -137,10 +137,10 @@ def _image_checker(options: SafetyOptions):
     """open_nsfw (offline) by default; any other name is an SD safety checker id or folder."""
     if options.image_model == OPEN_NSFW:
         return OpenNsfwChecker()
+    from styleprefs.resolve import offline_or_path
     from styleprefs.safety.image import ImageSafetyChecker  # deferred: imports torch and diffusers
-    from styleprefs.tiny import resolve
 
-    return ImageSafetyChecker(resolve(options.image_model), device=options.device)
+    return ImageSafetyChecker(offline_or_path(options.image_model), device=options.device)
 
 
 def filter_unsafe(dataset: Path, options: SafetyOptions = SafetyOptions(), *, out: Path | None = None,

@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 
 RESOLUTION = 64
 MODEL, CLIP = "mini", "mini-clip"
-RUNS = {"base": "base (mini)", "sft": "SFT", "rpo": "SFT+RPO"}
+# The trained base models the quickstart runs on (``--model``), and how the report describes them.
+MODELS = {"mini": "a 64 px Stable Diffusion 1.5-layout model",
+          "mini-flow": "a 64 px Stable Diffusion 3-layout rectified-flow model"}
 # Classifier-free guidance of every generation. At 3 SFT's winter shift shows most and the base's images are about as
 # close to real scenes (mini FID) as they get; higher guidance re-saturates the colours that the winter wash takes
 # out (README, "Guidance in the miniature").
@@ -51,12 +53,23 @@ class Plan:
     sft_lr: float = 2.5e-5
     sft_snr_gamma: float | None = 5.0  # Min-SNR weighting of the SFT loss (``--snr-gamma``)
     rpo_lr: float = 2.5e-6
-    beta: float = 5000.0
+    beta: float | None = 5000.0  # None: the model family's default (``styleprefs train --beta``)
 
     @classmethod
     def reduced(cls) -> Plan:
         """For tests: the same training set and SFT run, fewer captions, sampling steps and RPO steps."""
         return cls(heldout_pairs=16, prompts=16, generation_steps=10, rpo_steps=10)
+
+    @classmethod
+    def for_model(cls, model: str) -> Plan:
+        """The plan for base ``model``: mini's as measured; on mini-flow no Min-SNR weighting (an epsilon-loss
+        weighting) and the flow family's own DPO/RPO beta."""
+        return cls() if model == MODEL else cls(sft_snr_gamma=None, beta=None)
+
+
+def run_labels(model: str) -> dict[str, str]:
+    """The report's row label of each run."""
+    return {"base": f"base ({model})", "sft": "SFT", "rpo": "SFT+RPO"}
 
 
 @dataclass(frozen=True)
@@ -67,12 +80,17 @@ class Stage:
     done: Callable[[], bool]
 
 
-def quickstart(out: Path, *, style: str = "winter", inception: str | None = None, plan: Plan = Plan(),
-               console: Console | None = None) -> Path:
-    """Run every stage into ``out`` (skipping finished ones) and return the HTML report's path."""
+def quickstart(out: Path, *, model: str = MODEL, style: str = "winter", inception: str | None = None,
+               plan: Plan | None = None, console: Console | None = None) -> Path:
+    """Run every stage into ``out`` on base ``model`` (one of ``MODELS``; skipping finished stages) and return the
+    HTML report's path. ``plan`` defaults to ``Plan.for_model(model)``."""
+    from styleprefs.errors import StyleprefsError
+
+    if model not in MODELS:
+        raise StyleprefsError(f"--model must be one of {', '.join(MODELS)} (the trained mini models), got {model!r}")
     console = console or Console()
     out = Path(out)
-    stages = _stages(out, style, inception, plan)
+    stages = _stages(out, model, style, inception, plan or Plan.for_model(model))
     for i, stage in enumerate(stages, 1):
         status = "reused" if stage.done() else None
         if status is None:
@@ -80,9 +98,9 @@ def quickstart(out: Path, *, style: str = "winter", inception: str | None = None
             stage.run()
             status = "done"
         console.print(f"[green]✓[/green] {i}/{len(stages)} {stage.name} ({status})")
-    page = _write_html(out, style)
+    page = _write_html(out, model, style)
     console.print(f"\nReport: {out / 'report.md'}\nPage:   {page}\n")
-    console.print(f"Each stage corresponds to a real command (use your own models for {MODEL} and {CLIP}, e.g. "
+    console.print(f"Each stage corresponds to a real command (use your own models for {model} and {CLIP}, e.g. "
                   "stable-diffusion-v1-5/stable-diffusion-v1-5 and openai/clip-vit-large-patch14, on a GPU):")
     for stage in stages:
         console.print(f"  {stage.command}", markup=False, highlight=False)
@@ -91,15 +109,16 @@ def quickstart(out: Path, *, style: str = "winter", inception: str | None = None
     return page
 
 
-def _stages(out: Path, style: str, inception: str | None, plan: Plan) -> list[Stage]:
+def _stages(out: Path, model: str, style: str, inception: str | None, plan: Plan) -> list[Stage]:
     from styleprefs.build import BuildConfig, build_dataset
     from styleprefs.filter_unsafe import SafetyOptions, filter_unsafe
 
     data, heldout, runs, gen = out / "data", out / "data-heldout", out / "runs", out / "generated"
-    models = {"base": MODEL, "sft": str(runs / "sft"), "rpo": str(runs / "rpo")}
+    models = {"base": model, "sft": str(runs / "sft"), "rpo": str(runs / "rpo")}
     fid_flag = f"--inception {inception}" if inception else "--features mini"
     build = "styleprefs build --style {style} --source sample --split {split} --num-pairs {n} --shard-size {n} --out {out}"
-    sft, rpo = _train_config("sft", data, runs / "sft", plan), _train_config("rpo", data, runs / "rpo", plan, runs / "sft")
+    sft = _train_config("sft", data, runs / "sft", plan, model)
+    rpo = _train_config("rpo", data, runs / "rpo", plan, model, runs / "sft")
     stages = [
         Stage("build the training set (sample scenes, train split)",
               build.format(style=style, split="train", n=plan.num_pairs, out=data),
@@ -114,18 +133,18 @@ def _stages(out: Path, style: str, inception: str | None, plan: Plan) -> list[St
         Stage("filter unsafe rows", f"styleprefs filter-unsafe {data}",
               lambda: filter_unsafe(data, SafetyOptions(images=True)), lambda: _filtered(data)),
         Stage("cache latents and embeddings",
-              f"styleprefs cache {data} --model {MODEL} --resolution {RESOLUTION} --clip-model {CLIP}",
-              lambda: _cache(data), lambda: False),
+              f"styleprefs cache {data} --model {model} --resolution {RESOLUTION} --clip-model {CLIP}",
+              lambda: _cache(data, model), lambda: False),
         Stage("train SFT", sft.command_line(), lambda: _train(sft), lambda: (runs / "sft" / "model_index.json").is_file()),
         Stage("train RPO from the SFT model", rpo.command_line(), lambda: _train(rpo),
               lambda: (runs / "rpo" / "model_index.json").is_file()),
     ]
-    for name, model in models.items():
-        stages.append(Stage(f"generate from {name}", f"styleprefs eval generate --model {model} --prompts {data} "
+    for name, folder in models.items():
+        stages.append(Stage(f"generate from {name}", f"styleprefs eval generate --model {folder} --prompts {data} "
                             f"--images-per-prompt {plan.images_per_prompt} --seed 0 --steps {plan.generation_steps} "
                             f"--guidance {plan.guidance} --resolution {RESOLUTION} --limit {plan.prompts} "
                             f"--batch-size 16 --device cpu --out {gen / name}",
-                            lambda model=model, name=name: _generate(model, data, gen / name, plan), lambda: False))
+                            lambda folder=folder, name=name: _generate(folder, data, gen / name, plan), lambda: False))
     for name in models:
         stages += [
             Stage(f"style FID of {name}", f"styleprefs eval style-fid --data {data} --generated {gen / name} {fid_flag} "
@@ -139,13 +158,13 @@ def _stages(out: Path, style: str, inception: str | None, plan: Plan) -> list[St
     for name, ref in (("sft", "base"), ("rpo", "sft")):
         stages.append(Stage(f"implicit accuracy of {name} against {ref} on held-out pairs",
                             f"styleprefs eval implicit-acc --model {models[name]} --ref {models[ref]} --data {heldout} "
-                            f"--base {MODEL} --draws {IMPLICIT_DRAWS} --resolution {RESOLUTION} --device cpu "
+                            f"--base {model} --draws {IMPLICIT_DRAWS} --resolution {RESOLUTION} --device cpu "
                             f"--out {gen / name / 'implicit_acc.json'}",
-                            lambda name=name, ref=ref: _implicit(models[name], models[ref], heldout, gen / name),
+                            lambda name=name, ref=ref: _implicit(models[name], models[ref], model, heldout, gen / name),
                             lambda name=name: (gen / name / "implicit_acc.json").is_file()))
-    names = " ".join(f"--name {shlex.quote(label)}" for label in RUNS.values())
+    names = " ".join(f"--name {shlex.quote(label)}" for label in run_labels(model).values())
     stages.append(Stage("report", f"styleprefs eval report {gen / 'base'} {gen / 'sft'} {gen / 'rpo'} {names} "
-                        f"--out {out / 'report.md'}", lambda: _report(out, gen), lambda: False))
+                        f"--out {out / 'report.md'}", lambda: _report(out, gen, model), lambda: False))
     return stages
 
 
@@ -153,18 +172,18 @@ def _filtered(data: Path) -> bool:
     return bool(read_json(data / "manifest.json").get("safety", {}).get("runs"))
 
 
-def _cache(data: Path) -> None:
+def _cache(data: Path, model: str) -> None:
     from styleprefs.trainer.cache import build_cache
 
-    build_cache(data, MODEL, RESOLUTION, clip_model=CLIP)
+    build_cache(data, model, RESOLUTION, clip_model=CLIP)
 
 
-def _train_config(stage: str, data: Path, out: Path, plan: Plan, init: Path | None = None) -> TrainConfig:
+def _train_config(stage: str, data: Path, out: Path, plan: Plan, model: str, init: Path | None = None) -> TrainConfig:
     """The stage's run; its ``command_line`` is the command printed for it."""
     from styleprefs.trainer.config import TrainConfig
 
     steps = plan.sft_steps if stage == "sft" else plan.rpo_steps
-    return TrainConfig(stage=stage, data=str(data), out=str(out), model=None if init else MODEL,
+    return TrainConfig(stage=stage, data=str(data), out=str(out), model=None if init else model,
                        init=str(init) if init else None, clip_model=CLIP, resolution=RESOLUTION,
                        batch_size=plan.batch_size, gradient_accumulation_steps=1, max_steps=steps,
                        learning_rate=plan.sft_lr if stage == "sft" else plan.rpo_lr, scale_lr=True,
@@ -200,18 +219,19 @@ def _style_score(generated: Path, style: str) -> None:
     score_folder(generated, [f"{style}={CLIP}"], device="cpu")
 
 
-def _implicit(model: str, ref: str, data: Path, out: Path) -> None:
+def _implicit(model: str, ref: str, base: str, data: Path, out: Path) -> None:
     from styleprefs.eval.implicit_acc import implicit_accuracy
 
-    implicit_accuracy(model, ref, data, base=MODEL, num_draws=IMPLICIT_DRAWS, resolution=RESOLUTION, device="cpu",
+    implicit_accuracy(model, ref, data, base=base, num_draws=IMPLICIT_DRAWS, resolution=RESOLUTION, device="cpu",
                       out=out / "implicit_acc.json")
 
 
-def _report(out: Path, gen: Path) -> None:
+def _report(out: Path, gen: Path, model: str) -> None:
     from styleprefs.eval.report import make_report
     from styleprefs.inspect import save_grid
 
-    make_report([gen / name for name in RUNS], out / "report.md", names=list(RUNS.values()))
+    labels = run_labels(model)
+    make_report([gen / name for name in labels], out / "report.md", names=list(labels.values()))
     save_grid(out / "data", out / "dataset_grid.png", rows=6)
 
 
@@ -227,17 +247,18 @@ def seed_spread(generated: Path, scorer: str) -> dict:
     return {"per_seed": means, "spread": max(means) - min(means), "mean": float(values.mean())}
 
 
-def _write_html(out: Path, style: str) -> Path:
+def _write_html(out: Path, model: str, style: str) -> Path:
     """One self-contained page (images by relative path): dataset grid, curves, generations, metrics."""
     report = json.loads((out / "report.json").read_text())
     table, columns = report["table"], report["columns"]
     rows = "".join(f"<tr><th>{html.escape(label)}</th>" + "".join(
         f"<td>{_cell(table[label].get(c))}</td>" for c in columns) + "</tr>" for label in report["labels"])
     manifest = json.loads((out / "data" / "manifest.json").read_text())
+    labels = run_labels(model)
     counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in manifest["counts"].items())
     spreads = "".join(f"<li>{html.escape(label)}: " + ", ".join(f"{v:.3f}" for v in spread["per_seed"])
                       + f" (spread {spread['spread']:.3f})</li>"
-                      for label, spread in ((RUNS[n], seed_spread(out / "generated" / n, style)) for n in RUNS))
+                      for label, spread in ((labels[n], seed_spread(out / "generated" / n, style)) for n in labels))
     figures = [("Dataset: rejected original | preferred edit", "dataset_grid.png"),
                ("SFT training curves", "runs/sft/curves.png"), ("RPO training curves (reference: SFT)", "runs/rpo/curves.png"),
                ("Generations, same prompt and seed per row", "report_grid.png"), ("Metrics", "report_bars.png")]
@@ -249,7 +270,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #bbb;padding:4px 8px;te
 figcaption{{font-weight:bold;margin-bottom:.4em}}.note{{color:#a33}}</style></head><body>
 <h1>styleprefs quickstart</h1>
 <p>Style <b>{html.escape(manifest['config']['build']['style'])}</b>; dataset: {html.escape(counts)}.</p>
-<p class="note">The miniature world: {MODEL} (a 64 px Stable Diffusion-layout model) and {CLIP}, trained on the bundled
+<p class="note">The miniature world: {model} ({MODELS[model]}) and {CLIP}, trained on the bundled
 sample scenes, fine-tuned for a few minutes on CPU. FID/KID here are mini FID ({CLIP} features), comparable only within
 the miniature, unless real Inception weights were given. Implicit accuracy is measured on held-out pairs.</p>
 <h2>Metrics</h2><table><tr><th>method</th>{''.join(f'<th>{html.escape(c)}</th>' for c in columns)}</tr>{rows}</table>

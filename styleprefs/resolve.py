@@ -1,7 +1,9 @@
 """One model resolver for every loader: an offline name, a local folder, or a Hub id.
 
-- Offline names are ``styleprefs.tiny.BUILDERS`` keys (``tiny*``, ``mini``, ``mini-clip``): built or unpacked
-  on first use (``styleprefs.tiny.ensure_tiny``). ``tiny`` alone stands for the caller's own tiny kind.
+- Offline names are the random tiny models (``styleprefs.tiny.BUILDERS``: ``tiny*``), built on first use, and the
+  trained mini models (``styleprefs.mini.ship.NAMES``: ``mini``, ``mini-clip``, ``mini-flow``), unpacked from the
+  package's weights on first use (``ensure_offline``). ``tiny`` alone stands for the caller's own tiny kind.
+  This module is where the two meet, so neither of them imports the other's side.
 - An existing path is a local model; what it must hold is the caller's to say (``files``, ``components``).
 - Anything else must look like a Hub id (``owner/name``); loading it needs network.
 
@@ -20,6 +22,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from styleprefs import tiny as tiny_models
 from styleprefs.errors import StyleprefsError, one_line
+from styleprefs.mini import ship as mini_weights
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,21 @@ class ResolvedModel:
 
 
 def is_offline_name(name: str) -> bool:
-    return name in tiny_models.BUILDERS
+    return name in tiny_models.BUILDERS or name in mini_weights.NAMES
+
+
+def ensure_offline(name: str, cache_dir: Path | None = None) -> Path:
+    """The folder of offline model ``name``, built (tiny) or unpacked (mini, keyed by the shipped weights'
+    version) into the cache on first use."""
+    if name in mini_weights.NAMES:
+        return tiny_models.ensure_built(name, lambda path: mini_weights.assemble(name, path), mini_weights.version(),
+                                        cache_dir)
+    return tiny_models.ensure_tiny(name, cache_dir)
+
+
+def offline_or_path(model: str) -> str:
+    """An offline name's folder; anything else (a folder or a Hub id) unchanged."""
+    return str(ensure_offline(model)) if is_offline_name(model) else model
 
 
 def is_hub_id(model: str) -> bool:
@@ -49,7 +66,7 @@ def locate(model: str, tiny: str | None = None) -> ResolvedModel:
     name = tiny if model == "tiny" and tiny else model
     if is_offline_name(name):
         try:
-            return ResolvedModel(name, str(tiny_models.ensure_tiny(name)), True)
+            return ResolvedModel(name, str(ensure_offline(name)), True)
         except OSError as exc:
             raise StyleprefsError(f"cannot build the tiny model {name!r}: {one_line(exc)}") from None
     path = Path(model).expanduser()

@@ -332,37 +332,30 @@ def default_cache_dir() -> Path:
 
 
 def ensure_tiny(name: str, cache_dir: Path | None = None) -> Path:
-    """Path of the tiny model `name` (see BUILDERS) in `cache_dir`, building it on first use.
+    """Path of the tiny model `name` (see BUILDERS) in `cache_dir`, building it on first use."""
+    if name not in BUILDERS:
+        raise ValueError(f"unknown tiny model {name!r}; choose from {', '.join(BUILDERS)}")
+    return ensure_built(name, BUILDERS[name], VERSION, cache_dir)
+
+
+def ensure_built(name: str, build: Callable[[Path], Path], version: str, cache_dir: Path | None = None) -> Path:
+    """``cache_dir/name-version``, written by ``build(folder)`` on first use.
 
     The model is built in a temporary folder beside the target and renamed into place, so a
     reader never sees a partial model and concurrent builders leave one complete copy.
     """
-    if name not in BUILDERS:
-        raise ValueError(f"unknown tiny model {name!r}; choose from {', '.join(BUILDERS)}")
-    target = Path(cache_dir or default_cache_dir()) / f"{name}-{_version(name)}"
+    target = Path(cache_dir or default_cache_dir()) / f"{name}-{version}"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        BUILDERS[name](tmp)
+        build(tmp)
         honour_umask(tmp)  # safetensors writes 0600 and mkdtemp makes 0700: readable as open() would make it
         _move_into_place(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def _version(name: str) -> str:
-    """Tiny models change with this module; mini ones with their shipped weights."""
-    from styleprefs.mini import ship
-
-    return ship.version() if name in MINI_NAMES else VERSION
-
-
-def resolve(name_or_path: str) -> str:
-    """A tiny model's built path for a tiny name (see BUILDERS); anything else unchanged."""
-    return str(ensure_tiny(name_or_path)) if name_or_path in BUILDERS else name_or_path
 
 
 def _move_into_place(tmp: Path, target: Path) -> None:
@@ -518,21 +511,6 @@ BUILDERS.update({
     "tiny-aesthetic": build_tiny_aesthetic,
     "tiny-hpsv2": build_tiny_hpsv2,
 })
-
-
-# The trained mini world (styleprefs.mini): unpacked from the package's weights, not built at random.
-MINI_NAMES = ("mini", "mini-clip")
-
-
-def _assemble_mini(name: str) -> Callable[[Path], Path]:
-    def build(path: Path) -> Path:
-        from styleprefs.mini import ship
-
-        return ship.assemble(name, Path(path))
-    return build
-
-
-BUILDERS.update({name: _assemble_mini(name) for name in MINI_NAMES})
 
 
 # Instruction editors (styleprefs.editors.instruction): FLUX.1 Kontext [dev] and Qwen-Image-Edit(-2509), in the

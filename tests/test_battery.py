@@ -1243,14 +1243,14 @@ def test_the_quickstart_prints_commands_that_reproduce_its_runs(tmp_path, capsys
     from styleprefs.quickstart import Plan, _stages, _train_config
 
     plan = Plan(num_pairs=8, heldout_pairs=4, sft_steps=2, batch_size=2)
-    stages = {stage.name: stage for stage in _stages(tmp_path, "winter", None, plan)}
+    stages = {stage.name: stage for stage in _stages(tmp_path, "mini", "winter", None, plan)}
     stages["build the training set (sample scenes, train split)"].run()
     command = shlex.split(stages["train SFT"].command)
     assert command[:2] == ["styleprefs", "train"]
     code, _, err = run(command[1:], capsys)
     assert code == 0, err
     written = yaml.safe_load((tmp_path / "runs" / "sft" / "train_config.yaml").read_text())
-    expected = _train_config("sft", tmp_path / "data", tmp_path / "runs" / "sft", plan).resolved()
+    expected = _train_config("sft", tmp_path / "data", tmp_path / "runs" / "sft", plan, "mini").resolved()
     assert written == dataclasses.asdict(expected)
     assert written["max_steps"] == 2 and written["batch_size"] == 2 and written["snr_gamma"] == 5.0
 

@@ -123,11 +123,11 @@ def test_model_backends_store_scores_and_quarantine(unfiltered):
     from styleprefs.images import decode
     from styleprefs.safety.classifier import TextSafetyClassifier
     from styleprefs.safety.image import ImageSafetyChecker
-    from styleprefs.tiny import resolve
+    from styleprefs.resolve import offline_or_path
 
     before = pq.read_table(unfiltered / "data").to_pylist()
-    checker = ImageSafetyChecker(resolve("tiny-safety-checker"))
-    classifier = TextSafetyClassifier(resolve("tiny-text-classifier"))
+    checker = ImageSafetyChecker(offline_or_path("tiny-safety-checker"))
+    classifier = TextSafetyClassifier(offline_or_path("tiny-text-classifier"))
     worst = {r["source"]: max(checker.scores([decode(r["jpg_0"]), decode(r["jpg_1"])])) for r in before}
     threshold = sorted(worst.values())[len(worst) // 2]  # flag about half, so both outcomes are exercised
     image_flagged = {source for source, score in worst.items() if score > threshold}

@@ -18,13 +18,15 @@ from styleprefs.mini.models import new_clip
 from styleprefs.mini.train import (MiniConfig, Pool, clip_pixels, contrastive_loss, illuminants,
                                    reconstruction_loss, train_mini)
 from styleprefs.sources.sample import HELD_OUT, SKIES, SampleSource, scene_for, split_of
-from styleprefs.tiny import resolve
+from styleprefs.resolve import offline_or_path as resolve
 
 
 def test_shipped_weights_are_small_and_checked():
     ship.verify()
     total = sum(p.stat().st_size for p in ship.WEIGHTS.rglob("*.safetensors"))
     assert total <= 30 * 2**20
+    flow = sum(p.stat().st_size for p in (ship.WEIGHTS / "mini-flow").rglob("*.safetensors"))
+    assert flow <= 10 * 2**20  # mini-flow ships its transformer alone: its VAE and text encoders are shared
 
 
 def test_a_tampered_file_is_named(tmp_path):
@@ -69,16 +71,24 @@ def test_training_script_writes_loadable_models_that_pack_and_unpack(tmp_path):
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPModel
 
+    from styleprefs.mini.flow import load_pipeline
+
     record = train_mini(MiniConfig.quick(), tmp_path / "trained", command="test")
-    assert set(record["curves"]) == {"clip", "vae", "unet"}
+    assert set(record["curves"]) == {"clip", "vae", "unet", "flow"}
     assert all(np.isfinite(v).all() for v in record["curves"].values())
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "trained" / "mini")
+    flow_pipe = load_pipeline(str(tmp_path / "trained" / "mini-flow"))
     lines = ship.pack(tmp_path / "trained", tmp_path / "weights")
-    assert len(lines) == len(ship.CLIP_FILES) + len(ship.PIPELINE_FILES)
+    assert len(lines) == len(ship.CLIP_FILES) + len(ship.PIPELINE_FILES) + len(ship.FLOW_FILES)
     out = ship.assemble("mini", tmp_path / "mini", tmp_path / "weights")
     unpacked = StableDiffusionPipeline.from_pretrained(out)
     for a, b in zip(pipe.unet.parameters(), unpacked.unet.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)  # float16 storage
+    unpacked_flow = load_pipeline(str(ship.assemble("mini-flow", tmp_path / "mini-flow", tmp_path / "weights")))
+    for a, b in zip(flow_pipe.transformer.parameters(), unpacked_flow.transformer.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    assert unpacked_flow.vae.config.shift_factor == flow_pipe.vae.config.shift_factor
+    assert unpacked_flow.tokenizer.model_max_length == flow_pipe.tokenizer.model_max_length
     clip = CLIPModel.from_pretrained(ship.assemble("mini-clip", tmp_path / "clip", tmp_path / "weights"))
     assert clip.config.vision_config.image_size == 64
     architecture = card._architecture(tmp_path / "weights")  # the model card's shapes, read from what was packed
@@ -87,16 +97,20 @@ def test_training_script_writes_loadable_models_that_pack_and_unpack(tmp_path):
     heads = unpacked.unet.config.attention_head_dim
     widths = "/".join(str(c // heads) for c in unpacked.unet.config.block_out_channels[:2])
     assert f"cross-attention in 2 of its 3 levels with {heads} heads ({widths} channels a head)" in architecture
+    dit = unpacked_flow.transformer.config
+    assert (f"{dit.num_layers} MMDiT blocks of width {dit.num_attention_heads * dit.attention_head_dim} "
+            f"({dit.num_attention_heads} heads of {dit.attention_head_dim}") in architecture
 
 
 def test_a_rerun_keeps_finished_models_and_retrains_only_what_is_missing(tmp_path):
     out = tmp_path / "trained"
     first = train_mini(MiniConfig.quick(), out, command="test")
-    assert first["threads"] == {"clip": 1, "vae": 1, "unet": 2}  # the VAE beside mini-clip, then the UNet on both
+    assert first["threads"] == {"clip": 1, "vae": 1, "unet": 2, "flow": 2}  # the VAE beside mini-clip, then both
     assert first["total_seconds"] < sum(first["seconds"].values())  # side by side: counted once
     kept = {name: (out / name / "config.json").read_bytes() for name in ("mini-clip", "vae")}
     weights = (out / "vae" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
     shutil.rmtree(out / "mini")
+    flow_weights = (out / "mini-flow" / "transformer" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
     (out / ".mini.partial").mkdir()  # what a killed UNet stage leaves: never taken for a finished model
     (out / ".mini.partial" / "model_index.json").write_text("{")
     second = train_mini(MiniConfig.quick(), out, command="test")
@@ -104,6 +118,7 @@ def test_a_rerun_keeps_finished_models_and_retrains_only_what_is_missing(tmp_pat
     assert (out / "vae" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == weights
     assert second["curves"]["clip"] == first["curves"]["clip"] and not (out / ".mini.partial").exists()
     assert (out / "mini" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (out / "mini-flow" / "transformer" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == flow_weights
 
 
 def _mini_cli(*args: str) -> subprocess.CompletedProcess:

@@ -94,11 +94,14 @@ def test_every_generation_uses_the_plans_guidance(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(generate_module, "generate", lambda *args, **kwargs: calls.append(kwargs))
     plan = replace(Plan.reduced(), guidance=5.5)
-    stages = [s for s in quickstart_module._stages(tmp_path, "winter", None, plan) if s.name.startswith("generate")]
-    for stage in stages:
-        assert "--guidance 5.5 " in stage.command
-        stage.run()
-    assert len(calls) == 3 and all(call["guidance"] == 5.5 for call in calls)
+    for model in ("mini", "mini-flow"):
+        stages = [s for s in quickstart_module._stages(tmp_path, model, "winter", None, plan)
+                  if s.name.startswith("generate")]
+        assert stages[0].command.startswith(f"styleprefs eval generate --model {model} ")  # the base is the model
+        for stage in stages:
+            assert "--guidance 5.5 " in stage.command
+            stage.run()
+    assert len(calls) == 6 and all(call["guidance"] == 5.5 for call in calls)
 
 
 def test_held_out_pairs_are_scenes_training_never_saw(report):
@@ -163,3 +166,11 @@ def test_page_renders_in_headless_chromium(report):
     with Image.open(shot) as img:
         colours = img.convert("RGB").resize((60, 150)).getcolors(60 * 150)
     assert colours is not None and len(colours) > 200  # images and curves drawn, not a blank page
+
+
+def test_an_unknown_model_is_one_line_and_writes_nothing(tmp_path):
+    from styleprefs.errors import StyleprefsError
+
+    with pytest.raises(StyleprefsError, match="--model must be one of mini, mini-flow"):
+        quickstart(tmp_path / "qs", model="tiny", console=Console(quiet=True))
+    assert not (tmp_path / "qs").exists()

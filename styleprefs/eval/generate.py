@@ -107,6 +107,8 @@ def load_pipeline(model: str, device: torch.device, dtype: torch.dtype, *, vae: 
                 config = DiffusionPipeline.load_config(location)
                 extra = ({"safety_checker": None, "requires_safety_checker": False}
                          if "safety_checker" in config else {}) | ({"vae": load_vae(vae, dtype)} if vae else {})
+                # Components saved as absent (SD3 without T5: text_encoder_3 [null, null]) load as None.
+                extra |= {name: None for name, value in config.items() if value == [None, None]}
                 pipe = DiffusionPipeline.from_pretrained(location, dtype=dtype, **extra)
         except (OSError, ValueError) as exc:
             hint = "" if Path(location).exists() else " (no network? download it and pass the local folder)"

@@ -3,7 +3,7 @@ scoring one model, and the mean ± std table."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -30,7 +30,12 @@ class MiniPlan:
     generation_steps: int = 20
     batch_size: int = 8
     lr: dict = field(default_factory=lambda: {"sft": 2.5e-5, "dpo": 2.5e-6, "rpo": 2.5e-6, "improve": 2.5e-5})
-    beta: float = 5000.0
+    beta: float | None = 5000.0  # None: the model family's default
+    model: str = MODEL  # the trained base every method starts from: mini, or mini-flow (SD3 layout, flow matching)
+
+    def on(self, model: str) -> MiniPlan:
+        """This plan from base ``model``; on mini-flow with the flow family's own DPO/RPO beta."""
+        return replace(self, model=model, beta=self.beta if model == MODEL else None)
 
 
 def build_datasets(out: Path, plan: MiniPlan) -> tuple[Path, Path]:
@@ -42,7 +47,7 @@ def build_datasets(out: Path, plan: MiniPlan) -> tuple[Path, Path]:
     data, heldout = out / "data", out / "data-heldout"
     for folder, split, n in ((data, "train", plan.num_pairs), (heldout, "test", plan.heldout_pairs)):
         build_dataset(BuildConfig(style=plan.style, source="sample", split=split, num_pairs=n, shard_size=n), folder)
-    build_cache(data, MODEL, RESOLUTION, clip_model=CLIP)
+    build_cache(data, plan.model, RESOLUTION, clip_model=CLIP)
     return data, heldout
 
 
@@ -55,7 +60,7 @@ def train_run(stage: str, data: Path, folder: Path, plan: MiniPlan, seed: int, s
 
     if not (folder / "model_index.json").is_file():
         lr = plan.lr["dpo" if stage in ("iterative", "spin") else stage]
-        train(TrainConfig(stage=stage, data=str(data), out=str(folder), model=None if init else MODEL, init=init,
+        train(TrainConfig(stage=stage, data=str(data), out=str(folder), model=None if init else plan.model, init=init,
                           clip_model=CLIP, resolution=RESOLUTION, batch_size=plan.batch_size,
                           gradient_accumulation_steps=1, max_steps=steps, learning_rate=lr, scale_lr=True,
                           warmup_steps=steps // 10, beta=plan.beta, seed=seed,
@@ -85,8 +90,8 @@ def evaluate(model: str | None, folder: Path, data: Path, heldout: Path, plan: M
         score_folder(folder, [f"{plan.style}={CLIP}"], device="cpu", show_progress=False)
     if not (folder / "vendi.json").is_file():
         vendi_folder(folder, embedding="clip", clip_model=CLIP, device="cpu")
-    if model not in (None, MODEL) and not (folder / "implicit_acc.json").is_file():
-        implicit_accuracy(model, MODEL, heldout, base=MODEL, num_draws=4, resolution=RESOLUTION, seed=seed,
+    if model not in (None, plan.model) and not (folder / "implicit_acc.json").is_file():
+        implicit_accuracy(model, plan.model, heldout, base=plan.model, num_draws=4, resolution=RESOLUTION, seed=seed,
                           device="cpu", out=folder / "implicit_acc.json", show_progress=False)
     return folder
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from styleprefs.experiments.common import (MODEL, MiniPlan, build_datasets, evaluate, over_seeds, plural, render_rows,
+from styleprefs.experiments.common import (MiniPlan, build_datasets, evaluate, over_seeds, plural, render_rows,
                                            save_results, summarise, train_run)
 
 
@@ -61,7 +61,7 @@ def run_experiment(out: Path, plan: ExperimentPlan = ExperimentPlan(), console: 
     out = Path(out)
     data, heldout = build_datasets(out, plan)
     for seed in plan.seeds:
-        folders = {"base": evaluate(MODEL, out / f"seed-{seed}" / "gen" / "base", data, heldout, plan, seed)}
+        folders = {"base": evaluate(plan.model, out / f"seed-{seed}" / "gen" / "base", data, heldout, plan, seed)}
         for name, chain in plan.methods.items():
             console.rule(f"[bold]seed {seed}: {name}")
             model = _train_chain(chain, data, out / f"seed-{seed}" / "runs", plan, seed)
@@ -99,5 +99,5 @@ def render_table(results: dict) -> str:
     lines = render_rows(results["rows"], plan["style"])
     lines.append(f"\n{over_seeds(plan['seeds'])}; {plural(plan['steps'], 'optimizer step')} per method at "
                  f"{plural(plan['batch_size'], 'pair')}; mini FID/KID on mini-clip features (comparable only within the "
-                 "miniature world); implicit accuracy against the base mini on held-out pairs.")
+                 f"miniature world); implicit accuracy against the base {plan.get('model', 'mini')} on held-out pairs.")
     return "\n".join(lines) + "\n"

@@ -9,7 +9,7 @@ import numpy as np
 
 from styleprefs.io import write_text
 from styleprefs.mini import world
-from styleprefs.mini.quality import render_table
+from styleprefs.mini.quality import render_comparison, render_table
 from styleprefs.mini.ship import WEIGHTS
 from styleprefs.trainer.plots import running_mean
 
@@ -32,8 +32,9 @@ def plot_curves(curves: dict[str, list[float]], path: Path) -> None:
     plt.close(fig)
 
 
-def write_card(figures: dict, folder: Path | None = None) -> Path:
-    """Write ``README.md`` (and ``loss_curves.png``) into ``folder`` (default: the shipped weights)."""
+def write_card(figures: dict[str, dict], folder: Path | None = None) -> Path:
+    """Write ``README.md`` (and ``loss_curves.png``) into ``folder`` (default: the shipped weights); ``figures``
+    holds ``styleprefs.mini.quality.measure``'s figures of "mini" and of "mini-flow"."""
     folder = Path(folder or WEIGHTS)
     record = json.loads((folder / "training.json").read_text(encoding="utf-8"))
     plot_curves(record["curves"], folder / "loss_curves.png")
@@ -41,12 +42,15 @@ def write_card(figures: dict, folder: Path | None = None) -> Path:
     minutes = {k: f"{v / 60:.1f}" for k, v in record["seconds"].items()}
     held_out = ", ".join(f"{c} house at {t}" for c, t in sorted(world.HELD_OUT))
     final = {k: float(np.mean(v[-100:])) for k, v in record["curves"].items()}
-    text = f"""# mini and mini-clip
+    mini, flow = figures["mini"], figures["mini-flow"]
+    text = f"""# mini, mini-flow and mini-clip
 
 Small models trained from scratch on styleprefs' bundled sample scenes, so that offline runs show
 behaviour and not only plumbing. `mini` is a Stable Diffusion 1.5-layout pipeline at 64 px
 (AutoencoderKL with 16x16 latents, UNet2DConditionModel, CLIP text encoder with the CLIP BPE tokenizer,
-DDIM scheduler); `mini-clip` a CLIPModel whose text tower is also `mini`'s text encoder. They know
+DDIM scheduler); `mini-flow` a Stable Diffusion 3-layout pipeline at 64 px (SD3Transformer2DModel trained
+as a rectified flow, FlowMatchEulerDiscreteScheduler, two CLIP text encoders with projection, no T5) on
+`mini`'s VAE; `mini-clip` a CLIPModel whose text tower is `mini`'s text encoder and both of `mini-flow`'s. They know
 nothing outside the sample world: houses in five colours, four times of day, five grounds, trees,
 animals and a few objects. mini FID (FID on `mini-clip` features) is comparable only within this
 miniature, never with published FID.
@@ -56,7 +60,8 @@ miniature, never with published FID.
   128, 256 or 512 px, then resized to 64 px (bicubic, as the trainer's cache does).
 - Each scene also has one classic edit (winter 50%, Van Gogh 25%, sketch 25%), captioned with the
   style's CLIP text (e.g. "..., in winter, covered in snow"). `mini-clip` and the VAE see originals and
-  edits; `mini`'s UNet sees originals only, so the base model draws the world in summer.
+  edits; `mini`'s UNet and `mini-flow`'s transformer see originals only, so the base models draw the world
+  in summer.
 - Held out (never in training): {held_out}. Each colour and each time of day is seen, never these pairs.
 
 ## Architecture
@@ -68,6 +73,7 @@ miniature, never with published FID.
 | mini-clip (contrastive, both towers) | {cfg['clip_steps']} | {cfg['clip_batch']} scenes + their edits | {cfg['clip_lr']} | {final.get('clip', float('nan')):.4f} | {minutes.get('clip', '-')} |
 | VAE | {cfg['vae_steps']} | {cfg['vae_batch']} | {cfg['vae_lr']} | {final.get('vae', float('nan')):.4f} | {minutes.get('vae', '-')} |
 | UNet (EMA {cfg['ema_decay']}) | {cfg['unet_steps']} | {cfg['unet_batch']} | {cfg['unet_lr']} | {final.get('unet', float('nan')):.4f} | {minutes.get('unet', '-')} |
+| mini-flow transformer (EMA {cfg['ema_decay']}) | {cfg.get('flow_steps', '-')} | {cfg.get('flow_batch', '-')} | {cfg.get('flow_lr', '-')} | {final.get('flow', float('nan')):.4f} | {minutes.get('flow', '-')} |
 
 - `mini-clip`: CLIP's contrastive loss, with hard negatives as in NegCLIP: each caption with its time of
   day, and its house colour, swapped for another (never to a held-out pairing) is an extra wrong candidate
@@ -78,12 +84,18 @@ miniature, never with published FID.
   whose colour `mini-clip` cannot read, and `mini` cannot draw what its VAE cannot decode.
 - UNet: epsilon prediction with Min-SNR loss weighting (gamma {cfg.get('snr_gamma', 'off')}), captions dropped
   {cfg['uncond_prob']:.0%} of the time for classifier-free guidance.
+- mini-flow transformer: the rectified-flow objective of `styleprefs.trainer.flow_matching` (the trainer's flow
+  family): `x_t = (1 - sigma) x0 + sigma n`, velocity target `n - x0`, plain MSE, sigma drawn logit-normally
+  (mean 0, std 1) through the scheduler's schedule; the same originals, the same VAE latents and the same
+  caption dropout as the UNet. Prompts are encoded by the pipeline's own `encode_prompt`, so the transformer
+  trains on exactly the text sequence it samples with.
 
 AdamW, warm-up {cfg['warmup']} steps then cosine decay, gradient clipping at 1, {cfg['threads']} CPU threads,
 torch {record['torch']}. {_beside(record)}Total {record['total_seconds'] / 60:.1f} minutes of wall time
 (data {minutes.get('data', '-')}), as measured: on a shared machine this includes time spent waiting for the CPU.
 Seed {cfg['seed']}; every draw comes from it, so the same command on the same thread count gives the
-same weights.
+same weights. A rerun trains only the models its folder lacks; those it finds keep their recorded times.
+{record.get('note', '')}
 
 ![loss curves](loss_curves.png)
 
@@ -93,10 +105,20 @@ Command:
     python -m styleprefs.mini pack DIR      # float16 copies + SHA256SUMS into styleprefs/mini/weights
 
 ## Quality on held-out scenes
-`python bench/mini_quality.py --scenes {figures['scenes']} --card` ({figures['steps']} DDIM steps, guidance
-{figures['guidance']}, one image per held-out caption):
+`python bench/mini_quality.py --scenes {mini['scenes']} --card`, one image per held-out caption.
 
-{render_table(figures)}
+`mini` ({mini['steps']} DDIM steps, guidance {mini['guidance']}):
+
+{render_table(mini)}
+
+`mini-flow` ({flow['steps']} flow-matching Euler steps of its own scheduler, guidance {flow['guidance']}; the
+pipeline called with `max_sequence_length` equal to its tokenizers' length, as it was trained):
+
+{render_table(flow, "mini-flow")}
+
+`mini-flow` against `mini`, measured in the same run:
+
+{render_comparison(mini, flow)}
 """
     path = folder / "README.md"
     write_text(text, path)
@@ -119,11 +141,28 @@ def _architecture(folder: Path) -> str:
             f"- `mini` UNet: channels {channels}, cross-attention in {len(attending)} of its {len(levels)} levels "
             f"with {heads} heads ({widths} channels a head), conditioned on the text tower's "
             f"{unet['cross_attention_dim']}-d hidden states; VAE: channels "
-            f"{'/'.join(map(str, vae['block_out_channels']))}, {vae['latent_channels']} latent channels.")
+            f"{'/'.join(map(str, vae['block_out_channels']))}, {vae['latent_channels']} latent channels.\n"
+            + _flow_architecture(folder / "mini-flow"))
+
+
+def _flow_architecture(folder: Path) -> str:
+    config = {part: json.loads((folder / part / name).read_text(encoding="utf-8")) for part, name in
+              (("transformer", "config.json"), ("vae", "config.json"), ("scheduler", "scheduler_config.json"),
+               ("tokenizer", "tokenizer_config.json"))}
+    dit, vae = config["transformer"], config["vae"]
+    grid, heads = dit["sample_size"] // dit["patch_size"], dit["num_attention_heads"]
+    return (f"- `mini-flow` transformer: {dit['num_layers']} MMDiT blocks of width {heads * dit['attention_head_dim']} "
+            f"({heads} heads of {dit['attention_head_dim']}, {dit['qk_norm'] or 'no'} query/key norm) over "
+            f"{dit['patch_size']}x{dit['patch_size']} patches of the {dit['sample_size']}x{dit['sample_size']}x"
+            f"{dit['in_channels']} latents ({grid * grid} image tokens); text input {dit['joint_attention_dim']}-d "
+            f"(the two towers' hidden states side by side), pooled input {dit['pooled_projection_dim']}-d; its CLIP "
+            f"tokenizers pad to {config['tokenizer']['model_max_length']} tokens. VAE: `mini`'s, with shift factor "
+            f"{vae['shift_factor']:.4f} and scaling factor {vae['scaling_factor']:.4f}; scheduler shift "
+            f"{config['scheduler']['shift']}.")
 
 
 def _beside(record: dict) -> str:
     if record["total_seconds"] >= sum(record["seconds"].values()):
         return ""
     return ("mini-clip and the VAE trained side by side, in two processes, and on 2 threads the UNet as two one-thread "
-            "processes (DDP); the total counts time once. ")
+            "processes (DDP), as was mini-flow's transformer; the total counts time once. ")

@@ -1,9 +1,10 @@
-"""Train the mini world's models from scratch: ``mini-clip`` first, then ``mini``'s VAE and UNet.
+"""Train the mini world's models from scratch: ``mini-clip`` first, then ``mini``'s VAE and UNet, then ``mini-flow``.
 
 ``mini-clip`` learns scenes and their styled twins (winter, Van Gogh, sketch) against captions and the
 styles' CLIP texts. ``mini``'s text encoder is ``mini-clip``'s text tower, frozen, as SD1.5's is
 OpenAI CLIP's. Its VAE learns originals and edits, and its UNet learns originals only: the base
-draws the sample world as it is, in summer, so a Winter dataset is a real shift for it.
+draws the sample world as it is, in summer, so a Winter dataset is a real shift for it. ``mini-flow`` (see
+``styleprefs.mini.flow``) learns the same originals in the same latents with the rectified-flow objective.
 Every draw comes from the seed; each finished model is saved at once and reused by a rerun.
 """
 
@@ -20,13 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (AutoencoderKL, SD3Transformer2DModel, StableDiffusion3Pipeline, StableDiffusionPipeline,
+                       UNet2DConditionModel)
 from diffusers.training_utils import compute_snr
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextModel, CLIPTokenizer
 
 from styleprefs.io import atomic_dir, read_json, write_json
-from styleprefs.mini import models, world
+from styleprefs.mini import flow, models, world
 from styleprefs.parallel import beside
 from styleprefs.sources.sample import HELD_OUT, scene_for
 from styleprefs.style import load_style
@@ -55,6 +57,9 @@ class MiniConfig:
     unet_lr: float = 4e-4
     uncond_prob: float = 0.1
     snr_gamma: float = 5.0  # Min-SNR loss weighting (Hang et al. 2023), as diffusers' --snr_gamma
+    flow_steps: int = 1200
+    flow_batch: int = 32
+    flow_lr: float = 7e-4
     ema_decay: float = 0.999
     warmup: int = 100
     threads: int = 2
@@ -64,16 +69,17 @@ class MiniConfig:
     def quick(cls, seed: int = 0) -> MiniConfig:
         """A few steps of each model: for tests of the script, not for use."""
         return cls(seed=seed, scenes=64, clip_steps=3, clip_batch=8, vae_steps=3, vae_batch=4, unet_steps=3,
-                   unet_batch=4, warmup=1)
+                   unet_batch=4, flow_steps=3, flow_batch=4, warmup=1)
 
 
 class Pool:
-    """The training scenes: captions, styled captions and 64 px originals and edits."""
+    """The training scenes: captions, styled captions and 64 px originals and (with ``edits``, which only
+    mini-clip and the VAE learn) edits."""
 
-    def __init__(self, cfg: MiniConfig):
+    def __init__(self, cfg: MiniConfig, edits: bool = True):
         indices = world.split_indices(held_out=False, count=cfg.scenes, seed=cfg.seed)
         items = world.draw_items(indices, cfg.seed)
-        self.originals, self.edits = world.render_items(items)
+        self.originals, self.edits = world.render_items(items, edits=edits)
         self.scenes = [scene_for(i) for i in indices]
         self.captions = [s.caption for s in self.scenes]
         styles = {name: load_style(name) for name in world.STYLES}
@@ -236,17 +242,37 @@ def train_unet(cfg: MiniConfig, pool: Pool, vae: AutoencoderKL, text_encoder: CL
     DDP over gloo, each on half of every batch: on these small convolutions that steps about 1.3x as fast as
     one two-thread process. (The second process is forked after torch has started its threads, which is safe
     only for a process that uses one.)"""
-    with torch.no_grad():
-        posteriors = [vae.encode(to_unit(pool.originals[s:s + 256])).latent_dist for s in range(0, len(pool), 256)]
+    mean, std = encode_originals(vae, pool)
     texts = encode_texts(text_encoder, tokenizer, pool.captions + [""])
-    inputs = _UNetInputs(torch.cat([p.mean for p in posteriors]), torch.cat([p.std for p in posteriors]),
-                         texts[:-1], texts[-1:], vae.config.scaling_factor)
+    inputs = _UNetInputs(mean, std, texts[:-1], texts[-1:], vae.config.scaling_factor)
+    return _data_parallel(cfg, lambda rank, world: _unet_loop(cfg, inputs, rank, world), store)
+
+
+@torch.no_grad()
+def encode_originals(vae: AutoencoderKL, pool: Pool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The latent posteriors (means, standard deviations; unscaled) of the pool's originals."""
+    posteriors = [vae.encode(to_unit(pool.originals[s:s + 256])).latent_dist for s in range(0, len(pool), 256)]
+    return torch.cat([p.mean for p in posteriors]), torch.cat([p.std for p in posteriors])
+
+
+def train_flow(cfg: MiniConfig, pool: Pool, vae: AutoencoderKL, clip: CLIPModel, tokenizer: CLIPTokenizer,
+               store: Path | None = None) -> StableDiffusion3Pipeline:
+    """``mini-flow``: its transformer (the EMA) trained on the pool's originals in ``vae``'s latents, in the
+    pipeline it is saved as. Processes as :func:`train_unet`."""
+    mean, std = encode_originals(vae, pool)
+    inputs = flow.flow_inputs(mean, std, pool.captions, vae, clip, tokenizer)
+    return inputs.pipeline(_data_parallel(cfg, lambda rank, world: _flow_loop(cfg, inputs, rank, world), store))
+
+
+def _data_parallel(cfg: MiniConfig, loop: Callable[[int, int], torch.nn.Module | None], store: Path | None
+                   ) -> torch.nn.Module:
+    """``loop(rank, world)``'s model from process 0: with ``store`` and 2 threads, two one-thread DDP processes."""
     if store is None or cfg.threads != 2:
-        return _train_unet_process(cfg, inputs, 0, 1, None)
+        return _train_process(cfg, loop, 0, 1, None)
     store = store.resolve()
     store.unlink(missing_ok=True)
-    with beside(lambda: _train_unet_process(cfg, inputs, 1, 2, store)) as wait:
-        ema = _train_unet_process(cfg, inputs, 0, 2, store)
+    with beside(lambda: _train_process(cfg, loop, 1, 2, store)) as wait:
+        ema = _train_process(cfg, loop, 0, 2, store)
         wait()
     torch.set_num_threads(cfg.threads)
     return ema
@@ -261,36 +287,29 @@ class _UNetInputs:
     scale: float
 
 
-def _train_unet_process(cfg: MiniConfig, inputs: _UNetInputs, rank: int, world: int, store: Path | None
-                        ) -> UNet2DConditionModel | None:
-    """Process ``rank`` of ``world``'s share of UNet training; the EMA model from process 0, None from others."""
+def _train_process(cfg: MiniConfig, loop: Callable[[int, int], torch.nn.Module | None], rank: int, world: int,
+                   store: Path | None) -> torch.nn.Module | None:
+    """Process ``rank`` of ``world``'s share of training; the EMA model from process 0, None from others."""
     torch.set_num_threads(cfg.threads // world)
     if world > 1:
         torch.distributed.init_process_group("gloo", store=torch.distributed.FileStore(str(store), world), rank=rank,
                                              world_size=world, timeout=datetime.timedelta(minutes=5))
     try:
-        return _unet_loop(cfg, inputs, rank, world)
+        return loop(rank, world)
     finally:
         if world > 1:
             torch.distributed.destroy_process_group()
 
 
 def _unet_loop(cfg: MiniConfig, inputs: _UNetInputs, rank: int, world: int) -> UNet2DConditionModel | None:
-    if cfg.unet_batch % world:
-        raise ValueError(f"unet_batch {cfg.unet_batch} does not split evenly over {world} processes")
     torch.manual_seed(cfg.seed)
     unet = models.new_unet()
-    ema = copy.deepcopy(unet) if rank == 0 else None
-    unet.train()
-    model = torch.nn.parallel.DistributedDataParallel(unet) if world > 1 else unet
     scheduler = models.train_scheduler()
     rng = np.random.default_rng([cfg.seed, 3, rank])
     generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-    batch = cfg.unet_batch // world
+    batch = _share(cfg.unet_batch, world)
 
-    def step(index: int) -> torch.Tensor:
-        if index and ema is not None:
-            _ema_update(ema, unet, min(cfg.ema_decay, (1 + index) / (10 + index)))
+    def step(model: torch.nn.Module) -> torch.Tensor:
         pick = torch.from_numpy(rng.choice(len(inputs.mean), batch, replace=False))
         mean = inputs.mean[pick]
         z = (mean + inputs.std[pick] * torch.randn(mean.shape, generator=generator)) * inputs.scale
@@ -302,12 +321,46 @@ def _unet_loop(cfg: MiniConfig, inputs: _UNetInputs, rank: int, world: int) -> U
         snr = compute_snr(scheduler, t)
         return (error.mean(dim=(1, 2, 3)) * snr.clamp(max=cfg.snr_gamma) / snr).mean()
 
-    # DDP averages the gradients, so every process clips and steps alike; the curve is process 0's half-batches.
-    _loop("mini unet", cfg.unet_steps, cfg.unet_lr, cfg.warmup, list(unet.parameters()), step,
-          cfg.curves.setdefault("unet", []), show=rank == 0)
+    return _ema_training(cfg, "unet", unet, cfg.unet_steps, cfg.unet_lr, step, rank, world)
+
+
+def _flow_loop(cfg: MiniConfig, inputs: flow.FlowInputs, rank: int, world: int) -> SD3Transformer2DModel | None:
+    torch.manual_seed(cfg.seed)
+    transformer = models.new_transformer()
+    pipe = inputs.pipeline(transformer)  # encodes prompts as sampling will; its transformer only lends its config
+    rng = np.random.default_rng([cfg.seed, 4, rank])
+    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    batch = _share(cfg.flow_batch, world)
+    return _ema_training(cfg, "flow", transformer, cfg.flow_steps, cfg.flow_lr,
+                         lambda model: flow.flow_step(inputs, pipe, model, batch, cfg.uncond_prob, rng, generator),
+                         rank, world)
+
+
+def _share(batch: int, world: int) -> int:
+    if batch % world:
+        raise ValueError(f"batch {batch} does not split evenly over {world} processes")
+    return batch // world
+
+
+def _ema_training(cfg: MiniConfig, name: str, model: torch.nn.Module, steps: int, lr: float,
+                  loss: Callable[[torch.nn.Module], torch.Tensor], rank: int, world: int) -> torch.nn.Module | None:
+    """Train ``model`` for ``steps`` steps of ``loss(model or its DDP wrapper)``, keeping an EMA copy in process 0
+    (returned; None from the others). DDP averages the gradients, so every process clips and steps alike; the
+    curve ``cfg.curves[name]`` is process 0's share of the batches."""
+    ema = copy.deepcopy(model) if rank == 0 else None
+    model.train()
+    wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    def step(index: int) -> torch.Tensor:
+        if index and ema is not None:
+            _ema_update(ema, model, min(cfg.ema_decay, (1 + index) / (10 + index)))
+        return loss(wrapped)
+
+    _loop(f"mini {name}", steps, lr, cfg.warmup, list(model.parameters()), step, cfg.curves.setdefault(name, []),
+          show=rank == 0)
     if ema is None:
         return None
-    _ema_update(ema, unet, min(cfg.ema_decay, (1 + cfg.unet_steps) / (10 + cfg.unet_steps)))
+    _ema_update(ema, model, min(cfg.ema_decay, (1 + steps) / (10 + steps)))
     return ema.eval()
 
 
@@ -340,10 +393,11 @@ def save_pipeline(vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder: 
 
 
 def train_mini(cfg: MiniConfig, out: Path, command: str = "") -> dict:
-    """Train ``mini-clip`` and ``mini`` into ``out``; returns the training record (also ``out/training.json``).
+    """Train ``mini-clip``, ``mini`` and ``mini-flow`` into ``out``; returns the training record (also
+    ``out/training.json``).
 
     The VAE trains in a process beside ``mini-clip`` (each on half of ``cfg.threads``), then the UNet on all of
-    them. Each stage saves its model (with its time and loss curve) as it ends and is skipped by a rerun.
+    them, then mini-flow's transformer. Each stage saves its model (with its time and loss curve) as it ends and is skipped by a rerun.
     Gives the caller back its own torch thread count."""
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
@@ -356,10 +410,10 @@ def train_mini(cfg: MiniConfig, out: Path, command: str = "") -> dict:
 def _train_stages(cfg: MiniConfig, out: Path, command: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = bpe_tokenizer()
+    folders = {"clip": out / "mini-clip", "vae": out / "vae", "unet": out / "mini", "flow": out / "mini-flow"}
     start = time.time()
-    pool = Pool(cfg)
+    pool = Pool(cfg, edits=not (folders["clip"].is_dir() and folders["vae"].is_dir()))
     data_seconds = round(time.time() - start, 1)
-    folders = {"clip": out / "mini-clip", "vae": out / "vae", "unet": out / "mini"}
 
     def run(name: str, save: Callable[[Path], None], threads: int = cfg.threads) -> None:
         if not folders[name].is_dir():
@@ -386,6 +440,14 @@ def _train_stages(cfg: MiniConfig, out: Path, command: str) -> dict:
         save_pipeline(autoencoder, trained, text_encoder, tokenizer, path)
 
     run("unet", unet)
+
+    def transformer(path: Path) -> None:
+        autoencoder = AutoencoderKL.from_pretrained(folders["vae"])
+        trained = train_flow(cfg, pool, autoencoder, CLIPModel.from_pretrained(folders["clip"]), tokenizer,
+                             out / ".flow-store")
+        trained.save_pretrained(path, safe_serialization=True)
+
+    run("flow", transformer)
     stages = {name: read_json(folder / STAGE_FILE) for name, folder in folders.items()}
     return write_record(out, cfg, data_seconds, stages, command)
 

@@ -66,9 +66,17 @@ def render_item(item: Item) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(to_resolution(image)), np.asarray(to_resolution(edit))
 
 
-def render_items(items: Sequence[Item], workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Originals and edits of ``items`` as uint8 arrays [N, 64, 64, 3], in item order."""
+def render_original(item: Item) -> np.ndarray:
+    """The original of :func:`render_item` alone, uint8 [64, 64, 3]."""
+    return np.asarray(to_resolution(render_scene(item.index, item.variant, item.size)))
+
+
+def render_items(items: Sequence[Item], workers: int = 2, edits: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Originals and (with ``edits``) edits of ``items`` as uint8 arrays [N, 64, 64, 3], in item order."""
     with ProcessPoolExecutor(workers) as pool:
+        if not edits:
+            return np.stack(list(pool.map(render_original, items, chunksize=64))), None
         pairs = list(pool.map(render_item, items, chunksize=64))
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
