@@ -667,7 +667,7 @@ def _validate(cfg: TrainConfig, accelerator: Accelerator, components: Components
         with torch.no_grad(), accelerator.autocast():
             images = [pipe(prompt, height=cfg.resolution, width=cfg.resolution,
                            num_inference_steps=VALIDATION_INFERENCE_STEPS,
-                           guidance_scale=family.validation_guidance,
+                           guidance_scale=family.validation_guidance, **family.sampling_kwargs(pipe),
                            generator=torch.Generator().manual_seed(cfg.seed + i)).images[0]
                       for i, prompt in enumerate(cfg.validation_prompts)]
         model.train()

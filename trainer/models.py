@@ -97,8 +97,10 @@ def load_components(model: str, *, dtype: torch.dtype = torch.float32, device: s
     for frozen in (vae_model, *(m for m in text.values() if isinstance(m, torch.nn.Module))):
         frozen.requires_grad_(False).eval()
     text = {name: m.to(device) if isinstance(m, torch.nn.Module) else m for name, m in text.items()}
+    denoiser_config = dict(_loading(model, family.denoiser_folder, family.denoiser_class.load_config, path,
+                                    subfolder=family.denoiser_folder))
     return Components(family=family, denoiser=denoiser, vae=vae_model.to(device), noise_scheduler=scheduler,
-                      text=text)
+                      text=text, denoiser_config=denoiser_config)
 
 
 def _load_text(model: str, path: str, family: Family, dtype: torch.dtype) -> dict:

@@ -202,7 +202,7 @@ def write_images(out: Path, settings: dict, records: list[ImageRecord],
 def _sample(pipe, prompts: list[str], seeds: list[int], settings: dict) -> list[Image.Image]:
     from styleprefs.editors.loading import generators, quiet_truncation
 
-    kwargs = {}
+    kwargs = pipeline_family(pipe).sampling_kwargs(pipe)
     if settings["negative_prompt"]:
         kwargs["negative_prompt"] = [settings["negative_prompt"]] * len(prompts)
     with torch.inference_mode(), quiet_truncation():

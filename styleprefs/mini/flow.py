@@ -21,6 +21,7 @@ from torch import Tensor
 from transformers import CLIPModel, CLIPTokenizer, CLIPTextModelWithProjection
 
 from styleprefs.mini import models
+from styleprefs.trainer.families.flow import StableDiffusion3
 from styleprefs.trainer.flow_matching import (FlowSampling, noisy_latents, schedule_index, training_schedule,
                                               velocity_target)
 
@@ -103,6 +104,6 @@ def load_pipeline(location: str) -> StableDiffusion3Pipeline:
 
 
 def sampling_options(pipe: StableDiffusion3Pipeline) -> dict:
-    """The pipeline-call options that give the transformer the text sequence it was trained on: as many zero
-    (no-T5) tokens as its CLIP tokenizers pad to."""
-    return {"max_sequence_length": pipe.tokenizer.model_max_length}
+    """The pipeline-call options that give the transformer the text sequence it was trained on (the SD3 family's:
+    as many zero, no-T5, tokens as its CLIP tokenizers pad to)."""
+    return StableDiffusion3().sampling_kwargs(pipe)

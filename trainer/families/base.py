@@ -36,6 +36,7 @@ class Components:
     vae: AutoencoderKL
     noise_scheduler: Any
     text: dict[str, Any] = field(default_factory=dict)
+    denoiser_config: dict[str, Any] = field(default_factory=dict)  # loaded even when the denoiser is not
 
     @property
     def kind(self) -> str:
@@ -87,6 +88,10 @@ class Family:
     def sft_weights(self, timesteps: Tensor, c: Components, snr_gamma: float | None) -> Tensor | None:
         """Per-sample weights of the SFT loss at the drawn ``timesteps`` (None: all equal)."""
         raise NotImplementedError
+
+    def sampling_kwargs(self, pipe) -> dict[str, Any]:
+        """Options of the family's pipeline call that sampling needs to match training (none by default)."""
+        return {}
 
     def batch_extras(self, rows: dict[str, Tensor], resolution: int) -> dict[str, Tensor]:
         """Per-pair inputs the family computes from cached rows beyond latents and text (SDXL's time ids)."""

@@ -100,13 +100,27 @@ class StableDiffusion3(FlowFamily):
     validation_guidance = 7.0  # StableDiffusion3Pipeline's default
     max_sequence_length = 256  # StableDiffusion3Pipeline's default T5 length
 
+    def _pipeline_parts(self, c: Components) -> dict[str, Any]:
+        parts = super()._pipeline_parts(c)
+        if parts["text_encoder_3"] is None:  # the missing T5's zeros take their width from the transformer's config
+            with torch.device("meta"):  # the config without the weights
+                parts["transformer"] = self.denoiser_class.from_config(c.denoiser_config)
+        return parts
+
+    def t5_tokens(self, pipe) -> int:
+        """The T5 part of the text sequence: the pipeline's 256 tokens with a T5; without one, a block of zeros as
+        long as the CLIP tokens (the pipeline's 256 zeros would be mostly padding, and cost attention)."""
+        return pipe.tokenizer_max_length if pipe.text_encoder_3 is None else self.max_sequence_length
+
+    def sampling_kwargs(self, pipe) -> dict[str, Any]:
+        return {"max_sequence_length": self.t5_tokens(pipe)}
+
     def _encode(self, pipe, captions: list[str]) -> dict[str, Tensor]:
         """``prompt_embeds`` [B, 77 + T5 tokens, D] (CLIP hidden states padded to D, then T5's; zeros without T5)
         and ``pooled_prompt_embeds`` [B, P1 + P2], as ``StableDiffusion3Pipeline.encode_prompt``."""
         device = pipe.text_encoder.device
         embeds, _, pooled, _ = pipe.encode_prompt(captions, None, None, device=device,
-                                                  do_classifier_free_guidance=False,
-                                                  max_sequence_length=self.max_sequence_length)
+                                                  do_classifier_free_guidance=False, **self.sampling_kwargs(pipe))
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
 
     def predict(self, model: torch.nn.Module, inputs: dict[str, Any]) -> Tensor:
