@@ -177,3 +177,18 @@ def test_weighting_schemes_draw_and_weight_as_diffusers() -> None:
     uniform = [StableDiffusion3().for_training("uniform").sampling.draw_u(torch.Generator().manual_seed(k)).item()
                for k in range(3)]
     assert uniform == [torch.rand(1, generator=torch.Generator().manual_seed(k)).item() for k in range(3)]
+
+
+def test_sd3_without_t5_encodes_with_a_zero_block_as_long_as_the_clip_tokens(tmp_path) -> None:
+    from styleprefs.tiny import build_tiny_sd3
+
+    folder = build_tiny_sd3(tmp_path / "no-t5", t5=False)
+    c = load_components(str(folder), include_denoiser=False)
+    assert c.text["text_encoder_3"] is None and c.denoiser is None
+    encoded = c.family.encode_prompts(c, ["a red house", ""])
+    assert encoded["prompt_embeds"].shape == (2, 77 + 77, 48) and not encoded["prompt_embeds"][:, 77:].any()
+    pipe = StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None)
+    assert c.family.sampling_kwargs(pipe) == {"max_sequence_length": 77}
+    embeds, _, _, _ = pipe.encode_prompt(["a red house", ""], None, None, do_classifier_free_guidance=False,
+                                         **c.family.sampling_kwargs(pipe))
+    torch.testing.assert_close(encoded["prompt_embeds"], embeds, rtol=1e-4, atol=1e-4)
