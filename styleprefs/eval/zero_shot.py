@@ -8,13 +8,16 @@ closest text wins. The style probability is CLIP's softmax over the two texts at
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
-from styleprefs.eval.rewards import HFClip
 from styleprefs.style import StyleSpec
+
+if TYPE_CHECKING:  # the scorers (styleprefs.eval.rewards) call this module, not the other way round
+    from styleprefs.eval.rewards import HFClip
 
 
 def closest_text(clip: HFClip, images: Sequence[Image.Image], candidates: Sequence[Sequence[str]]) -> np.ndarray:
