@@ -11,7 +11,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, StableDiffusion3Pipeline
 
 from styleprefs.trainer import loop
-from styleprefs.trainer.families import FAMILIES, PairDraws, family_from_index
+from styleprefs.trainer.families import FAMILIES, family_from_index
 from styleprefs.trainer.families.flow import FLUX_TRAINING_GUIDANCE, Flux, StableDiffusion3
 from styleprefs.trainer.flow_matching import (FlowSampling, noisy_latents, schedule_index, training_schedule,
                                               velocity_target)
@@ -158,9 +158,6 @@ def test_sd3_prediction_equals_the_transformer_call() -> None:
                         encoder_hidden_states=inputs["prompt_embeds"], pooled_projections=inputs["pooled_prompt_embeds"],
                         return_dict=False)[0]
     assert torch.equal(c.family.predict(c.denoiser, inputs), direct)
-    draws = PairDraws(torch.tensor([1]), torch.zeros(1, 16, 8, 8), torch.zeros(1, 16, 8, 8), torch.zeros(1, 16, 8, 8),
-                      torch.tensor([False]))
-    assert draws.timesteps.dtype == torch.long
 
 
 def test_weighting_schemes_draw_and_weight_as_diffusers() -> None:

@@ -555,6 +555,7 @@ class PairBatches:
             self._rows = _LivePairs(dataset, components, clip, ties=ties, seed=seed, resolution=resolution,
                                     random_flip=random_flip, random_crop=random_crop)
         self.kind, self.stats = self._rows.kind, self._rows.stats
+        self._family = FAMILIES[self.kind]()  # its batch extras (SDXL's time ids)
 
     def __len__(self) -> int:
         return self._rows.count
@@ -580,7 +581,7 @@ class PairBatches:
         }
         for name, empty in self._rows.empty.items():
             batch |= {name: rows[name].float(), f"empty_{name}": empty}
-        batch |= FAMILIES[self.kind]().batch_extras(rows, self.resolution)
+        batch |= self._family.batch_extras(rows, self.resolution)
         if self.has_clip:
             batch |= {name: rows[name].float() for name in ("clip_image_w", "clip_image_l", "clip_text")}
         return batch
