@@ -36,6 +36,7 @@ from styleprefs.io import check_separate, read_json, remove_temp_files, write_js
 from styleprefs.lock import folder_lock
 from styleprefs.parallel import WorkerPool, auto_workers, thread_map
 from styleprefs.progress import pair_progress
+from styleprefs.review.decisions import LOG_NAME as REVIEW_LOG
 from styleprefs.rows import RowEditor, RowMaker, prepare
 from styleprefs.safety.caption import CaptionCheck, CaptionVerdict
 from styleprefs.safety.learned import PromptModel
@@ -272,7 +273,10 @@ def _differences(a: dict, b: dict) -> list[str]:
 
 
 def _remove_outputs(out: Path) -> None:
-    """Delete a dataset, its manifest first: a folder killed midway is never taken for a finished one."""
+    """Delete a dataset, its manifest first: a folder killed midway is never taken for a finished one. A review
+    log is a person's work and names pairs of the old dataset: it is moved aside, not applied to the new one."""
+    if (out / REVIEW_LOG).exists():
+        os.replace(out / REVIEW_LOG, out / f"{REVIEW_LOG}.before-overwrite")
     for name in ("manifest.json", "README.md", "rejects.parquet", "quarantine.parquet"):
         (out / name).unlink(missing_ok=True)
     for name in ("data", BUILD_STATE):

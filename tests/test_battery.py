@@ -311,6 +311,15 @@ def test_other_arguments_need_overwrite(dataset, source, capsys):
     assert snapshot(dataset) == before
 
 
+def test_overwrite_moves_the_review_log_aside(dataset, source, capsys):
+    log = b'{"pair": "a:b", "action": "drop"}\n'
+    (dataset / "review.jsonl").write_bytes(log)
+    code, _, err = run(build_args(source, dataset, "--seed", "5", "--overwrite"), capsys)
+    assert code == 0, err
+    assert not (dataset / "review.jsonl").exists()  # its pairs name the old dataset: never applied to the new one
+    assert (dataset / "review.jsonl.before-overwrite").read_bytes() == log
+
+
 @pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe\x00", b"[1, 2]"])
 def test_build_over_a_corrupt_manifest(dataset, source, content, capsys):
     (dataset / "manifest.json").write_bytes(content)
