@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from rich.console import Console
 
 from styleprefs.experiments.common import METRICS
 from styleprefs.experiments.style_alignment import ExperimentPlan, run_experiment
 
 
-def test_quick_style_alignment_gives_a_finite_table(tmp_path):
-    plan = ExperimentPlan.quick()
+@pytest.mark.parametrize("model", ["mini", "mini-flow"])
+def test_quick_style_alignment_gives_a_finite_table(model, tmp_path):
+    plan = ExperimentPlan.quick().on(model)
     results = run_experiment(tmp_path, plan, console=Console(quiet=True))
     assert list(results["rows"]) == ["base", *plan.methods]
     for name, row in results["rows"].items():

@@ -25,7 +25,9 @@ from styleprefs.sources.sample import Scene, render_scene, scene_for
 from styleprefs.style import load_style
 
 GUIDANCE = 7.5  # eval generate's default for SD1.5-layout models
-FLOW_GUIDANCE = 3.0  # mini-flow's: the best mini FID of 3, 5 and 7 on 60 held-out captions (README)
+# mini-flow's: the best mini FID of 3, 5 and 7 on 100 held-out scenes (400-499 of held_out's order) that the
+# bench's 2 x 200 never use; see the README
+FLOW_GUIDANCE = 3.0
 FLOW_STEPS = 25  # Euler steps of mini-flow's own scheduler
 
 

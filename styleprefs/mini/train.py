@@ -57,7 +57,7 @@ class MiniConfig:
     unet_lr: float = 4e-4
     uncond_prob: float = 0.1
     snr_gamma: float = 5.0  # Min-SNR loss weighting (Hang et al. 2023), as diffusers' --snr_gamma
-    flow_steps: int = 1200
+    flow_steps: int = 3600
     flow_batch: int = 32
     flow_lr: float = 7e-4
     ema_decay: float = 0.999
