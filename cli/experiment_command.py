@@ -18,6 +18,7 @@ def style_alignment(
     seeds: int | None = typer.Option(None, help="Seeds to run (0, 1, ...); 3, or 2 with --quick, if not given."),
     quick: bool = typer.Option(False, help="A few steps: a check that everything runs (minutes)."),
     model: str = typer.Option("mini", help="The trained base: mini (SD1.5 layout) or mini-flow (SD3 layout, rectified flow)."),
+    beta: float | None = typer.Option(None, help="DPO/RPO beta (default: 5000 on mini, the SD3 family's 500 on mini-flow)."),
 ) -> None:
     """SFT, SFT+SFT, SFT+DPO, SFT+RPO (tau 0.01, 1, 5), DPO and RPO from the mini base: mean ± std table over seeds."""
     from styleprefs.experiments.style_alignment import ExperimentPlan, render_table, run_experiment
@@ -29,7 +30,11 @@ def style_alignment(
     if seeds is not None and seeds < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--seeds")
     chosen = plan.seeds if seeds is None else tuple(range(seeds))
+    if beta is not None and not beta > 0:
+        raise typer.BadParameter("must be a positive number", param_hint="--beta")
     plan = ExperimentPlan(**{**plan.__dict__, "style": style, "seeds": chosen}).on(model)
+    if beta is not None:
+        plan = ExperimentPlan(**{**plan.__dict__, "beta": beta})
     results = run_experiment(out, plan, console=console)
     console.print(render_table(results), markup=False, highlight=False, soft_wrap=True)  # a markdown row per line
     console.print(f"results: {out / 'results.json'}, grid: {out / 'grid' / 'report_grid.png'}")
