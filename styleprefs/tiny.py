@@ -14,7 +14,8 @@ import random
 import shutil
 import string
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
@@ -350,12 +351,27 @@ def ensure_built(name: str, build: Callable[[Path], Path], version: str, cache_d
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        build(tmp)
+        with _no_saving_bars():
+            build(tmp)
         honour_umask(tmp)  # safetensors writes 0600 and mkdtemp makes 0700: readable as open() would make it
         _move_into_place(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+@contextmanager
+def _no_saving_bars() -> Iterator[None]:
+    """transformers' "Writing model shards" bars off: a first use that builds a model prints nothing of its own."""
+    from transformers.utils import logging as transformers_logging
+
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
 
 
 def _move_into_place(tmp: Path, target: Path) -> None:

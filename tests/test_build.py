@@ -7,6 +7,7 @@ import io
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -315,16 +316,23 @@ def test_stopping_a_build_stops_its_workers(big_source, big_full, tmp_path, how)
     traceback, every worker gone. kill -9 of the main process alone: its workers die too. Either way the rerun
     (in process) equals an uninterrupted build."""
     args = ("--source", str(big_source), *BIG_ARGS)
-    proc = _start_until_first_part(_cli(*args, "--workers", "2"), tmp_path / "stopped", stderr=subprocess.PIPE)
-    assert len(psutil.Process(proc.pid).children()) == 2
+    for _ in range(3):  # on a loaded machine the build can finish before the test is scheduled again: try again
+        shutil.rmtree(tmp_path / "stopped", ignore_errors=True)
+        proc = _start_until_first_part(_cli(*args, "--workers", "2"), tmp_path / "stopped", stderr=subprocess.PIPE)
+        assert proc.poll() is not None or len(psutil.Process(proc.pid).children()) == 2
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.kill()
+        code = proc.wait(60)
+        if not (code == 0 and (tmp_path / "stopped" / "manifest.json").exists()):
+            break
     if how == "ctrl-c":
-        os.killpg(proc.pid, signal.SIGINT)
-        assert proc.wait(60) == 130
+        assert code == 130
         hint = proc.stderr.read().decode().strip()
         assert hint.startswith("interrupted; to resume, run: styleprefs build ") and str(tmp_path / "stopped") in hint
     else:
-        proc.kill()
-        assert proc.wait(60) == -signal.SIGKILL
+        assert code == -signal.SIGKILL
     deadline = time.time() + 30
     while _alive_in_session(proc.pid) and time.time() < deadline:
         time.sleep(0.05)

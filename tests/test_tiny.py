@@ -155,3 +155,14 @@ def test_ensure_tiny_failed_build_leaves_nothing(tmp_path: Path, monkeypatch: py
 def test_default_cache_dir_honours_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STYLEPREFS_CACHE", str(tmp_path))
     assert tiny.default_cache_dir() == tmp_path / "tiny"
+
+
+def test_a_first_use_that_builds_a_model_prints_nothing(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    """Building a model on first use must not leak transformers' "Writing model shards" bars into a command's
+    output (a one-line error would read as seven lines), and the bars come back afterwards."""
+    from transformers.utils import logging as transformers_logging
+
+    tiny.ensure_tiny("tiny-clip", tmp_path)
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""
+    assert transformers_logging.is_progress_bar_enabled()
