@@ -270,12 +270,30 @@ def big_full(big_source, tmp_path_factory) -> Path:
     return out
 
 
-def _start_until_first_part(cmd: list[str], out: Path, stderr=subprocess.DEVNULL) -> subprocess.Popen:
+def _start_until_first_part(cmd: list[str], out: Path) -> subprocess.Popen:
     """The build started in a session of its own, once its first part is on disk."""
-    proc = subprocess.Popen([*cmd, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    proc = subprocess.Popen([*cmd, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     first_part = out / ".build" / "part-000000.json"
     deadline = time.time() + 120
     while not first_part.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    return proc
+
+
+def _start_until_workers(cmd: list[str], out: Path, settled: float = 0.3) -> subprocess.Popen:
+    """The build started in a session of its own, once its two worker processes have run for ``settled`` seconds
+    (long enough to have set themselves up, and well before the build can finish, even on a loaded machine)."""
+    proc = subprocess.Popen([*cmd, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            children = psutil.Process(proc.pid).children()
+        except psutil.Error:  # it has just exited
+            continue
+        if len(children) == 2 and all(time.time() - c.create_time() > settled for c in children):
+            break
         time.sleep(0.01)
     return proc
 
@@ -312,14 +330,13 @@ def _alive_in_session(sid: int) -> list[int]:
 
 @pytest.mark.parametrize("how", ["ctrl-c", "kill -9 of the main process"])
 def test_stopping_a_build_stops_its_workers(big_source, big_full, tmp_path, how):
-    """Ctrl-C (SIGINT to the whole foreground group, as a terminal sends it): the resume hint alone, no worker
-    traceback, every worker gone. kill -9 of the main process alone: its workers die too. Either way the rerun
+    """Ctrl-C (SIGINT to the whole foreground group, as a terminal sends it) while the workers are busy: the resume
+    hint alone, no worker traceback, every worker gone. kill -9 of the main process alone: its workers die too. Either way the rerun
     (in process) equals an uninterrupted build."""
     args = ("--source", str(big_source), *BIG_ARGS)
     for _ in range(3):  # on a loaded machine the build can finish before the test is scheduled again: try again
         shutil.rmtree(tmp_path / "stopped", ignore_errors=True)
-        proc = _start_until_first_part(_cli(*args, "--workers", "2"), tmp_path / "stopped", stderr=subprocess.PIPE)
-        assert proc.poll() is not None or len(psutil.Process(proc.pid).children()) == 2
+        proc = _start_until_workers(_cli(*args, "--workers", "2"), tmp_path / "stopped")
         if how == "ctrl-c":
             os.killpg(proc.pid, signal.SIGINT)
         else:
