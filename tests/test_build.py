@@ -239,6 +239,13 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-c", "from styleprefs.cli.app import main; main()", "build", *args]
 
 
+def _terminal_cli(*args: str) -> list[str]:
+    """``_cli`` with Ctrl-C handled as in a terminal's foreground job, even when the test process (a pytest-xdist
+    worker, after some other test) ignores SIGINT: a child inherits an ignored SIGINT, and Python keeps it ignored."""
+    return [sys.executable, "-c", "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from styleprefs.cli.app import main; main()", "build", *args]
+
+
 def _torchrun(n: int, *args: str) -> list[str]:
     torchrun = str(Path(sys.executable).parent / "torchrun")
     return [torchrun, "--standalone", f"--nproc_per_node={n}", "--no-python", str(Path(sys.executable).parent / "styleprefs"), "build", *args]
@@ -336,7 +343,7 @@ def test_stopping_a_build_stops_its_workers(big_source, big_full, tmp_path, how)
     args = ("--source", str(big_source), *BIG_ARGS)
     for _ in range(3):  # on a loaded machine the build can finish before the test is scheduled again: try again
         shutil.rmtree(tmp_path / "stopped", ignore_errors=True)
-        proc = _start_until_workers(_cli(*args, "--workers", "2"), tmp_path / "stopped")
+        proc = _start_until_workers(_terminal_cli(*args, "--workers", "2"), tmp_path / "stopped")
         if how == "ctrl-c":
             os.killpg(proc.pid, signal.SIGINT)
         else:
