@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -32,9 +33,9 @@ def style_alignment(
     chosen = plan.seeds if seeds is None else tuple(range(seeds))
     if beta is not None and not beta > 0:
         raise typer.BadParameter("must be a positive number", param_hint="--beta")
-    plan = ExperimentPlan(**{**plan.__dict__, "style": style, "seeds": chosen}).on(model)
+    plan = replace(plan, style=style, seeds=chosen).on(model)
     if beta is not None:
-        plan = ExperimentPlan(**{**plan.__dict__, "beta": beta})
+        plan = replace(plan, beta=beta)
     results = run_experiment(out, plan, console=console)
     console.print(render_table(results), markup=False, highlight=False, soft_wrap=True)  # a markdown row per line
     console.print(f"results: {out / 'results.json'}, grid: {out / 'grid' / 'report_grid.png'}")
